@@ -1,0 +1,153 @@
+"""Physical truth: the host's physical address space, an owner and a state for every range.
+
+Every access — host CPU through a VMA, a vCPU through EPT, a device through the IOMMU — ends
+here, in :meth:`PhysMem.access`. An access to a range that is free (use-after-free), private
+to another party, or not RAM/MMIO at all is recorded as a violation on the scheduler, like a
+KASAN report or an IOMMU fault, and is not silently served: a read returns zeros, a write is
+dropped.
+
+Invariants: ``owners`` and ``free`` partition the RAM; contents live in a sparse ByteStore and
+are zeroed when a range is allocated (the kernel's clear_page on a fresh shmem/gmem folio).
+Nothing is per page. Leaves out: NUMA, zones, caches, ECC.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+
+from sortedcontainers import SortedDict
+
+from ..errors import kerr
+from ..extents import ByteStore, RangeCounter, RangeMap
+from ..sim.scheduler import Scheduler
+from .machine import Machine
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who holds a physical range and in which state."""
+
+    owner: str  # e.g. "memfd:vm-ram", "gmem:3", "anon:qemu"
+    state: str = "allocated"  # allocated | private:<vm> | mmio-locked ...
+    allow: tuple[str, ...] = ()  # accessors allowed when the state is restrictive
+
+
+class PhysMem:
+    def __init__(self, sched: Scheduler, machine: Machine) -> None:
+        self.sched = sched
+        self.machine = machine
+        self.regions: RangeMap[str] = RangeMap()
+        for s, e in machine.ram:
+            self.regions.set(s, e, "ram")
+        for s, e in machine.mmio:
+            self.regions.set(s, e, "mmio")
+        self.owners: RangeMap[Owner] = RangeMap()
+        self.free: SortedDict = SortedDict()  # start -> end of free RAM, coalesced
+        for s, e in machine.ram:
+            self._insert_free(s, e)
+        self.data = ByteStore()
+        # Pins hold physical ranges alive: a pinned range that its owner frees becomes an
+        # orphan (the folio's last reference is the pin) and is freed on the last unpin.
+        self.pins = RangeCounter()
+
+    # ----- allocation ------------------------------------------------------------------
+    def _insert_free(self, s: int, e: int) -> None:
+        i = self.free.bisect_left(s)
+        if i > 0:
+            ps = self.free.keys()[i - 1]
+            if self.free[ps] == s:
+                s = ps
+                del self.free[ps]
+        if e in self.free:
+            e2 = self.free.pop(e)
+            e = e2
+        self.free[s] = e
+
+    def alloc(self, size: int, owner: Owner) -> list[tuple[int, int]]:
+        """Allocate ``size`` bytes (page multiple), first fit, possibly in several extents."""
+        if self.sched.fault("alloc_pages"):
+            raise kerr(errno.ENOMEM, "alloc_pages: injected failure")
+        got: list[tuple[int, int]] = []
+        need = size
+        while need and self.free:
+            s, e = self.free.peekitem(0)
+            take = min(need, e - s)
+            del self.free[s]
+            if s + take < e:
+                self.free[s + take] = e
+            got.append((s, s + take))
+            need -= take
+        if need:
+            for s, e in got:
+                self._insert_free(s, e)
+            raise kerr(errno.ENOMEM, f"alloc_pages: {size:#x} bytes, out of physical memory")
+        for s, e in got:
+            self.owners.set(s, e, owner)
+            self.data.zero(s, e)
+        return got
+
+    def release(self, start: int, end: int) -> None:
+        """The owner gives ``[start, end)`` back; pinned parts linger as orphans."""
+        pinned = [(s, e) for s, e, _ in self.pins.overlapping(start, end)]
+        for s, e in pinned:
+            o = self.owners.lookup(s)
+            self.owners.set(s, e, Owner(o.owner if o else "?", "orphan"))
+        for s, e in self.pins.gaps(start, end):
+            self.owners.remove(s, e)
+            self._insert_free(s, e)
+
+    def pin(self, start: int, end: int) -> None:
+        self.pins.add(start, end, 1)
+
+    def unpin(self, start: int, end: int) -> None:
+        self.pins.add(start, end, -1)
+        for s, e, o in list(self.owners.overlapping(start, end)):
+            if o.state == "orphan":
+                for gs, ge in self.pins.gaps(s, e):
+                    self.owners.remove(gs, ge)
+                    self._insert_free(gs, ge)
+
+    def set_owner(self, start: int, end: int, owner: Owner) -> None:
+        self.owners.set(start, end, owner)
+
+    def owner_of(self, addr: int) -> Owner | None:
+        return self.owners.lookup(addr)
+
+    def allocated_bytes(self) -> int:
+        return self.owners.total()
+
+    # ----- access: where physical truth is checked ---------------------------------------
+    def check(self, start: int, n: int, who: str, write: bool) -> bool:
+        ok = True
+        verb = "write" if write else "read"
+        end = start + n
+        for s, e, kind in self.regions.overlapping(start, end):
+            if kind != "ram":
+                continue
+            for gs, ge in self.owners.gaps(s, e):
+                self.sched.violation(
+                    "physical",
+                    f"{who} {verb}s freed memory [{gs:#x}, {ge:#x})",
+                )
+                ok = False
+            for os_, oe, o in self.owners.overlapping(s, e):
+                if o.state not in ("allocated", "orphan") and who not in o.allow:
+                    self.sched.violation(
+                        "physical",
+                        f"{who} {verb}s [{os_:#x}, {oe:#x}) owned by {o.owner} ({o.state})",
+                    )
+                    ok = False
+        for gs, ge in self.regions.gaps(start, end):
+            self.sched.violation("physical", f"{who} {verb}s unbacked [{gs:#x}, {ge:#x})")
+            ok = False
+        return ok
+
+    def read(self, start: int, n: int, who: str) -> bytes:
+        if not self.check(start, n, who, write=False):
+            return bytes(n)
+        return self.data.read(start, n)
+
+    def write(self, start: int, data: bytes, who: str) -> None:
+        if self.check(start, len(data), who, write=True):
+            self.data.write(start, data)

@@ -1,0 +1,30 @@
+"""/dev/null (drivers/char/mem.c): reads return end of file, writes are swallowed.
+
+Modelled because VMMs and tests use it as "some fd that is not what you expect"
+(e.g. F_ADD_SEALS on a non-memfd file). Leaves out /dev/zero, /dev/mem, /dev/full.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..fs.file import File
+
+if TYPE_CHECKING:
+    from ..core import Kernel
+    from ..fs.process import Process
+
+
+class NullFile(File):
+    kind = "null"
+    fmode_pread = True
+
+    def read(self, proc: Process, n: int, pos: int | None) -> bytes:
+        return b""
+
+    def write(self, proc: Process, data: bytes, pos: int | None) -> int:
+        return len(data)
+
+
+def mem_init(kernel: Kernel) -> None:
+    kernel.register_device("/dev/null", lambda proc, flags: NullFile(kernel, flags, "/dev/null"))

@@ -1,0 +1,195 @@
+"""guest_memfd: memory for a VM that the host need not map (virt/kvm/guest_memfd.c, 6.18).
+
+A GmemFile holds a page cache of extents and the list of memslot *bindings* (which file
+ranges back which slot). The file pins its VM (``kvm.get()``), never the other way round: a
+memslot does not hold the file, and releasing the file unbinds its slots.
+
+Rules (kvm_gmem_create, kvm_gmem_mmap, kvm_gmem_fallocate, kvm_gmem_fault_user_mapping):
+- flags beyond the VM's supported set, size 0 or unaligned: EINVAL; reserved[] not checked;
+- read/write: no such methods (EINVAL); ftruncate: EINVAL (kvm_gmem_setattr);
+- mmap: needs GUEST_MEMFD_FLAG_MMAP (ENODEV) and MAP_SHARED (EINVAL);
+- a host fault on a page that is not shared (no INIT_SHARED) or past the size: SIGBUS;
+- fallocate: KEEP_SIZE required and no other mode bit (EOPNOTSUPP), page aligned (EINVAL),
+  inside the size (EINVAL); PUNCH_HOLE invalidates KVM's mappings of bound slots first
+  (invalidate_begin: zap + mmu_invalidate_in_progress), then frees, then invalidate_end.
+
+Locking: ``invalidate_lock`` (filemap_invalidate_lock, an rw_semaphore) — write for punch and
+bind, read for kvm_gmem_get_pfn. Leaves out: in-place shared/private conversion (later
+proposals), hugepage support, NUMA mempolicy, arch prepare/invalidate hooks (RMP updates).
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ...errors import Fault, kerr
+from ...extents import RangeMap
+from ...sim.locks import RwSem
+from ...uapi import kvm as K
+from ...uapi import linux as L
+from ..fs.file import File
+from ..mm.filemap import PageCache
+from ..mm.vma import VM_DONTDUMP, VM_MAYSHARE, VM_SHARED
+
+if TYPE_CHECKING:
+    from ..fs.process import Process
+    from ..mm.vma import Vma
+    from .kvm_main import Kvm
+    from .memslots import Memslot
+
+PAGE = L.PAGE_SIZE
+
+
+@dataclass
+class Binding:
+    slot: Memslot
+    start: int  # file offset, bytes
+    end: int
+
+
+class GmemFile(File):
+    kind = "guest_memfd"
+    regular = True  # an S_IFREG anon inode: ftruncate reaches kvm_gmem_setattr (EINVAL)
+
+    def __init__(self, kvm: Kvm, size: int, flags: int) -> None:
+        super().__init__(kvm.kernel, L.O_RDWR | L.O_CLOEXEC, f"gmem{kvm.kernel.next_id('gmem')}")
+        self.kvm = kvm.get()
+        self.i_size = size
+        self.gflags = flags
+        self.cache = PageCache(kvm.kernel, f"{self.name}@vm{kvm.vm_id}")
+        self.bindings: RangeMap[Binding] = RangeMap()
+        self.invalidate_lock = RwSem(self.kernel.sched, f"{self.name}.invalidate_lock",
+                                     "mapping.invalidate_lock")
+        self.i_mmap_writable = 0
+        kvm.gmem_files.append(self)
+
+    def size(self) -> int:
+        return self.i_size
+
+    @property
+    def shared(self) -> bool:
+        return bool(self.gflags & K.GUEST_MEMFD_FLAG_INIT_SHARED)
+
+    def truncate(self, length: int) -> None:
+        raise kerr(errno.EINVAL, "ftruncate: guest_memfd size is fixed (kvm_gmem_setattr)")
+
+    def mmap(self, proc: Process, vma: Vma) -> None:
+        if not self.gflags & K.GUEST_MEMFD_FLAG_MMAP:
+            raise kerr(errno.ENODEV, "mmap: guest_memfd created without GUEST_MEMFD_FLAG_MMAP")
+        if (vma.vm_flags & (VM_SHARED | VM_MAYSHARE)) != (VM_SHARED | VM_MAYSHARE):
+            raise kerr(errno.EINVAL, "mmap: guest_memfd needs MAP_SHARED")
+        vma.vm_flags |= VM_DONTDUMP
+
+    def fault(self, vma: Vma, start: int, end: int, write: bool) -> list[tuple[int, int, int]]:
+        addr = vma.start + (start - vma.pgoff)
+        if end > self.i_size:
+            raise Fault(vma.start + (max(start, self.i_size) - vma.pgoff), "SIGBUS",
+                        "guest_memfd fault past its size")
+        if not self.shared:
+            raise Fault(addr, "SIGBUS", "guest_memfd page is private to the guest")
+        return self.cache.populate(start, end)
+
+    def fallocate(self, mode: int, offset: int, length: int) -> None:
+        if not mode & L.FALLOC_FL_KEEP_SIZE:
+            raise kerr(errno.EOPNOTSUPP, "fallocate: guest_memfd needs FALLOC_FL_KEEP_SIZE")
+        if mode & ~(L.FALLOC_FL_KEEP_SIZE | L.FALLOC_FL_PUNCH_HOLE):
+            raise kerr(errno.EOPNOTSUPP, f"fallocate: guest_memfd does not support mode {mode:#x}")
+        if offset & (PAGE - 1) or length & (PAGE - 1):
+            raise kerr(errno.EINVAL, "fallocate: guest_memfd offset/length not page aligned")
+        if mode & L.FALLOC_FL_PUNCH_HOLE:
+            self.punch_hole(offset, offset + length)
+            return
+        if offset + length > self.i_size:
+            raise kerr(errno.EINVAL, "fallocate: guest_memfd range past its size")
+        self.invalidate_lock.down_read()
+        try:
+            self.cache.populate(offset, offset + length)
+        finally:
+            self.invalidate_lock.up_read()
+
+    def punch_hole(self, start: int, end: int) -> None:
+        end = min(end, self.i_size)
+        kvm = self.kvm
+        self.invalidate_lock.down_write()
+        try:
+            kvm.sched.emit("gmem", "punch_hole", file=self.name, start=start, end=end)
+            for bs, be, b in list(self.bindings.overlapping(start, end)):
+                kvm.mmu.invalidate_begin(b.slot.gpa_of(b, bs), b.slot.gpa_of(b, be))
+            # Cheap scheduling point between zap and free: where a racing vCPU could slip in.
+            kvm.sched.point(f"{self.name}.pages", "w")
+            self.cache.truncate_range(start, end)
+            for bs, be, b in list(self.bindings.overlapping(start, end)):
+                kvm.mmu.invalidate_end()
+        finally:
+            self.invalidate_lock.up_write()
+
+    def get_pfn(self, offset: int) -> int:
+        """kvm_gmem_get_pfn: the page at ``offset``, allocated on first use."""
+        self.invalidate_lock.down_read()
+        try:
+            (s, _, phys), = self.cache.populate(offset, offset + PAGE)
+            return phys + (offset - s)
+        finally:
+            self.invalidate_lock.up_read()
+
+    def bind(self, slot: Memslot, offset: int) -> None:
+        """kvm_gmem_bind: checks in the kernel's order."""
+        if self.kvm is not slot.kvm:
+            raise kerr(errno.EINVAL, "KVM_SET_USER_MEMORY_REGION2: guest_memfd of another VM")
+        size = slot.npages * PAGE
+        if offset < 0 or offset & (PAGE - 1) or offset + size > self.i_size:
+            raise kerr(errno.EINVAL, f"KVM_SET_USER_MEMORY_REGION2: guest_memfd range "
+                       f"[{offset:#x}, {offset + size:#x}) not page aligned or past {self.i_size:#x}")
+        self.invalidate_lock.down_write()
+        try:
+            hit = next(self.bindings.overlapping(offset, offset + size), None)
+            if hit is not None:
+                raise kerr(errno.EINVAL, f"KVM_SET_USER_MEMORY_REGION2: guest_memfd range "
+                           f"[{offset:#x}, {offset + size:#x}) already bound to slot "
+                           f"{hit[2].slot.id}")
+            self.bindings.set(offset, offset + size, Binding(slot, offset, offset + size))
+        finally:
+            self.invalidate_lock.up_write()
+        slot.gmem = self
+        slot.gmem_offset = offset
+
+    def unbind(self, slot: Memslot) -> None:
+        self.bindings.remove(slot.gmem_offset, slot.gmem_offset + slot.npages * PAGE)
+        slot.gmem = None
+
+    def release(self) -> None:
+        kvm = self.kvm
+        # kvm_gmem_release: zap every bound range and unbind, then drop the pages.
+        for _, _, b in list(self.bindings):
+            kvm.mmu.zap_gfn_range(b.slot.base_gpa, b.slot.base_gpa + b.slot.npages * PAGE)
+            b.slot.gmem = None
+        self.bindings.clear()
+        self.cache.truncate_range(0, self.i_size)
+        kvm.gmem_files.remove(self)
+        kvm.put()
+
+
+def kvm_gmem_supported_flags(kvm: Kvm | None) -> int:
+    """kvm_gmem_get_supported_flags: MMAP when the profile has it; INIT_SHARED only for VMs
+    without private memory (and on the system fd)."""
+    if kvm is None:
+        prof_mmap = True
+    else:
+        prof_mmap = kvm.kernel.profile.kvm_gmem_mmap
+    if not prof_mmap:
+        return 0
+    flags = K.GUEST_MEMFD_FLAG_MMAP
+    if kvm is None or not kvm.has_private_mem:
+        flags |= K.GUEST_MEMFD_FLAG_INIT_SHARED
+    return flags
+
+
+def kvm_gmem_create(kvm: Kvm, size: int, flags: int) -> GmemFile:
+    supported = kvm_gmem_supported_flags(kvm)
+    if flags & ~supported:
+        raise kerr(errno.EINVAL, f"KVM_CREATE_GUEST_MEMFD: flags {flags:#x} outside {supported:#x}")
+    if size <= 0 or size & (PAGE - 1) or size >= 1 << 63:
+        raise kerr(errno.EINVAL, f"KVM_CREATE_GUEST_MEMFD: size {size:#x} zero or not page aligned")
+    return GmemFile(kvm, size, flags)

@@ -1,0 +1,77 @@
+"""The page cache of one inode as extents (mm/filemap.c, mm/truncate.c).
+
+``pages`` maps file offsets to physical addresses (a linear RangeMap): one extent per
+physically contiguous run, never one entry per page. ``mappers`` is the inode's i_mmap (the
+VMAs that map it), so truncation can zap their PTEs (unmap_mapping_range); ``invalidators``
+are in-kernel users that must drop their translations first (KVM for guest_memfd).
+
+Units: bytes; every range handed in is page aligned. Locking: the owner's invalidate lock
+(filemap_invalidate_lock) serialises truncation against population; callers take it.
+Leaves out: folio sizes (large folios are just longer extents), LRU, swap, writeback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ...extents import RangeMap
+from ...hw.physmem import Owner
+
+if TYPE_CHECKING:
+    from ..core import Kernel
+    from .vma import Vma
+
+Invalidator = Callable[[int, int], None]
+
+
+class PageCache:
+    def __init__(self, kernel: Kernel, name: str) -> None:
+        self.kernel = kernel
+        self.name = name
+        self.pages: RangeMap[int] = RangeMap(linear=True)
+        self.mappers: list[Vma] = []
+        self.invalidators: list[Invalidator] = []
+
+    def lookup(self, start: int, end: int) -> list[tuple[int, int, int]]:
+        return list(self.pages.overlapping(start, end))
+
+    def populate(self, start: int, end: int) -> list[tuple[int, int, int]]:
+        """Allocate the holes of ``[start, end)`` (zeroed) and return all its pieces."""
+        for gs, ge in self.pages.gaps(start, end):
+            pos = gs
+            for ps, pe in self.kernel.phys.alloc(ge - gs, Owner(self.name)):
+                self.pages.set(pos, pos + (pe - ps), ps)
+                pos += pe - ps
+        return list(self.pages.overlapping(start, end))
+
+    def truncate_range(self, start: int, end: int) -> None:
+        """Drop ``[start, end)``: in-kernel users first, then user PTEs, then the memory."""
+        if not self.pages.any_in(start, end):
+            return
+        for inval in list(self.invalidators):
+            inval(start, end)
+        for vma in list(self.mappers):
+            vma.zap_file_range(start, end)
+        for s, e, p in self.pages.remove(start, end):
+            self.kernel.phys.release(p, p + (e - s))
+
+    def read(self, off: int, n: int, who: str = "kernel") -> bytes:
+        out = bytearray(n)
+        for s, e, p in self.pages.overlapping(off, off + n):
+            out[s - off : e - off] = self.kernel.phys.read(p, e - s, who)
+        return bytes(out)
+
+    def write(self, off: int, data: bytes, start: int, end: int, who: str = "kernel") -> None:
+        """Write ``data`` at ``off``; ``[start, end)`` is the page-aligned span to populate."""
+        self.populate(start, end)
+        for s, e, p in self.pages.overlapping(off, off + len(data)):
+            self.kernel.phys.write(p, data[s - off : e - off], who)
+
+    def zero(self, off: int, n: int) -> None:
+        for s, e, p in self.pages.overlapping(off, off + n):
+            self.kernel.phys.data.zero(p, p + (e - s))
+
+    def has_pins(self) -> bool:
+        pins = self.kernel.phys.pins
+        return any(pins.any_in(p, p + (e - s)) for s, e, p in self.pages)

@@ -1,0 +1,80 @@
+"""pin_user_pages: long-term pins of user memory (mm/gup.c).
+
+A pin resolves a user range to physical extents and holds them: the owner may free them (the
+range becomes an orphan in hw) but the memory is not reused until the last unpin. GUP refuses
+VM_IO|VM_PFNMAP mappings with EFAULT — their PTEs are special, vm_normal_page() finds no
+struct page — which is why a dma-buf heap mapping cannot be pinned and udmabuf exists.
+
+Leaves out: FOLL_LONGTERM migration out of movable zones, FOLL_PCI_P2PDMA, fast GUP.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import TYPE_CHECKING
+
+from ...errors import Fault, kerr
+from .vma import VM_READ, VM_WRITE, Mm, page_down, page_up
+
+if TYPE_CHECKING:
+    from ..core import Kernel
+
+
+class Pin:
+    """What pin_user_pages returned: physical extents to unpin_user_pages later."""
+
+    def __init__(self, kernel: Kernel, extents: list[tuple[int, int]], what: str) -> None:
+        self.kernel = kernel
+        self.extents = extents
+        self.what = what
+        self.released = False
+        for s, e in extents:
+            kernel.phys.pin(s, e)
+        kernel.track("pin", +1)
+
+    def unpin(self) -> None:
+        if self.released:
+            self.kernel.sched.violation("gup", f"double unpin of {self.what}")
+            return
+        self.released = True
+        for s, e in self.extents:
+            self.kernel.phys.unpin(s, e)
+        self.kernel.track("pin", -1)
+
+
+def pin_user_pages(mm: Mm, addr: int, length: int, write: bool) -> Pin:
+    if length <= 0:
+        raise kerr(errno.EINVAL, "pin_user_pages: empty range")
+    start, end = page_down(addr), page_up(addr + length)
+    mm.mmap_lock.down_read()
+    try:
+        pos = start
+        while pos < end:
+            vma = mm.find_vma(pos)
+            if vma is None:
+                raise kerr(errno.EFAULT, f"pin_user_pages: {pos:#x} is not mapped")
+            if vma.special:
+                raise kerr(
+                    errno.EFAULT,
+                    f"pin_user_pages: {pos:#x} is in a VM_IO|VM_PFNMAP mapping (special PTEs)",
+                )
+            need = VM_WRITE if write else VM_READ
+            if not vma.vm_flags & need:
+                raise kerr(errno.EFAULT, f"pin_user_pages: {pos:#x} lacks the needed permission")
+            pos = vma.end
+        try:
+            pieces = mm.resolve(start, end - start, write)
+        except Fault as f:
+            raise kerr(errno.EFAULT, f"pin_user_pages: {f}") from None
+    finally:
+        mm.mmap_lock.up_read()
+    if any(p < 0 for _, _, p in pieces):
+        # Unpopulated private memory: fault it in for write so there is a page to pin.
+        pieces = mm.resolve(start, end - start, True)
+    extents: list[tuple[int, int]] = []
+    for s, e, p in pieces:
+        if extents and extents[-1][1] == p:
+            extents[-1] = (extents[-1][0], p + (e - s))
+        else:
+            extents.append((p, p + (e - s)))
+    return Pin(mm.kernel, extents, f"user [{start:#x}, {end:#x})")

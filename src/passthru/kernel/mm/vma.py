@@ -1,0 +1,380 @@
+"""A process address space: VMAs, PTEs filled on fault, mmap/munmap (mm/mmap.c, mm/memory.c,
+mm/vma.c).
+
+Invariants: VMAs never overlap and are page aligned; a VMA's PTEs are extents
+(virtual -> physical, linear) inside it. File PTEs point into the file's page cache and are
+zapped when the file drops that range; private (anonymous or copy-on-write) pages belong to
+the VMA and are freed with it. A VM_IO|VM_PFNMAP VMA holds *special* PTEs: no struct page
+behind them, so GUP refuses them (mm/gup.c).
+
+Locking: ``mmap_lock`` (an rw_semaphore) — write for mmap/munmap, read for faults and GUP.
+Leaves out: mprotect, mremap, THP, NUMA policy, the zero page (unpopulated private memory
+reads as zeros without allocating), stack guard gaps.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from sortedcontainers import SortedDict
+
+from ...errors import Fault, kerr
+from ...extents import RangeMap
+from ...hw.physmem import Owner
+from ...sim.locks import RwSem
+from ...uapi import linux as L
+
+if TYPE_CHECKING:
+    from ..fs.file import File
+    from ..fs.process import Process
+
+PAGE = L.PAGE_SIZE
+VM_READ = 0x1
+VM_WRITE = 0x2
+VM_EXEC = 0x4
+VM_SHARED = 0x8
+VM_MAYREAD = 0x10
+VM_MAYWRITE = 0x20
+VM_MAYEXEC = 0x40
+VM_MAYSHARE = 0x80
+VM_PFNMAP = 0x400
+VM_IO = 0x4000
+VM_DONTEXPAND = 0x40000
+VM_DONTDUMP = 0x4000000
+MMAP_BASE = 0x7F0000000000
+MMAP_MIN_ADDR = 0x10000
+
+
+def page_down(x: int) -> int:
+    return x & ~(PAGE - 1)
+
+
+def page_up(x: int) -> int:
+    return (x + PAGE - 1) & ~(PAGE - 1)
+
+
+class Vma:
+    def __init__(
+        self, mm: Mm, start: int, end: int, vm_flags: int, file: File | None, pgoff: int
+    ) -> None:
+        self.mm = mm
+        self.start = start
+        self.end = end
+        self.vm_flags = vm_flags
+        self.file = file
+        self.pgoff = pgoff  # file offset of ``start``, bytes
+        self.ptes: RangeMap[int] = RangeMap(linear=True)  # shared/file/pfn pages
+        self.anon: RangeMap[int] = RangeMap(linear=True)  # private pages owned by this VMA
+        self.writable_counted = False  # counted in the file's i_mmap_writable
+
+    def __repr__(self) -> str:
+        return f"<Vma [{self.start:#x}, {self.end:#x}) flags={self.vm_flags:#x}>"
+
+    @property
+    def special(self) -> bool:
+        return bool(self.vm_flags & (VM_IO | VM_PFNMAP))
+
+    def foff(self, addr: int) -> int:
+        return self.pgoff + (addr - self.start)
+
+    def zap_file_range(self, fstart: int, fend: int) -> None:
+        """unmap_mapping_range: drop PTEs for file range ``[fstart, fend)``."""
+        vs = self.start + max(fstart - self.pgoff, 0)
+        ve = self.start + min(fend - self.pgoff, self.end - self.start)
+        if vs < ve:
+            self.mm.notify_invalidate(vs, ve)
+            self.ptes.remove(vs, ve)
+
+    def remap_pfn_range(self, addr: int, phys: int, size: int) -> None:
+        """Install special PTEs (VM_IO|VM_PFNMAP), as drivers do for MMIO and heaps."""
+        self.vm_flags |= VM_IO | VM_PFNMAP | VM_DONTEXPAND | VM_DONTDUMP
+        self.ptes.set(addr, addr + size, phys)
+
+
+class Mm:
+    """mm_struct of one process."""
+
+    def __init__(self, proc: Process) -> None:
+        self.proc = proc
+        self.kernel = proc.kernel
+        self.vmas: SortedDict = SortedDict()  # start -> Vma
+        self.mmap_lock = RwSem(proc.kernel.sched, f"{proc.name}.mmap_lock", "mmap_lock")
+        self.who = f"cpu:{proc.name}"
+        # mmu_notifier subscribers (KVM): called with the user range whose PTEs go away.
+        self.notifiers: list[Callable[[int, int], None]] = []
+
+    def notify_invalidate(self, start: int, end: int) -> None:
+        for n in list(self.notifiers):
+            n(start, end)
+
+    # ----- lookup ------------------------------------------------------------------------
+    def find_vma(self, addr: int) -> Vma | None:
+        i = self.vmas.bisect_right(addr) - 1
+        if i < 0:
+            return None
+        v: Vma = self.vmas.values()[i]
+        return v if addr < v.end else None
+
+    def vmas_in(self, start: int, end: int) -> list[Vma]:
+        out = []
+        i = max(self.vmas.bisect_right(start) - 1, 0)
+        vals = self.vmas.values()
+        while i < len(vals) and vals[i].start < end:
+            if vals[i].end > start:
+                out.append(vals[i])
+            i += 1
+        return out
+
+    def _free_area(self, length: int) -> int:
+        # Top-down below MMAP_BASE: the highest gap that fits (mm/mmap.c's unmapped_area_topdown).
+        top = MMAP_BASE
+        for v in reversed(self.vmas.values()):
+            if v.start >= top:
+                continue
+            if v.end <= top - length:
+                return top - length
+            top = min(top, v.start)
+        if top - length < MMAP_MIN_ADDR:
+            raise kerr(errno.ENOMEM, f"mmap: no free range of {length:#x} bytes")
+        return top - length
+
+    # ----- mmap / munmap ---------------------------------------------------------------
+    def mmap(
+        self, addr: int, length: int, prot: int, flags: int, file: File | None, offset: int
+    ) -> int:
+        if length == 0:
+            raise kerr(errno.EINVAL, "mmap: length is 0")
+        if offset & (PAGE - 1):
+            raise kerr(errno.EINVAL, f"mmap: offset {offset:#x} not page aligned")
+        maptype = flags & L.MAP_TYPE
+        if maptype not in (L.MAP_SHARED, L.MAP_PRIVATE, L.MAP_SHARED_VALIDATE):
+            raise kerr(errno.EINVAL, f"mmap: flags {flags:#x} are neither MAP_SHARED nor PRIVATE")
+        length = page_up(length)
+        if length > L.TASK_SIZE or length == 0:
+            raise kerr(errno.ENOMEM, f"mmap: length {length:#x} exceeds the address space")
+        if (offset + length) >> 64:
+            raise kerr(errno.EOVERFLOW, "mmap: offset + length overflows")
+        fixed = bool(flags & (L.MAP_FIXED | L.MAP_FIXED_NOREPLACE))
+        if fixed and addr & (PAGE - 1):
+            raise kerr(errno.EINVAL, f"mmap: MAP_FIXED address {addr:#x} not page aligned")
+        shared = maptype != L.MAP_PRIVATE
+        vm_flags = VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC
+        vm_flags |= (VM_READ if prot & L.PROT_READ else 0) | (VM_WRITE if prot & L.PROT_WRITE else 0)
+        vm_flags |= VM_EXEC if prot & L.PROT_EXEC else 0
+        if file is not None:
+            from ..fs.file import FMODE_READ, FMODE_WRITE
+
+            if not file.f_mode & FMODE_READ:
+                raise kerr(errno.EACCES, "mmap: file not open for reading")
+            if file.noexec:
+                if prot & L.PROT_EXEC:
+                    raise kerr(errno.EPERM, "mmap: PROT_EXEC of a file on a noexec mount")
+                vm_flags &= ~VM_MAYEXEC
+            if shared:
+                if prot & L.PROT_WRITE and not file.f_mode & FMODE_WRITE:
+                    raise kerr(errno.EACCES, "mmap: MAP_SHARED|PROT_WRITE on a read-only fd")
+                vm_flags |= VM_SHARED | VM_MAYSHARE
+                if not file.f_mode & FMODE_WRITE:
+                    vm_flags &= ~VM_MAYWRITE
+        elif shared:
+            vm_flags |= VM_SHARED | VM_MAYSHARE
+        self.mmap_lock.down_write()
+        try:
+            if fixed:
+                if flags & L.MAP_FIXED_NOREPLACE and self.vmas_in(addr, addr + length):
+                    raise kerr(errno.EEXIST, f"mmap: MAP_FIXED_NOREPLACE at {addr:#x} in use")
+                if addr + length > L.TASK_SIZE or addr < MMAP_MIN_ADDR:
+                    raise kerr(errno.EPERM if addr < MMAP_MIN_ADDR else errno.ENOMEM,
+                               f"mmap: fixed range at {addr:#x} outside the user address space")
+            else:
+                addr = self._free_area(length)
+            vma = Vma(self, addr, addr + length, vm_flags, file, offset)
+            if file is None and shared:
+                # shmem_zero_setup: shared anonymous memory is an unlinked shmem file.
+                from .memfd import MemfdFile
+
+                file = MemfdFile(self.kernel, "dev/zero", L.O_RDWR, size=length)
+                vma.file = file
+                vma.pgoff = 0
+                file.mmap(self.proc, vma)
+            elif file is not None:
+                file.mmap(self.proc, vma)  # may refuse (ENODEV, EINVAL, EPERM) or adjust flags
+                file.get()
+            if fixed:
+                self._unmap(addr, addr + length)
+            self.vmas[addr] = vma
+            if vma.file is not None:
+                self._link_file(vma)
+            self.kernel.track("vma", +1)
+        finally:
+            self.mmap_lock.up_write()
+        self.kernel.sched.emit("mm", "mmap", addr=addr, len=length, prot=prot, flags=flags)
+        return addr
+
+    def _link_file(self, vma: Vma) -> None:
+        cache = getattr(vma.file, "cache", None)
+        if cache is not None:
+            cache.mappers.append(vma)
+        if vma.vm_flags & VM_SHARED and vma.vm_flags & VM_MAYWRITE:
+            vma.file.i_mmap_writable += 1  # type: ignore[union-attr]
+            vma.writable_counted = True
+
+    def munmap(self, addr: int, length: int) -> None:
+        if addr & (PAGE - 1):
+            raise kerr(errno.EINVAL, f"munmap: address {addr:#x} not page aligned")
+        if length == 0:
+            raise kerr(errno.EINVAL, "munmap: length is 0")
+        length = page_up(length)
+        if addr + length > L.TASK_SIZE:
+            raise kerr(errno.EINVAL, "munmap: range beyond the user address space")
+        self.mmap_lock.down_write()
+        try:
+            self._unmap(addr, addr + length)
+        finally:
+            self.mmap_lock.up_write()
+        self.kernel.sched.emit("mm", "munmap", addr=addr, len=length)
+
+    def _unmap(self, start: int, end: int) -> None:
+        for vma in self.vmas_in(start, end):
+            # Split off the parts that stay.
+            if vma.start < start:
+                self._split(vma, start)
+            if vma.end > end:
+                self._split(vma, end)
+        for vma in self.vmas_in(start, end):
+            self._destroy(vma)
+
+    def _split(self, vma: Vma, at: int) -> None:
+        right = Vma(self, at, vma.end, vma.vm_flags, vma.file, vma.foff(at))
+        for s, e, p in vma.ptes.remove(at, vma.end):
+            right.ptes.set(s, e, p)
+        for s, e, p in vma.anon.remove(at, vma.end):
+            right.anon.set(s, e, p)
+        vma.end = at
+        self.vmas[at] = right
+        self.kernel.track("vma", +1)
+        if right.file is not None:
+            right.file.get()
+            self._link_file(right)
+
+    def _destroy(self, vma: Vma) -> None:
+        self.notify_invalidate(vma.start, vma.end)
+        del self.vmas[vma.start]
+        vma.ptes.clear()
+        for s, e, p in vma.anon.remove(vma.start, vma.end):
+            self.kernel.phys.release(p, p + (e - s))
+        if vma.file is not None:
+            cache = getattr(vma.file, "cache", None)
+            if cache is not None:
+                cache.mappers.remove(vma)
+            if vma.writable_counted:
+                vma.file.i_mmap_writable -= 1  # type: ignore[attr-defined]
+            vma.file.put()
+        self.kernel.track("vma", -1)
+
+    def exit_mmap(self) -> None:
+        for vma in list(self.vmas.values()):
+            self._destroy(vma)
+
+    # ----- faults and access -------------------------------------------------------------
+    def _fault(self, vma: Vma, start: int, end: int, write: bool) -> list[tuple[int, int, int]]:
+        """Resolve virtual ``[start, end)`` (page aligned, inside vma) to physical pieces."""
+        out: list[tuple[int, int, int]] = []
+        private = not vma.vm_flags & VM_SHARED
+        if private:
+            for s, e, p in vma.anon.overlapping(start, end):
+                out.append((s, e, p))
+            holes = vma.anon.gaps(start, end)
+        else:
+            holes = [(start, end)]
+        for hs, he in holes:
+            if private and write:
+                # Copy-on-write: private pages take a copy of what the file (or zero) shows.
+                src = b""
+                if vma.file is not None:
+                    src = self._read_file_pages(vma, hs, he)
+                pos = hs
+                for ps, pe in self.kernel.phys.alloc(he - hs, Owner(f"anon:{self.proc.name}")):
+                    vma.anon.set(pos, pos + (pe - ps), ps)
+                    if src:
+                        self.kernel.phys.data.write(ps, src[pos - hs : pos - hs + (pe - ps)])
+                    pos += pe - ps
+                out.extend(vma.anon.overlapping(hs, he))
+                continue
+            if vma.file is None:
+                out.append((hs, he, -1))  # unpopulated private anonymous memory reads as zero
+                continue
+            for ps, pe in vma.ptes.gaps(hs, he):
+                if vma.special:
+                    raise Fault(ps, "SIGBUS", "no pfn behind a VM_PFNMAP mapping")
+                pieces = vma.file.fault(vma, vma.foff(ps), vma.foff(pe), write and not private)
+                for fs, fe, phys in pieces:
+                    vs = vma.start + (fs - vma.pgoff)
+                    if not private:
+                        vma.ptes.set(vs, vs + (fe - fs), phys)
+                    else:
+                        out.append((vs, vs + (fe - fs), phys))
+            if not private:
+                out.extend(vma.ptes.overlapping(hs, he))
+        out.sort()
+        return out
+
+    def _read_file_pages(self, vma: Vma, start: int, end: int) -> bytes:
+        assert vma.file is not None
+        buf = bytearray(end - start)
+        try:
+            pieces = vma.file.fault(vma, vma.foff(start), vma.foff(end), False)
+        except Fault:
+            return bytes(buf)
+        for fs, fe, phys in pieces:
+            vs = vma.start + (fs - vma.pgoff)
+            buf[vs - start : vs - start + (fe - fs)] = self.kernel.phys.data.read(phys, fe - fs)
+        return bytes(buf)
+
+    def resolve(self, addr: int, n: int, write: bool) -> list[tuple[int, int, int]]:
+        """Fault in ``[addr, addr+n)`` and return (vstart, vend, phys) pieces, clipped."""
+        end = addr + n
+        out: list[tuple[int, int, int]] = []
+        pos = addr
+        while pos < end:
+            vma = self.find_vma(pos)
+            if vma is None:
+                raise Fault(pos, "SIGSEGV", "no mapping")
+            need = VM_WRITE if write else VM_READ
+            if not vma.vm_flags & need:
+                raise Fault(pos, "SIGSEGV", f"{'write' if write else 'read'} not permitted")
+            stop = min(end, vma.end)
+            for s, e, p in self._fault(vma, page_down(pos), page_up(stop), write):
+                cs, ce = max(s, pos), min(e, stop)
+                if cs < ce:
+                    out.append((cs, ce, -1 if p < 0 else p + (cs - s)))
+            pos = stop
+        return out
+
+    def access(
+        self, addr: int, n: int, write: bool, data: bytes | None = None, who: str | None = None
+    ) -> bytes:
+        """A CPU load/store of ``n`` bytes at user address ``addr`` (peek/poke)."""
+        if n < 0 or addr < 0 or addr + n > L.TASK_SIZE:
+            raise Fault(addr, "SIGSEGV", "address outside the user address space")
+        if n == 0:
+            return b""
+        who = who or self.who
+        self.mmap_lock.down_read()
+        try:
+            pieces = self.resolve(addr, n, write)
+        finally:
+            self.mmap_lock.up_read()
+        phys = self.kernel.phys
+        if write:
+            assert data is not None and len(data) == n
+            for s, e, p in pieces:
+                phys.write(p, data[s - addr : e - addr], who)
+            return b""
+        out = bytearray(n)
+        for s, e, p in pieces:
+            if p >= 0:
+                out[s - addr : e - addr] = phys.read(p, e - s, who)
+        return bytes(out)

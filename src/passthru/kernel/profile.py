@@ -1,0 +1,75 @@
+"""Kernel profiles: behaviour that differs across kernel versions and proposals, as data.
+
+A subsystem never asks "is this 7.1?"; it reads a field of the profile (DESIGN.md contract 3).
+``bugs`` names deliberately seeded defects (for teaching and for the checker's own tests: a
+buggy variant of a scenario must be found); real profiles have none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from ..uapi import kvm as K
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    # KVM (virt/kvm/kvm_main.c, arch/x86/kvm/x86.c)
+    kvm_vm_types: int = 1 << K.KVM_X86_DEFAULT_VM | 1 << K.KVM_X86_SW_PROTECTED_VM
+    kvm_nr_memslots: int = 32764  # KVM_MEM_SLOTS_NUM = SHRT_MAX - KVM_PRIVATE_MEM_SLOTS
+    kvm_nr_vcpus: int = 16
+    kvm_max_vcpus: int = 1024  # observed on 6.18 (KVM_MAX_VCPUS)
+    kvm_max_gpa_bits: int = 52  # kvm_mmu_max_gfn(): MAXPHYADDR of the host
+    kvm_gmem_mmap: bool = True  # GUEST_MEMFD_FLAG_MMAP (6.18)
+    kvm_pre_fault_memory: bool = True
+    kvm_memory_attributes: bool = True  # answered per VM type, see KvmVm.check_extension
+    # dma-buf and friends read their fields here as their issues land.
+    revoke_waits_for_unmap: bool = True
+    move_notify_mandatory: bool = False
+    design: str = "vfio"
+    bugs: frozenset[str] = field(default=frozenset())
+
+    def with_bugs(self, *bugs: str) -> Profile:
+        return replace(self, bugs=self.bugs | frozenset(bugs))
+
+    def with_design(self, design: str) -> Profile:
+        return replace(self, design=design)
+
+
+# The kernel this project's machines run (6.18 under kvm_pvm): what conformance compares with.
+LINUX_6_18 = Profile(
+    name="linux-6.18",
+    kvm_vm_types=1 << K.KVM_X86_DEFAULT_VM,
+    kvm_pre_fault_memory=False,
+    kvm_memory_attributes=False,
+    revoke_waits_for_unmap=False,
+    move_notify_mandatory=True,
+)
+LINUX_6_19 = replace(LINUX_6_18, name="linux-6.19")
+LINUX_7_1 = Profile(name="linux-7.1")
+RFC_TDX_CONNECT = replace(
+    LINUX_7_1,
+    name="rfc-tdx-connect",
+    kvm_vm_types=LINUX_7_1.kvm_vm_types | 1 << K.KVM_X86_TDX_VM,
+)
+RFC_SEV_TIO = replace(
+    LINUX_7_1,
+    name="rfc-sev-tio",
+    kvm_vm_types=LINUX_7_1.kvm_vm_types | 1 << K.KVM_X86_SNP_VM,
+)
+RFC_CCA = replace(LINUX_7_1, name="rfc-cca")
+
+PROFILES: dict[str, Profile] = {
+    p.name: p for p in (LINUX_6_18, LINUX_6_19, LINUX_7_1, RFC_TDX_CONNECT, RFC_SEV_TIO, RFC_CCA)
+}
+DEFAULT_PROFILE = "linux-7.1"
+DESIGNS = ("vfio", "iommufd", "vmm")
+
+
+def get_profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        known = ", ".join(sorted(PROFILES))
+        raise ValueError(f"unknown profile {name!r} (known: {known})") from None

@@ -1,0 +1,273 @@
+"""Sleeping locks built on scheduling points: mutex, rw_semaphore, ww_mutex, SRCU,
+completions and wait queues (kernel/locking/mutex.c, rwsem.c, ww_mutex.h, kernel/rcu/srcutree.c,
+kernel/sched/completion.c, wait.h).
+
+Every acquire is a scheduling point naming the lock, so the explorer interleaves there, and
+goes through lockdep. Leaves out: optimistic spinning, handoff, reader/writer fairness beyond
+"writers exclude readers", and the difference between wound-wait and wait-die beyond what
+dma_resv (wound-wait) needs.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+from typing import Any
+
+from .scheduler import Scheduler, SimDeadlock, Task
+
+
+class Mutex:
+    def __init__(self, sched: Scheduler, name: str, cls: str | None = None) -> None:
+        self.sched = sched
+        self.name = name
+        self.cls = cls or name
+        self.owner: Task | None = None
+
+    def lock(self) -> None:
+        s = self.sched
+        s.point(self.name, "acquire")
+        while self.owner is not None:
+            if self.owner is s.current:
+                msg = f"recursive locking of {self.name} by {s.current.name}"
+                s.violation("deadlock", msg)
+                raise SimDeadlock(msg)
+            s.block(self)
+        self.owner = s.current
+        s.lockdep.acquire(self)
+
+    def unlock(self) -> None:
+        s = self.sched
+        if self.owner is not s.current:
+            s.violation("lock", f"{s.current.name} unlocks {self.name} it does not hold")
+            return
+        self.owner = None
+        s.lockdep.release(self)
+        s.wake(self)
+
+    def is_locked(self) -> bool:
+        return self.owner is not None
+
+    def held_by_current(self) -> bool:
+        return self.owner is self.sched.current
+
+    def __enter__(self) -> Mutex:
+        self.lock()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.unlock()
+
+
+class RwSem:
+    """rw_semaphore: many readers or one writer."""
+
+    def __init__(self, sched: Scheduler, name: str, cls: str | None = None) -> None:
+        self.sched = sched
+        self.name = name
+        self.cls = cls or name
+        self.writer: Task | None = None
+        self.readers: dict[int, int] = {}
+
+    def down_read(self) -> None:
+        s = self.sched
+        s.point(self.name, "r")
+        while self.writer is not None:
+            if self.writer is s.current:
+                s.violation("deadlock", f"{s.current.name} read-locks {self.name} it holds")
+                raise SimDeadlock(self.name)
+            s.block(self)
+        self.readers[s.current.tid] = self.readers.get(s.current.tid, 0) + 1
+        s.lockdep.acquire(self)
+
+    def up_read(self) -> None:
+        s = self.sched
+        n = self.readers.get(s.current.tid, 0)
+        if n == 0:
+            s.violation("lock", f"{s.current.name} up_read on {self.name} it does not hold")
+            return
+        if n == 1:
+            del self.readers[s.current.tid]
+        else:
+            self.readers[s.current.tid] = n - 1
+        s.lockdep.release(self)
+        s.wake(self)
+
+    def down_write(self) -> None:
+        s = self.sched
+        s.point(self.name, "w")
+        while self.writer is not None or self.readers:
+            if self.writer is s.current or s.current.tid in self.readers:
+                s.violation("deadlock", f"{s.current.name} write-locks {self.name} it holds")
+                raise SimDeadlock(self.name)
+            s.block(self)
+        self.writer = s.current
+        s.lockdep.acquire(self)
+
+    def up_write(self) -> None:
+        s = self.sched
+        if self.writer is not s.current:
+            s.violation("lock", f"{s.current.name} up_write on {self.name} it does not hold")
+            return
+        self.writer = None
+        s.lockdep.release(self)
+        s.wake(self)
+
+    def held_for_write(self) -> bool:
+        return self.writer is self.sched.current
+
+    def held(self) -> bool:
+        return self.writer is self.sched.current or self.sched.current.tid in self.readers
+
+
+class WwAcquireCtx:
+    """ww_acquire_ctx: a transaction's ticket; older (smaller stamp) wins."""
+
+    def __init__(self, sched: Scheduler, name: str = "ww_ctx") -> None:
+        self.sched = sched
+        self.name = name
+        self.stamp = sched.next_stamp()
+        self.task = sched.current
+        self.acquired = 0
+        self.wounded = False
+
+
+class WwMutex:
+    """ww_mutex of a wound-wait class (dma_resv's reservation_ww_class).
+
+    An older context that finds the lock held by a younger one wounds it; the wounded context
+    gets -EDEADLK on its next contended lock and must back off (drop everything, lock_slow).
+    """
+
+    def __init__(self, sched: Scheduler, name: str, cls: str = "reservation_ww_class") -> None:
+        self.sched = sched
+        self.name = name
+        self.cls = cls
+        self.owner: Task | None = None
+        self.ctx: WwAcquireCtx | None = None
+
+    def lock(self, ctx: WwAcquireCtx | None = None) -> int:
+        s = self.sched
+        s.point(self.name, "acquire")
+        while self.owner is not None:
+            if self.owner is s.current:
+                if ctx is not None and self.ctx is ctx:
+                    return -errno.EALREADY
+                s.violation("deadlock", f"recursive locking of {self.name}")
+                raise SimDeadlock(self.name)
+            if ctx is not None:
+                if ctx.wounded and ctx.acquired > 0:
+                    return -errno.EDEADLK
+                holder = self.ctx
+                if holder is not None and holder.stamp > ctx.stamp and not holder.wounded:
+                    holder.wounded = True
+                    s.emit("ww", "wound", lock=self.name, victim=holder.task.name)
+                    # A wounded holder asleep on another ww lock must wake to see it.
+                    s.wake(holder.task.waiting_on) if holder.task.waiting_on else None
+            s.block(self)
+        self.owner = s.current
+        self.ctx = ctx
+        if ctx is not None:
+            ctx.acquired += 1
+        s.lockdep.acquire(self)
+        return 0
+
+    def lock_slow(self, ctx: WwAcquireCtx) -> None:
+        ctx.wounded = False
+        rc = self.lock(ctx)
+        assert rc == 0, "lock_slow cannot fail once everything was dropped"
+
+    def unlock(self) -> None:
+        s = self.sched
+        if self.owner is not s.current:
+            s.violation("lock", f"{s.current.name} unlocks {self.name} it does not hold")
+            return
+        if self.ctx is not None:
+            self.ctx.acquired -= 1
+        self.owner = None
+        self.ctx = None
+        s.lockdep.release(self)
+        s.wake(self)
+
+    def is_locked(self) -> bool:
+        return self.owner is not None
+
+    def held_by_current(self) -> bool:
+        return self.owner is self.sched.current
+
+
+class Srcu:
+    """Sleepable RCU: synchronize() waits for the readers that started before it."""
+
+    def __init__(self, sched: Scheduler, name: str) -> None:
+        self.sched = sched
+        self.name = name
+        self.gen = 0
+        self.readers: dict[int, int] = {}  # reader token -> generation it started in
+        self._next = 0
+
+    def read_lock(self) -> int:
+        self.sched.point(self.name, "r")
+        self._next += 1
+        self.readers[self._next] = self.gen
+        return self._next
+
+    def read_unlock(self, idx: int) -> None:
+        del self.readers[idx]
+        self.sched.wake(self)
+
+    def synchronize(self) -> None:
+        s = self.sched
+        s.point(self.name, "sync")
+        self.gen += 1
+        target = self.gen
+        while any(g < target for g in self.readers.values()):
+            s.block(self)
+
+
+class Completion:
+    def __init__(self, sched: Scheduler, name: str) -> None:
+        self.sched = sched
+        self.name = name
+        self.done = 0
+
+    def complete(self) -> None:
+        self.done += 1
+        self.sched.wake(self)
+
+    def complete_all(self) -> None:
+        self.done = 1 << 30
+        self.sched.wake(self)
+
+    def wait(self, timeout_ns: int | None = None) -> bool:
+        """wait_for_completion(_timeout): False when the model-time timeout expired."""
+        s = self.sched
+        s.point(self.name, "wait")
+        deadline = None if timeout_ns is None else s.now + timeout_ns
+        while self.done == 0:
+            if deadline is not None and s.now >= deadline:
+                return False
+            s.current.deadline = deadline
+            s.block(self)
+        self.done -= 1
+        return True
+
+
+class WaitQueue:
+    def __init__(self, sched: Scheduler, name: str) -> None:
+        self.sched = sched
+        self.name = name
+
+    def wait_event(self, cond: Callable[[], bool], timeout_ns: int | None = None) -> bool:
+        s = self.sched
+        s.point(self.name, "wait")
+        deadline = None if timeout_ns is None else s.now + timeout_ns
+        while not cond():
+            if deadline is not None and s.now >= deadline:
+                return False
+            s.current.deadline = deadline
+            s.block(self)
+        return True
+
+    def wake_up(self) -> None:
+        self.sched.wake(self)

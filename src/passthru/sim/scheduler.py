@@ -1,0 +1,253 @@
+"""The deterministic scheduler: tasks as greenlets, scheduling points, faults and violations.
+
+Models the preemption points of a Linux kernel: wherever kernel code could be preempted or
+block (lock acquire, waiting, a device or firmware access) it calls :meth:`Scheduler.point`
+with the resource it is about to touch and how. Only one task runs at a time; at each point
+the scheduler's *chooser* decides which runnable task goes next, so an explorer can enumerate
+interleavings. With no chooser, the running task keeps the CPU until it blocks or ends and
+tasks run in spawn order: a SimHost with no tasks is a plain library (points are no-ops).
+
+Leaves out: priorities, real time (``now`` is model time, advanced only by timed waits), CPUs.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import greenlet
+
+from .log import Event, EventLog
+
+RUNNABLE = "runnable"
+BLOCKED = "blocked"
+DONE = "done"
+
+
+class SimDeadlock(Exception):
+    """Raised in the blocking context when no task can ever wake it."""
+
+
+@dataclass
+class Violation:
+    """A broken rule: an invariant, physical truth, the lock order, a deadlock."""
+
+    kind: str
+    message: str
+    step: int
+    task: str
+
+    def text(self) -> str:
+        return f"[{self.kind}] step {self.step} ({self.task}): {self.message}"
+
+
+@dataclass
+class Task:
+    tid: int
+    name: str
+    fn: Callable[..., Any] | None = None
+    args: tuple[Any, ...] = ()
+    glet: greenlet.greenlet | None = None
+    state: str = RUNNABLE
+    waiting_on: Any = None
+    held: list[Any] = field(default_factory=list)
+    next_access: tuple[str, str] | None = None
+    result: Any = None
+    error: BaseException | None = None
+    deadline: int | None = None  # model-time wake-up for timed waits
+    yielding: bool = False  # gave the CPU up (a retry loop): others go first
+
+    def __repr__(self) -> str:
+        return f"<Task {self.tid} {self.name} {self.state}>"
+
+
+class Chooser(Protocol):
+    def choose(self, sched: Scheduler, enabled: list[Task], current: Task | None) -> Task: ...
+
+
+class Scheduler:
+    def __init__(
+        self,
+        chooser: Chooser | None = None,
+        fail_nth: frozenset[int] | set[int] = frozenset(),
+        seed: int = 0,
+        log: bool = True,
+    ) -> None:
+        self.chooser = chooser
+        self.fail_nth = frozenset(fail_nth)
+        self.rng = random.Random(seed)
+        self.log = EventLog(enabled=log)
+        self.violations: list[Violation] = []
+        self.tasks: list[Task] = []
+        self.main = Task(0, "main")
+        self.current: Task = self.main
+        self.step = 0
+        self.now = 0  # model time, ns
+        self.faults_seen = 0
+        self.faults_failed: list[tuple[int, str]] = []
+        self.step_checks: list[Callable[[], None]] = []
+        self._running = False
+        self._sched_glet: greenlet.greenlet | None = None
+        self._stamp = 0
+        from .lockdep import LockDep  # local: lockdep reports through this scheduler
+
+        self.lockdep = LockDep(self)
+
+    # ----- logging and violations -------------------------------------------------------
+    def emit(self, subsystem: str, event: str, **args: Any) -> None:
+        if self.log.enabled:
+            self.log.add(Event(self.step, self.current.name, subsystem, event, tuple(args.items())))
+
+    def violation(self, kind: str, message: str) -> Violation:
+        v = Violation(kind, message, self.step, self.current.name)
+        # Report each distinct violation once: the checker wants the first occurrence.
+        if not any(o.kind == kind and o.message == message for o in self.violations):
+            self.violations.append(v)
+            self.log.add(Event(self.step, self.current.name, "VIOLATION", kind, (("msg", message),)))
+        return v
+
+    def next_stamp(self) -> int:
+        self._stamp += 1
+        return self._stamp
+
+    # ----- tasks ----------------------------------------------------------------------------
+    def spawn(self, name: str, fn: Callable[..., Any], *args: Any) -> Task:
+        t = Task(len(self.tasks) + 1, name, fn, args)
+        self.tasks.append(t)
+        self.emit("sched", "spawn", task=name)
+        return t
+
+    @property
+    def in_task(self) -> bool:
+        return self.current is not self.main
+
+    def point(self, resource: str, access: str = "w") -> None:
+        """A scheduling point before touching ``resource`` (``access`` 'r' or 'w' or a verb)."""
+        if self.current is self.main or self._sched_glet is None:
+            return
+        self.current.next_access = (resource, access)
+        self._sched_glet.switch()
+
+    def yield_(self, resource: str) -> None:
+        """cond_resched() in a retry loop: let any other runnable task go first."""
+        if self.current is self.main or self._sched_glet is None:
+            return
+        self.current.yielding = True
+        self.point(resource, "retry")
+
+    def block(self, on: Any) -> None:
+        """Put the running task to sleep until :meth:`wake` is called for ``on``."""
+        cur = self.current
+        if cur is self.main or self._sched_glet is None:
+            msg = f"{cur.name} would sleep forever on {_name(on)} (nothing else can run)"
+            self.violation("deadlock", msg)
+            raise SimDeadlock(msg)
+        cur.state = BLOCKED
+        cur.waiting_on = on
+        cur.next_access = (_name(on), "wait")
+        self._sched_glet.switch()
+
+    def wake(self, on: Any) -> None:
+        for t in self.tasks:
+            if t.state == BLOCKED and t.waiting_on is on:
+                t.state = RUNNABLE
+                t.waiting_on = None
+                t.deadline = None
+
+    def fault(self, kind: str) -> bool:
+        """A fault point: True when this one is to fail (the kernel's fail_nth)."""
+        self.faults_seen += 1
+        if self.faults_seen in self.fail_nth:
+            self.faults_failed.append((self.faults_seen, kind))
+            self.emit("fault", "inject", nth=self.faults_seen, kind=kind)
+            return True
+        return False
+
+    # ----- the run loop -----------------------------------------------------------------
+    def _body(self, t: Task) -> None:
+        try:
+            assert t.fn is not None
+            t.result = t.fn(*t.args)
+        except SimDeadlock as e:
+            t.error = e
+        except BaseException as e:  # noqa: BLE001 - a task's failure is data for the checker
+            t.error = e
+            self.emit("sched", "task-error", error=f"{type(e).__name__}: {e}")
+        if t.held and not isinstance(t.error, SimDeadlock):
+            names = ", ".join(_name(h) for h in t.held)
+            self.violation("lock-held-at-exit", f"task {t.name} ended holding {names}")
+        t.state = DONE
+        self.emit("sched", "exit")
+
+    def run(self) -> None:
+        """Run every spawned task to completion under the chooser."""
+        if self._running:
+            raise RuntimeError("Scheduler.run is not reentrant")
+        self._running = True
+        self._sched_glet = greenlet.getcurrent()
+        prev: Task | None = None
+        try:
+            while True:
+                enabled = [t for t in self.tasks if t.state == RUNNABLE]
+                if len(enabled) > 1 and any(t.yielding for t in enabled):
+                    enabled = [t for t in enabled if not t.yielding] or enabled
+                if not enabled:
+                    timed = [t for t in self.tasks if t.state == BLOCKED and t.deadline]
+                    if timed:
+                        self._advance_time(timed)
+                        continue
+                    blocked = [t for t in self.tasks if t.state == BLOCKED]
+                    if blocked:
+                        self._report_deadlock(blocked)
+                    break
+                if self.chooser is not None:
+                    t = self.chooser.choose(self, enabled, prev)
+                elif prev is not None and prev.state == RUNNABLE:
+                    t = prev
+                else:
+                    t = enabled[0]
+                self.step += 1
+                self.current = t
+                if t.glet is None:
+                    t.glet = greenlet.greenlet(self._body, parent=self._sched_glet)
+                    t.glet.switch(t)
+                else:
+                    t.glet.switch()
+                self.current = self.main
+                for o in self.tasks:
+                    if o is not t:
+                        o.yielding = False
+                prev = t
+                for check in self.step_checks:
+                    check()
+        finally:
+            self._running = False
+            self._sched_glet = None
+            self.current = self.main
+
+    def _advance_time(self, timed: list[Task]) -> None:
+        deadline = min(t.deadline for t in timed if t.deadline is not None)
+        self.now = max(self.now, deadline)
+        for t in timed:
+            if t.deadline is not None and t.deadline <= self.now:
+                t.state = RUNNABLE
+                t.waiting_on = None
+                t.deadline = None
+        self.emit("sched", "time", now=self.now)
+
+    def _report_deadlock(self, blocked: list[Task]) -> None:
+        parts = []
+        for t in blocked:
+            held = ",".join(_name(h) for h in t.held) or "-"
+            parts.append(f"{t.name} holds [{held}] waits {_name(t.waiting_on)}")
+        self.violation("deadlock", "; ".join(parts))
+        # Unwind the stuck greenlets so nothing dangles: they end with SimDeadlock.
+        for t in blocked:
+            if t.glet is not None and not t.glet.dead:
+                t.glet.throw(SimDeadlock("deadlocked"))
+
+
+def _name(obj: Any) -> str:
+    return getattr(obj, "name", None) or type(obj).__name__
