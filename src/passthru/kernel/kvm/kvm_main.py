@@ -149,6 +149,9 @@ class Kvm:
             if slot.gmem is not None:
                 slot.gmem.unbind(slot)
         self.mmu.zap_gfn_range(0, 1 << 64)
+        for vcpu in self.vcpus.values():
+            vcpu.free()
+        self.vcpus.clear()
         self.mm.notifiers.remove(self.mmu.hva_invalidate)
         self.kernel.track("kvm", -1)
         self.sched.emit("kvm", "destroy-vm", vm=self.vm_id)

@@ -1,0 +1,114 @@
+"""KVM races the foundation models: guest_memfd punch-hole and memslot deletion against a
+vCPU's fault path.
+
+- A vCPU faulting a guest_memfd page while the VMM punches a hole over it: KVM's
+  mmu_invalidate protocol (invalidate_begin/end bump a sequence the fault rechecks under
+  mmu_lock) makes the fault retry instead of mapping the page being freed. The buggy variant
+  seeds ``kvm.no_mmu_invalidate_retry``: the stale page gets mapped and the guest then writes
+  freed memory.
+- A vCPU faulting through a memslot while the VMM deletes it: the delete waits for SRCU readers
+  (synchronize_srcu) before freeing the slot. The buggy variant seeds
+  ``kvm.memslot_delete_skips_srcu_sync``: the vCPU dereferences a freed kvm_memory_slot.
+"""
+
+from __future__ import annotations
+
+from ..check.scenario import Sandbox, scenario
+from ..host.sim import SimHost
+from ..uapi import kvm as K
+from ..uapi import linux as L
+
+PROFILES = ("linux-6.19", "linux-7.1")
+PAGE = L.PAGE_SIZE
+SIZE = 16 * PAGE
+
+
+def _vm_with_gmem(host: SimHost) -> tuple[int, int, int]:
+    kvm = host.open("/dev/kvm", L.O_RDWR | L.O_CLOEXEC)
+    vm = host.ioctl(kvm, K.KVM_CREATE_VM, K.KVM_X86_DEFAULT_VM)
+    host.close(kvm)
+    args = K.kvm_create_guest_memfd(size=SIZE, flags=K.GUEST_MEMFD_FLAG_MMAP
+                                    | K.GUEST_MEMFD_FLAG_INIT_SHARED)
+    gmem = host.ioctl(vm, K.KVM_CREATE_GUEST_MEMFD, args)
+    region = K.kvm_userspace_memory_region2(
+        slot=0, flags=K.KVM_MEM_GUEST_MEMFD, guest_phys_addr=0, memory_size=SIZE,
+        guest_memfd=gmem, guest_memfd_offset=0)
+    host.ioctl(vm, K.KVM_SET_USER_MEMORY_REGION2, region)
+    return vm, gmem, host.ioctl(vm, K.KVM_CREATE_VCPU, 0)
+
+
+def _sptes_backed(s: Sandbox) -> str | None:
+    """Every guest mapping points at memory that is still allocated (not freed, not orphaned)."""
+    from ..kernel.kvm.kvm_main import KvmVmFile
+
+    phys = s.host.kernel.phys
+    for f in s.host.proc.fds.values():
+        if isinstance(f, KvmVmFile):
+            for gs, ge, p in f.kvm.mmu.spte:
+                for os_, oe, o in phys.owners.overlapping(p, p + (ge - gs)):
+                    if o.state == "orphan":
+                        return (f"SPTE gpa [{gs:#x}, {ge:#x}) maps a page its file dropped "
+                                f"(phys {os_:#x}, orphan of {o.owner})")
+                if phys.owners.gaps(p, p + (ge - gs)):
+                    return f"SPTE gpa [{gs:#x}, {ge:#x}) maps freed memory at {p:#x}"
+    return None
+
+
+def _punch_vs_vcpu(s: Sandbox) -> None:
+    host = s.host
+    vm, gmem, vcpu_fd = _vm_with_gmem(host)
+    vcpu = host.vcpu(vcpu_fd)
+
+    def guest() -> None:
+        vcpu.access(0x1000, data=b"\xaa" * 8)
+        vcpu.access(0x1000, data=b"\xbb" * 8)  # through the SPTE the first access installed
+
+    def punch() -> None:
+        host.fallocate(gmem, L.FALLOC_FL_PUNCH_HOLE | L.FALLOC_FL_KEEP_SIZE, 0, 4 * PAGE)
+
+    s.spawn("vcpu0", guest)
+    s.spawn("punch", punch)
+    s.invariant("stale-spte", lambda: _sptes_backed(s))
+
+
+@scenario(profiles=PROFILES, expect="safe")
+def gmem_punch_hole_vs_vcpu(s: Sandbox) -> None:
+    """A vCPU faults a guest_memfd page while the VMM punches a hole over it."""
+    _punch_vs_vcpu(s)
+
+
+@scenario(profiles=PROFILES, expect="violation", bugs=("kvm.no_mmu_invalidate_retry",))
+def gmem_punch_hole_vs_vcpu_buggy(s: Sandbox) -> None:
+    """The same race with the fault's mmu_invalidate retry check removed: stale SPTE."""
+    _punch_vs_vcpu(s)
+
+
+def _delete_vs_vcpu(s: Sandbox) -> None:
+    host = s.host
+    vm, gmem, vcpu_fd = _vm_with_gmem(host)
+    vcpu = host.vcpu(vcpu_fd)
+
+    def guest() -> None:
+        vcpu.access(0x2000, data=b"\x11" * 4)
+
+    def delete() -> None:
+        host.ioctl(vm, K.KVM_SET_USER_MEMORY_REGION2,
+                   K.kvm_userspace_memory_region2(slot=0, flags=K.KVM_MEM_GUEST_MEMFD,
+                                                  guest_phys_addr=0, memory_size=0,
+                                                  guest_memfd=gmem))
+
+    s.spawn("vcpu0", guest)
+    s.spawn("vmm", delete)
+    s.invariant("stale-spte", lambda: _sptes_backed(s))
+
+
+@scenario(profiles=PROFILES, expect="safe")
+def memslot_delete_vs_vcpu(s: Sandbox) -> None:
+    """A vCPU faults through a memslot while the VMM deletes the slot."""
+    _delete_vs_vcpu(s)
+
+
+@scenario(profiles=PROFILES, expect="violation", bugs=("kvm.memslot_delete_skips_srcu_sync",))
+def memslot_delete_vs_vcpu_buggy(s: Sandbox) -> None:
+    """The same race with synchronize_srcu removed from the delete: use-after-free."""
+    _delete_vs_vcpu(s)
