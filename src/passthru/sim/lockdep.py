@@ -35,6 +35,8 @@ class LockDep:
         return None
 
     def acquire(self, lock: Any) -> None:
+        """lock_acquire: record and check the order *before* waiting, as lockdep does, so an
+        inversion is reported even when the acquisition then deadlocks."""
         cur = self.sched.current
         cls = lock.cls
         for h in cur.held:
@@ -57,7 +59,9 @@ class LockDep:
                     f"inverts {chain} (first seen {first})",
                 )
             self.edges.setdefault(hcls, {})[cls] = where
-        cur.held.append(lock)
+
+    def acquired(self, lock: Any) -> None:
+        self.sched.current.held.append(lock)
 
     def release(self, lock: Any) -> None:
         held = self.sched.current.held

@@ -27,6 +27,7 @@ class Mutex:
     def lock(self) -> None:
         s = self.sched
         s.point(self.name, "acquire")
+        s.lockdep.acquire(self)
         while self.owner is not None:
             if self.owner is s.current:
                 msg = f"recursive locking of {self.name} by {s.current.name}"
@@ -34,7 +35,7 @@ class Mutex:
                 raise SimDeadlock(msg)
             s.block(self)
         self.owner = s.current
-        s.lockdep.acquire(self)
+        s.lockdep.acquired(self)
 
     def unlock(self) -> None:
         s = self.sched
@@ -72,13 +73,14 @@ class RwSem:
     def down_read(self) -> None:
         s = self.sched
         s.point(self.name, "r")
+        s.lockdep.acquire(self)
         while self.writer is not None:
             if self.writer is s.current:
                 s.violation("deadlock", f"{s.current.name} read-locks {self.name} it holds")
                 raise SimDeadlock(self.name)
             s.block(self)
         self.readers[s.current.tid] = self.readers.get(s.current.tid, 0) + 1
-        s.lockdep.acquire(self)
+        s.lockdep.acquired(self)
 
     def up_read(self) -> None:
         s = self.sched
@@ -96,13 +98,14 @@ class RwSem:
     def down_write(self) -> None:
         s = self.sched
         s.point(self.name, "w")
+        s.lockdep.acquire(self)
         while self.writer is not None or self.readers:
             if self.writer is s.current or s.current.tid in self.readers:
                 s.violation("deadlock", f"{s.current.name} write-locks {self.name} it holds")
                 raise SimDeadlock(self.name)
             s.block(self)
         self.writer = s.current
-        s.lockdep.acquire(self)
+        s.lockdep.acquired(self)
 
     def up_write(self) -> None:
         s = self.sched
@@ -149,6 +152,7 @@ class WwMutex:
     def lock(self, ctx: WwAcquireCtx | None = None) -> int:
         s = self.sched
         s.point(self.name, "acquire")
+        s.lockdep.acquire(self)
         while self.owner is not None:
             if self.owner is s.current:
                 if ctx is not None and self.ctx is ctx:
@@ -169,7 +173,7 @@ class WwMutex:
         self.ctx = ctx
         if ctx is not None:
             ctx.acquired += 1
-        s.lockdep.acquire(self)
+        s.lockdep.acquired(self)
         return 0
 
     def lock_slow(self, ctx: WwAcquireCtx) -> None:

@@ -1,0 +1,172 @@
+"""The command line: ``passthru check | list | run | replay``.
+
+Exit status: 0 when every verdict is what the scenario expects, 1 when one is not (an
+unexpected violation, or a known bug the checker failed to find), 2 on usage errors.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from .check.discover import builtin, from_paths
+from .check.explore import ReplayChooser
+from .check.runner import SCHEDULE_VERSION, ScenarioError, check, run_once
+from .check.scenario import Scenario
+from .kernel.profile import PROFILES
+
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
+
+
+def _load(paths: tuple[str, ...]) -> list[Scenario]:
+    try:
+        return from_paths(list(paths)) if paths else builtin()
+    except (FileNotFoundError, ImportError, SyntaxError) as e:
+        raise click.UsageError(str(e)) from e
+
+
+def _check_profile(profile: str | None) -> None:
+    if profile is not None and profile not in PROFILES:
+        raise click.BadParameter(
+            f"unknown profile {profile!r}; known: {', '.join(sorted(PROFILES))}",
+            param_hint="--profile")
+
+
+@click.group()
+@click.version_option(package_name="passthru")
+def main() -> None:
+    """passthru: an executable model of the Linux host stack for device passthrough."""
+
+
+@main.command("list")
+@click.argument("paths", nargs=-1)
+def list_cmd(paths: tuple[str, ...]) -> None:
+    """List scenarios (built-in, or from PATHS)."""
+    t = Table("scenario", "expect", "profiles", "what")
+    for sc in _load(paths):
+        t.add_row(sc.name, sc.expect, ",".join(sc.profiles), sc.doc)
+    console.print(t)
+
+
+@main.command("check")
+@click.argument("paths", nargs=-1)
+@click.option("--profile", help="Run every scenario under this profile only.")
+@click.option("--scenario", "-k", "only", help="Only scenarios whose name contains this.")
+@click.option("--strategy", type=click.Choice(["dfs", "random"]), default="dfs", show_default=True)
+@click.option("--budget", type=click.IntRange(min=1), default=20000, show_default=True,
+              help="Most schedules per scenario variant.")
+@click.option("--preemptions", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Preemption bound of the DFS.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--save", type=click.Path(file_okay=False), help="Write counterexamples here.")
+def check_cmd(paths: tuple[str, ...], profile: str | None, only: str | None, strategy: str,
+              budget: int, preemptions: int, seed: int, save: str | None) -> None:
+    """Explore every scenario's schedules and print a verdict table."""
+    _check_profile(profile)
+    scenarios = [sc for sc in _load(paths) if not only or only in sc.name]
+    if not scenarios:
+        raise click.UsageError("no scenarios found")
+    t = Table("scenario", "profile", "expect", "verdict", "schedules", "steps", "time", "")
+    bad = 0
+    findings: list[str] = []
+    for sc in scenarios:
+        for prof, design in sc.variants():
+            if profile is not None:
+                prof = profile
+            try:
+                v = check(sc, prof, design, strategy=strategy, bound=preemptions,
+                          budget=budget, seed=seed)
+            except ScenarioError as e:
+                console.print(f"[red]error[/red] {e}")
+                bad += 1
+                continue
+            verdict = "violation" if v.found else ("safe" if v.complete else "none found")
+            mark = "[green]as expected[/green]" if v.ok else "[red]UNEXPECTED[/red]"
+            bad += not v.ok
+            label = sc.name + (f" [{design}]" if design else "")
+            t.add_row(label, prof, sc.expect, verdict, str(v.schedules), str(v.steps),
+                      f"{v.elapsed:.2f}s", mark)
+            if v.found:
+                findings.append(f"{label} @ {prof}: {v.violations[0].text()}")
+                if save:
+                    out = Path(save)
+                    out.mkdir(parents=True, exist_ok=True)
+                    f = out / f"{sc.name}-{prof}{'-' + design if design else ''}.json"
+                    f.write_text(json.dumps(v.schedule_json(), indent=1) + "\n")
+            if profile is not None:
+                break
+    console.print(t)
+    for line in findings:
+        console.print("  " + line)
+    console.print(f"{bad} unexpected verdict(s)" if bad else "all verdicts as expected")
+    sys.exit(1 if bad else 0)
+
+
+def _find(name: str, paths: tuple[str, ...]) -> Scenario:
+    for sc in _load(paths):
+        if sc.name == name:
+            return sc
+    raise click.UsageError(f"no scenario named {name!r} (see `passthru list`)")
+
+
+def _print_run(res: Any) -> None:
+    sys.stdout.write(res.log.text())
+    for v in res.violations:
+        console.print(f"[red]{v.text()}[/red]")
+    console.print(f"schedule: {json.dumps(res.choices)}")
+
+
+@main.command("run")
+@click.argument("name")
+@click.argument("paths", nargs=-1)
+@click.option("--profile", help="Profile (default: the scenario's first).")
+@click.option("--design", help="Coordination design.")
+@click.option("--schedule", "schedule", type=click.Path(exists=True, dir_okay=False),
+              help="A schedule JSON file (from check --save).")
+def run_cmd(name: str, paths: tuple[str, ...], profile: str | None, design: str | None,
+            schedule: str | None) -> None:
+    """Run one scenario under one schedule and print its event log."""
+    _check_profile(profile)
+    sc = _find(name, paths)
+    choices: list[int] = []
+    if schedule:
+        choices = _read_schedule(schedule)["choices"]
+    res = run_once(sc, profile or sc.profiles[0], design, ReplayChooser(choices))
+    _print_run(res)
+    sys.exit(1 if res.violated else 0)
+
+
+def _read_schedule(path: str) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise click.UsageError(f"{path}: not a schedule file: {e}") from e
+    if not isinstance(data, dict) or data.get("version") != SCHEDULE_VERSION or not isinstance(
+            data.get("choices"), list) or "scenario" not in data or "profile" not in data:
+        raise click.UsageError(f"{path}: malformed schedule (want version {SCHEDULE_VERSION} "
+                               "with scenario, profile and choices)")
+    return data
+
+
+@main.command("replay")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("paths", nargs=-1)
+def replay_cmd(file: str, paths: tuple[str, ...]) -> None:
+    """Replay a saved counterexample and print its event log."""
+    data = _read_schedule(file)
+    _check_profile(data["profile"])
+    sc = _find(data["scenario"], paths)
+    res = run_once(sc, data["profile"], data.get("design"), ReplayChooser(data["choices"]),
+                   fail_nth=frozenset(data.get("fail_nth", [])))
+    _print_run(res)
+    sys.exit(1 if res.violated else 0)
+
+
+if __name__ == "__main__":
+    main()
