@@ -44,7 +44,8 @@ def _sptes_backed(s: Sandbox) -> str | None:
     phys = s.host.kernel.phys
     for f in s.host.proc.fds.values():
         if isinstance(f, KvmVmFile):
-            for gs, ge, p in f.kvm.mmu.spte:
+            mmu = f.kvm.mmu
+            for gs, ge, p in [*mmu.spte, *mmu.spte_private]:
                 for os_, oe, o in phys.owners.overlapping(p, p + (ge - gs)):
                     if o.state == "orphan":
                         return (f"SPTE gpa [{gs:#x}, {ge:#x}) maps a page its file dropped "

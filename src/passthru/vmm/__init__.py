@@ -1,0 +1,23 @@
+"""Userspace over the Host protocol: rust-vmm-style wrappers (kvm-ioctls, vm-memory,
+vmm-sys-util) so VMM code reads like VMM code and runs unchanged on SimHost and LinuxHost.
+
+These modules import only passthru.uapi and the Host protocol, never the model.
+"""
+
+from __future__ import annotations
+
+from .kvm import EXIT_REASONS, Kvm, Vcpu, VcpuExit, Vm
+from .memory import GuestMemfd, GuestMemory, GuestRegion, Mapping, Memfd
+
+__all__ = [
+    "EXIT_REASONS",
+    "GuestMemfd",
+    "GuestMemory",
+    "GuestRegion",
+    "Kvm",
+    "Mapping",
+    "Memfd",
+    "Vcpu",
+    "VcpuExit",
+    "Vm",
+]

@@ -17,13 +17,16 @@ wrapper still counts as closed and the error propagates.
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from ..host.protocol import Host
 
 _R = TypeVar("_R", bound="Resource")
 
 
 class Resource:
-    def __init__(self, host: Any) -> None:
+    def __init__(self, host: Host) -> None:
         self.host = host
         self._children: list[Resource] = []
         self._parent: Resource | None = None

@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..host.protocol import Host
 from ..uapi import kvm as K
 from ..uapi import linux as L
 from ._resource import Resource
@@ -46,7 +47,7 @@ class Mapping(Resource):
     never asked). Equivalent of vm-memory's MmapRegion / vmm-sys-util's MmapRegion.
     """
 
-    def __init__(self, host: Any, addr: int, length: int) -> None:
+    def __init__(self, host: Host, addr: int, length: int) -> None:
         super().__init__(host)
         self.addr = addr
         self.length = length
@@ -117,7 +118,7 @@ class Memfd(_FileBacked):
 
     def __init__(
         self,
-        host: Any,
+        host: Host,
         name: str = "passthru",
         flags: int = L.MFD_ALLOW_SEALING | L.MFD_CLOEXEC,
         size: int = 0,
@@ -180,7 +181,7 @@ class GuestMemfd(_FileBacked):
     seals are not supported by the kernel, so they are not offered here.
     """
 
-    def __init__(self, host: Any, fd: int, size: int, flags: int) -> None:
+    def __init__(self, host: Host, fd: int, size: int, flags: int) -> None:
         super().__init__(host)
         self.fd = fd
         self.size = size
@@ -263,8 +264,7 @@ class GuestMemory(Resource):
         spans = ", ".join(f"[{r.gpa:#x}, {r.gpa + r.size:#x})" for r in self.regions)
         return f"<GuestMemory {spans}>"
 
-    def _add(self, slot: int, gpa: int, size: int, use_gmem: bool, gflags: int,
-             name: str) -> None:
+    def _add(self, slot: int, gpa: int, size: int, use_gmem: bool, gflags: int, name: str) -> None:
         memfd: Memfd | None = None
         gmem: GuestMemfd | None = None
         view: Mapping | None = None

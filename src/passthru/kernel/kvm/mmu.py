@@ -55,18 +55,27 @@ class KvmExit:
 class KvmMmu:
     def __init__(self, kvm: Kvm) -> None:
         self.kvm = kvm
+        # Two tables, as TDX's shared EPT and private S-EPT (SNP/SW_PROTECTED resolve the same
+        # way): a private access never hits a shared mapping of the same GPA or vice versa.
         self.spte: RangeMap[int] = RangeMap(linear=True)
+        self.spte_private: RangeMap[int] = RangeMap(linear=True)
         self.writable: RangeMap[bool] = RangeMap()
+        self.writable_private: RangeMap[bool] = RangeMap()
         self.mmu_lock = Mutex(kvm.sched, f"vm{kvm.vm_id}.mmu_lock", "kvm->mmu_lock")
         self.invalidate_seq = 0
         self.invalidate_in_progress = 0
 
     # ----- invalidation ---------------------------------------------------------------
+    def tables(self, private: bool) -> tuple[RangeMap[int], RangeMap[bool]]:
+        if private:
+            return self.spte_private, self.writable_private
+        return self.spte, self.writable
+
     def zap_gfn_range(self, start: int, end: int) -> None:
-        if self.spte.any_in(start, end):
+        if self.spte.any_in(start, end) or self.spte_private.any_in(start, end):
             self.kvm.sched.emit("kvm", "zap", start=start, end=end)
-        self.spte.remove(start, end)
-        self.writable.remove(start, end)
+        for m in (self.spte, self.spte_private, self.writable, self.writable_private):
+            m.remove(start, end)
 
     def invalidate_begin(self, start: int, end: int) -> None:
         with self.mmu_lock:
@@ -98,8 +107,10 @@ class KvmMmu:
         assert (gpa & (PAGE - 1)) + n <= PAGE, "guest accesses here stay within a page"
         for _ in range(64):
             kvm.sched.point(f"vm{kvm.vm_id}.gpa:{gpa >> 12:#x}", "w" if write else "r")
-            phys = self.spte.lookup(gpa)
-            if phys is not None and (not write or self.writable.lookup(gpa)):
+            want_private = kvm.mem_is_private(gpa) if private is None else private
+            spte, writable = self.tables(want_private)
+            phys = spte.lookup(gpa)
+            if phys is not None and (not write or writable.lookup(gpa)):
                 if write:
                     assert data is not None
                     kvm.kernel.phys.write(phys, data, who)
@@ -146,9 +157,10 @@ class KvmMmu:
                     if stale or slot.invalid:
                         kvm.sched.emit("kvm", "fault-retry", gpa=page)
                     else:
-                        self.spte.set(page, page + PAGE, pfn)
+                        spte, writable = self.tables(is_private)
+                        spte.set(page, page + PAGE, pfn)
                         if write or not slot.flags & K.KVM_MEM_READONLY:
-                            self.writable.set(page, page + PAGE, True)
+                            writable.set(page, page + PAGE, True)
                         kvm.sched.emit("kvm", "map", gpa=page, pfn=pfn >> 12)
                         return None
             finally:
