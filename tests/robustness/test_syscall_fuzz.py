@@ -314,10 +314,16 @@ class SyscallFuzz(RuleBasedStateMachine):
 
     def ioctl_arg(self, data: st.DataObject) -> Any:
         """Garbage for any ioctl: an integer (value or user pointer), a struct, a buffer."""
-        return data.draw(st.one_of(
-            u64, st.just(0), st.builds(lambda a: a, st.just(self.addr(data))),
-            random_struct(), st.binary(max_size=80).map(bytearray), st.none(),
-        ))
+        kind = data.draw(st.sampled_from(["int", "pointer", "struct", "buffer", "none"]))
+        if kind == "int":
+            return data.draw(st.one_of(st.just(0), u64))
+        if kind == "pointer":
+            return self.addr(data)
+        if kind == "struct":
+            return data.draw(random_struct())
+        if kind == "buffer":
+            return data.draw(st.binary(max_size=80).map(bytearray))
+        return None
 
     # ----- deep state quickly ----------------------------------------------------------
     @initialize(data=st.data())
@@ -484,7 +490,7 @@ class SyscallFuzz(RuleBasedStateMachine):
     @rule(data=st.data(), length=st.one_of(page_count, page_count, st.integers(1, 3 * PAGE), u64),
           p=prot, flags=map_flags, offset=st.one_of(st.just(0), st.just(0), page_count, s64))
     def mmap(self, data: st.DataObject, length: int, p: int, flags: int, offset: int) -> None:
-        addr = data.draw(st.one_of(st.just(0), st.just(0), st.builds(lambda: self.addr(data))))
+        addr = self.addr(data) if data.draw(st.integers(0, 2)) == 0 else 0
         fd = self.fd(data, "memfd", "guest_memfd", "kvm-vcpu", "kvm-vm", "kvm-dev", "null")
         self.call("mmap", addr, length, p, flags, fd, offset)
 

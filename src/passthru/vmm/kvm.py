@@ -30,6 +30,7 @@ only.
 from __future__ import annotations
 
 import ctypes
+import errno
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Any
@@ -57,6 +58,9 @@ _RUN_STRUCT_SIZE = ctypes.sizeof(K.kvm_run)
 _MMIO = type(K.kvm_run().mmio)  # the anonymous union's mmio struct
 _MMIO_DATA_OFFSET: int = K.kvm_run.mmio.offset + _MMIO.data.offset
 _MMIO_DATA_MAX: int = _MMIO.data.size
+
+
+_HEX_FIELDS = frozenset({"phys_addr", "port", "flags", "gpa", "size", "hardware_reason"})
 
 
 @dataclass(frozen=True, repr=False)
@@ -97,7 +101,7 @@ class VcpuExit:
             v = getattr(self, f.name)
             if v is None:
                 continue
-            shown = hex(v) if isinstance(v, int) and not isinstance(v, bool) else repr(v)
+            shown = hex(v) if f.name in _HEX_FIELDS else repr(v)
             parts.append(f"{f.name}={shown}")
         return f"VcpuExit({', '.join(parts)})"
 
@@ -268,11 +272,26 @@ class Vcpu(Resource):
         return self._run
 
     def run(self) -> VcpuExit:
-        """KVM_RUN, then decode kvm_run's exit."""
+        """KVM_RUN, then decode kvm_run's exit.
+
+        A MEMORY_FAULT exit is returned as an exit whether KVM_RUN returned 0 or, as the
+        kernel does (Documentation/virt/kvm/api.rst), -1 with EFAULT/EHWPOISON; any other
+        failure raises the OSError (kvm-ioctls' VcpuFd::run does the same).
+        """
         run_map = self.kvm_run
         self.last_exit = None
-        self.host.ioctl(self.fd, K.KVM_RUN, 0)
-        run = K.kvm_run.from_buffer_copy(run_map.read(0, _RUN_STRUCT_SIZE))
+        try:
+            self.host.ioctl(self.fd, K.KVM_RUN, 0)
+        except OSError as e:
+            # KVM_EXIT_MEMORY_FAULT is the one exit that comes with KVM_RUN returning -1
+            # (EFAULT or EHWPOISON); with any other errno exit_reason is stale.
+            if e.errno not in (errno.EFAULT, errno.EHWPOISON):
+                raise
+            run = K.kvm_run.from_buffer_copy(run_map.read(0, _RUN_STRUCT_SIZE))
+            if run.exit_reason != K.KVM_EXIT_MEMORY_FAULT:
+                raise
+        else:
+            run = K.kvm_run.from_buffer_copy(run_map.read(0, _RUN_STRUCT_SIZE))
         self.last_exit = self._decode(run, run_map)
         return self.last_exit
 

@@ -237,10 +237,11 @@ class Mm:
         self.kernel.sched.emit("mm", "munmap", addr=addr, len=length)
 
     def _unmap(self, start: int, end: int) -> None:
+        # Split off the parts that stay, left edge first (the right piece may need the second).
         for vma in self.vmas_in(start, end):
-            # Split off the parts that stay.
             if vma.start < start:
                 self._split(vma, start)
+        for vma in self.vmas_in(start, end):
             if vma.end > end:
                 self._split(vma, end)
         for vma in self.vmas_in(start, end):
