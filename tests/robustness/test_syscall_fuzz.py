@@ -338,8 +338,8 @@ class SyscallFuzz(RuleBasedStateMachine):
         vm = self.call("ioctl", kfd, K.KVM_CREATE_VM, vmt)
         if vm is FAILED:
             vm = self.call("ioctl", kfd, K.KVM_CREATE_VM, K.KVM_X86_DEFAULT_VM)
-        gflags = data.draw(st.sampled_from([0, K.GUEST_MEMFD_FLAG_MMAP,
-                                            K.GUEST_MEMFD_FLAG_MMAP | K.GUEST_MEMFD_FLAG_INIT_SHARED]))
+        mmap, shared = K.GUEST_MEMFD_FLAG_MMAP, K.GUEST_MEMFD_FLAG_INIT_SHARED
+        gflags = data.draw(st.sampled_from([0, mmap, mmap | shared]))
         gm = self.call("ioctl", vm, K.KVM_CREATE_GUEST_MEMFD,
                        K.kvm_create_guest_memfd(size=0x10000, flags=gflags))
         if gm is FAILED:

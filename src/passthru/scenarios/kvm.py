@@ -46,7 +46,7 @@ def _sptes_backed(s: Sandbox) -> str | None:
         if isinstance(f, KvmVmFile):
             mmu = f.kvm.mmu
             for gs, ge, p in [*mmu.spte, *mmu.spte_private]:
-                for os_, oe, o in phys.owners.overlapping(p, p + (ge - gs)):
+                for os_, _, o in phys.owners.overlapping(p, p + (ge - gs)):
                     if o.state == "orphan":
                         return (f"SPTE gpa [{gs:#x}, {ge:#x}) maps a page its file dropped "
                                 f"(phys {os_:#x}, orphan of {o.owner})")

@@ -105,7 +105,8 @@ class Scheduler:
         # Report each distinct violation once: the checker wants the first occurrence.
         if not any(o.kind == kind and o.message == message for o in self.violations):
             self.violations.append(v)
-            self.log.add(Event(self.step, self.current.name, "VIOLATION", kind, (("msg", message),)))
+            ev = Event(self.step, self.current.name, "VIOLATION", kind, (("msg", message),))
+            self.log.add(ev)
         return v
 
     def next_stamp(self) -> int:

@@ -60,6 +60,8 @@ _MMIO_DATA_OFFSET: int = K.kvm_run.mmio.offset + _MMIO.data.offset
 _MMIO_DATA_MAX: int = _MMIO.data.size
 
 
+EHWPOISON = 133  # include/uapi/asm-generic/errno.h (not in every Python's errno module)
+
 _HEX_FIELDS = frozenset({"phys_addr", "port", "flags", "gpa", "size", "hardware_reason"})
 
 
@@ -285,7 +287,7 @@ class Vcpu(Resource):
         except OSError as e:
             # KVM_EXIT_MEMORY_FAULT is the one exit that comes with KVM_RUN returning -1
             # (EFAULT or EHWPOISON); with any other errno exit_reason is stale.
-            if e.errno not in (errno.EFAULT, errno.EHWPOISON):
+            if e.errno not in (errno.EFAULT, EHWPOISON):
                 raise
             run = K.kvm_run.from_buffer_copy(run_map.read(0, _RUN_STRUCT_SIZE))
             if run.exit_reason != K.KVM_EXIT_MEMORY_FAULT:

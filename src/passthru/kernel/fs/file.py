@@ -17,8 +17,8 @@ from ...errors import kerr
 from ...uapi import linux as L
 
 if TYPE_CHECKING:
-    from ..mm.vma import Vma
     from ..core import Kernel
+    from ..mm.vma import Vma
     from .process import Process
 
 FMODE_READ = 0x1

@@ -132,7 +132,8 @@ class Process:
 
     def _rw_check(self, f: File, mode: int, what: str, pos: int | None) -> None:
         if not f.f_mode & mode:
-            raise kerr(errno.EBADF, f"{what}: fd not open for {'reading' if mode == 1 else 'writing'}")
+            verb = "reading" if mode == FMODE_READ else "writing"
+            raise kerr(errno.EBADF, f"{what}: fd not open for {verb}")
         if pos is not None and pos < 0:
             raise kerr(errno.EINVAL, f"{what}: negative offset")
 

@@ -120,7 +120,7 @@ class GmemFile(File):
             # Cheap scheduling point between zap and free: where a racing vCPU could slip in.
             kvm.sched.point(f"{self.name}.pages", "w")
             self.cache.truncate_range(start, end)
-            for bs, be, b in list(self.bindings.overlapping(start, end)):
+            for _ in list(self.bindings.overlapping(start, end)):
                 kvm.mmu.invalidate_end()
         finally:
             self.invalidate_lock.up_write()
@@ -141,7 +141,8 @@ class GmemFile(File):
         size = slot.npages * PAGE
         if offset < 0 or offset & (PAGE - 1) or offset + size > self.i_size:
             raise kerr(errno.EINVAL, f"KVM_SET_USER_MEMORY_REGION2: guest_memfd range "
-                       f"[{offset:#x}, {offset + size:#x}) not page aligned or past {self.i_size:#x}")
+                       f"[{offset:#x}, {offset + size:#x}) not page aligned or past "
+                       f"{self.i_size:#x}")
         self.invalidate_lock.down_write()
         try:
             hit = next(self.bindings.overlapping(offset, offset + size), None)

@@ -328,13 +328,13 @@ class VcpuFile(File):
             return kvm_arch_vcpu_ioctl_run(self.vcpu)
         if cmd == K.KVM_GET_REGS:
             regs = K.kvm_regs()
-            for name, _ in K.kvm_regs._fields_:
-                setattr(regs, name, self.vcpu.cpu.regs.get(name, 0))
+            for field in K.kvm_regs._fields_:
+                setattr(regs, field[0], self.vcpu.cpu.regs.get(field[0], 0))
             arg.copy_to_user(regs)
             return 0
         if cmd == K.KVM_SET_REGS:
             regs = arg.copy_from_user(K.kvm_regs)
-            for name, _ in K.kvm_regs._fields_:
-                self.vcpu.cpu.regs[name] = getattr(regs, name)
+            for field in K.kvm_regs._fields_:
+                self.vcpu.cpu.regs[field[0]] = getattr(regs, field[0])
             return 0
         raise kerr(errno.ENOTTY, f"ioctl {cmd:#x}: vCPU ioctl not modelled")

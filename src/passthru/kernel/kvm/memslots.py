@@ -132,7 +132,7 @@ class Memslots:
             else:
                 return
         if change in (KVM_MR_CREATE, KVM_MR_MOVE):
-            for s, e, other in self.gpa[as_id].overlapping(gpa, gpa + size):
+            for _, _, other in self.gpa[as_id].overlapping(gpa, gpa + size):
                 if other is not old:
                     raise kerr(errno.EEXIST, f"{what}: [{gpa:#x}, {gpa + size:#x}) overlaps "
                                f"slot {other.id:#x} at [{other.base_gpa:#x}, {other.end_gpa:#x})")

@@ -161,7 +161,8 @@ class Mm:
             raise kerr(errno.EINVAL, f"mmap: MAP_FIXED address {addr:#x} not page aligned")
         shared = maptype != L.MAP_PRIVATE
         vm_flags = VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC
-        vm_flags |= (VM_READ if prot & L.PROT_READ else 0) | (VM_WRITE if prot & L.PROT_WRITE else 0)
+        vm_flags |= VM_READ if prot & L.PROT_READ else 0
+        vm_flags |= VM_WRITE if prot & L.PROT_WRITE else 0
         vm_flags |= VM_EXEC if prot & L.PROT_EXEC else 0
         if file is not None:
             from ..fs.file import FMODE_READ, FMODE_WRITE
