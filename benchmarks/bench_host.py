@@ -351,7 +351,10 @@ def run_scale(host_kind: str, size: int, repeat: int, timeout: float) -> ScaleRe
     if p.returncode != 0:
         last = (p.stderr.strip().splitlines() or ["?"])[-1]
         return ScaleResult(host_kind, size, {}, 0, wall, f"failed (rc {p.returncode}): {last}")
-    data = json.loads(p.stdout.strip().splitlines()[-1])
+    try:
+        data = json.loads(p.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return ScaleResult(host_kind, size, {}, 0, wall, f"no result: {p.stdout[-200:]!r}")
     return ScaleResult(host_kind, size, data["phases"], data["runs"], wall, note)
 
 

@@ -50,8 +50,9 @@ KNOWN_BUGS = {
 }
 
 # ---------------------------------------------------------------------------------------------
-# Garbage values, all in one place. Every value fits the C type LinuxHost passes it as, so the
-# same call is a legal (if silly) call on the real kernel.
+# Values, all in one place. Each Field has *sane* values (what a correct VMM passes, so calls
+# succeed and state grows) and *garbage*. Every value fits the C type LinuxHost passes it as,
+# so each call is a legal, if silly, call on the real kernel too.
 # ---------------------------------------------------------------------------------------------
 
 U64_EDGES = [
@@ -60,70 +61,107 @@ U64_EDGES = [
     (1 << 63) - PAGE, (1 << 63) - 1, 1 << 63, (1 << 64) - PAGE, (1 << 64) - 1,
 ]
 S64_EDGES = [x for x in U64_EDGES if x < 1 << 63] + [-1, -PAGE, -(1 << 31), -(1 << 63)]
+U32_EDGES = [0, 1, 0xFFFF, 1 << 16, 1 << 31, (1 << 32) - 1]
+S32_EDGES = [0, 1, -1, (1 << 31) - 1, -(1 << 31)]
 
 u64 = st.one_of(st.sampled_from(U64_EDGES), st.integers(0, (1 << 64) - 1))
 s64 = st.one_of(st.sampled_from(S64_EDGES), st.integers(-(1 << 63), (1 << 63) - 1))
-u32 = st.one_of(st.sampled_from([0, 1, 0xFFFF, 1 << 16, 1 << 31, (1 << 32) - 1]),
-                st.integers(0, (1 << 32) - 1))
-s32 = st.one_of(st.sampled_from([0, 1, -1, (1 << 31) - 1, -(1 << 31)]),
-                st.integers(-(1 << 31), (1 << 31) - 1))
-# fds that are not open: never opened, stdio (absent in the model), negative, huge
+u32 = st.one_of(st.sampled_from(U32_EDGES), st.integers(0, (1 << 32) - 1))
+s32 = st.one_of(st.sampled_from(S32_EDGES), st.integers(-(1 << 31), (1 << 31) - 1))
+misaligned = st.integers(1, 16 * PAGE).filter(lambda x: x % PAGE)
+# fds that are not open: stdio (absent in the model), never opened, negative, huge
 bad_fd = st.sampled_from([0, 1, 2, 999, 4096, -1, -2, -(1 << 31), (1 << 31) - 1])
-page_count = st.integers(1, 16).map(lambda n: n * PAGE)
-# a page multiple most of the time, garbage otherwise
-size = st.one_of(page_count, page_count, st.just(0), st.just(0x10000), u64)
-soffset = st.one_of(st.just(0), page_count, s64)
-small_gpa = st.one_of(st.integers(0, 64).map(lambda n: n * PAGE), st.just(RESET_VECTOR_GPA))
-gpa = st.one_of(small_gpa, small_gpa, u64)
-slot_id = st.one_of(st.integers(0, 7), st.integers(0, 7), u32)
+pages = st.integers(1, 16).map(lambda n: n * PAGE)
+page_offset = st.integers(0, 15).map(lambda n: n * PAGE)
 
 
-def bits_of(*valid: int, extra: st.SearchStrategy[int] = u32) -> st.SearchStrategy[int]:
-    """Any subset of ``valid`` flags, sometimes with unknown bits set."""
-    subset = st.lists(st.sampled_from(valid), unique=True).map(lambda xs: sum(xs, 0))
-    return st.one_of(subset, subset, subset, st.tuples(subset, extra).map(lambda t: t[0] | t[1]))
+def flag_subsets(*flags: int) -> st.SearchStrategy[int]:
+    return st.lists(st.sampled_from(flags), unique=True).map(lambda xs: sum(xs, 0))
 
 
-gmem_flags = bits_of(K.GUEST_MEMFD_FLAG_MMAP, K.GUEST_MEMFD_FLAG_INIT_SHARED,
-                     extra=st.sampled_from([1 << 2, 1 << 63, (1 << 64) - 1]))
-slot_flags = bits_of(K.KVM_MEM_LOG_DIRTY_PAGES, K.KVM_MEM_READONLY, K.KVM_MEM_GUEST_MEMFD,
-                     extra=st.sampled_from([1 << 3, 1 << 31, (1 << 32) - 1]))
-mfd_flags = bits_of(L.MFD_CLOEXEC, L.MFD_ALLOW_SEALING, L.MFD_HUGETLB, L.MFD_NOEXEC_SEAL,
-                    L.MFD_EXEC, extra=st.sampled_from([0x40, 21 << 26, 1 << 31, (1 << 32) - 1]))
-seals = bits_of(L.F_SEAL_SEAL, L.F_SEAL_SHRINK, L.F_SEAL_GROW, L.F_SEAL_WRITE,
-                L.F_SEAL_FUTURE_WRITE, L.F_SEAL_EXEC, extra=st.sampled_from([0x40, 1 << 31]))
-prot = bits_of(L.PROT_READ, L.PROT_WRITE, L.PROT_EXEC, extra=st.sampled_from([0x8, 1 << 24]))
-map_type = st.sampled_from([L.MAP_SHARED, L.MAP_PRIVATE, L.MAP_SHARED_VALIDATE, 0, 0xF])
-map_flags = st.tuples(
-    st.one_of(map_type, map_type, map_type, s32),
-    bits_of(L.MAP_FIXED, L.MAP_ANONYMOUS, L.MAP_FIXED_NOREPLACE, L.MAP_NORESERVE,
-            extra=st.just(0)),
-).map(lambda t: t[0] | t[1])
-falloc_mode = st.one_of(
-    st.sampled_from([0, L.FALLOC_FL_KEEP_SIZE, L.FALLOC_FL_KEEP_SIZE | L.FALLOC_FL_PUNCH_HOLE,
-                     L.FALLOC_FL_PUNCH_HOLE, L.FALLOC_FL_ZERO_RANGE,
-                     L.FALLOC_FL_COLLAPSE_RANGE, L.FALLOC_FL_INSERT_RANGE]),
-    s32,
+def with_junk(sane: st.SearchStrategy[int], *junk: int) -> st.SearchStrategy[int]:
+    """Sane flags with unknown bits or'ed in."""
+    return st.tuples(sane, st.sampled_from(junk) | u32).map(lambda t: t[0] | t[1])
+
+
+class Field:
+    """The values one argument takes: ``sane`` ones, and ``garbage`` mixed in otherwise."""
+
+    def __init__(self, sane: st.SearchStrategy[Any], *garbage: st.SearchStrategy[Any]) -> None:
+        self.sane = sane
+        self.wild = st.one_of(sane, *garbage)
+
+
+SIZE = Field(pages, st.just(0), misaligned, u64)
+LENGTH = Field(pages, st.just(0), misaligned, u64)  # size_t
+SLENGTH = Field(pages, st.just(0), misaligned, s64)  # off_t
+OFFSET = Field(page_offset, misaligned, u64)
+SOFFSET = Field(page_offset, misaligned, s64)
+GPA = Field(st.one_of(page_offset, st.just(RESET_VECTOR_GPA), st.just(0x100000)), misaligned, u64)
+SLOT = Field(st.integers(0, 7), u32, st.sampled_from([1 << 16, (1 << 16) | 1]))  # as_id 1
+GMEM_FLAGS = Field(flag_subsets(K.GUEST_MEMFD_FLAG_MMAP, K.GUEST_MEMFD_FLAG_INIT_SHARED),
+                   with_junk(st.just(0), 1 << 2, 1 << 63, (1 << 64) - 1))
+SLOT_FLAGS = Field(
+    st.sampled_from([0, K.KVM_MEM_GUEST_MEMFD, K.KVM_MEM_READONLY, K.KVM_MEM_LOG_DIRTY_PAGES]),
+    flag_subsets(K.KVM_MEM_LOG_DIRTY_PAGES, K.KVM_MEM_READONLY, K.KVM_MEM_GUEST_MEMFD),
+    with_junk(st.just(K.KVM_MEM_GUEST_MEMFD), 1 << 3, 1 << 31),
 )
-fcntl_cmd = st.one_of(
-    st.sampled_from([L.F_GETFD, L.F_SETFD, L.F_GETFL, L.F_SETFL, L.F_DUPFD, L.F_DUPFD_CLOEXEC,
-                     L.F_ADD_SEALS, L.F_GET_SEALS]),
-    s32,
-)
-# F_DUPFD's argument stays small: a huge one is a known model divergence (test_model_bugs).
-fcntl_arg = st.one_of(st.integers(0, 64), seals, st.sampled_from([L.FD_CLOEXEC]))
-open_path = st.sampled_from(["/dev/kvm", "/dev/kvm", "/dev/null", "/dev/nope", "", "/dev/kvm/x"])
-open_flags = st.one_of(st.sampled_from([L.O_RDWR | L.O_CLOEXEC, L.O_RDWR, L.O_RDONLY,
-                                        L.O_WRONLY, L.O_ACCMODE]), s32)
-vm_type = st.one_of(st.sampled_from([K.KVM_X86_DEFAULT_VM] * 3 + [K.KVM_X86_SW_PROTECTED_VM] * 2
-                                    + [K.KVM_X86_SNP_VM, K.KVM_X86_TDX_VM, 31, 32, 64]), u64)
-caps = st.one_of(st.sampled_from([
+RESERVED = Field(st.just(0), u64)  # padding and reserved fields: the kernel may not check them
+VM_TYPE = Field(st.sampled_from([K.KVM_X86_DEFAULT_VM, K.KVM_X86_SW_PROTECTED_VM]),
+                st.sampled_from([K.KVM_X86_SNP_VM, K.KVM_X86_TDX_VM, 31, 32, 64]), u64)
+CAP = Field(st.sampled_from([
     K.KVM_CAP_USER_MEMORY, K.KVM_CAP_USER_MEMORY2, K.KVM_CAP_NR_MEMSLOTS, K.KVM_CAP_NR_VCPUS,
     K.KVM_CAP_MAX_VCPUS, K.KVM_CAP_READONLY_MEM, K.KVM_CAP_GUEST_MEMFD,
     K.KVM_CAP_GUEST_MEMFD_FLAGS, K.KVM_CAP_VM_TYPES, K.KVM_CAP_MEMORY_ATTRIBUTES,
     K.KVM_CAP_PRE_FAULT_MEMORY, K.KVM_CAP_MEMORY_FAULT_INFO,
 ]), u64)
-vcpu_id = st.one_of(st.integers(0, 3), st.integers(0, 3), st.sampled_from([4095, 4096]), u64)
+VCPU_ID = Field(st.integers(0, 3), st.sampled_from([4095, 4096]), u64)
+ATTRS = Field(st.sampled_from([0, K.KVM_MEMORY_ATTRIBUTE_PRIVATE]), u64)
+MFD_FLAGS = Field(
+    flag_subsets(L.MFD_CLOEXEC, L.MFD_ALLOW_SEALING, L.MFD_NOEXEC_SEAL),
+    flag_subsets(L.MFD_CLOEXEC, L.MFD_ALLOW_SEALING, L.MFD_HUGETLB, L.MFD_NOEXEC_SEAL,
+                 L.MFD_EXEC),
+    with_junk(st.just(0), 0x40, 21 << 26, 1 << 31),
+)
+MFD_NAME = Field(st.just("guest-ram"), st.text(max_size=300))
+SEALS = Field(
+    flag_subsets(L.F_SEAL_SEAL, L.F_SEAL_SHRINK, L.F_SEAL_GROW, L.F_SEAL_WRITE,
+                 L.F_SEAL_FUTURE_WRITE, L.F_SEAL_EXEC),
+    with_junk(st.just(0), 0x40, 1 << 31),
+)
+PROT = Field(st.sampled_from([L.PROT_READ, L.PROT_READ | L.PROT_WRITE]),
+             flag_subsets(L.PROT_READ, L.PROT_WRITE, L.PROT_EXEC), with_junk(st.just(0), 8))
+MAP_FLAGS = Field(
+    st.sampled_from([L.MAP_SHARED, L.MAP_PRIVATE]),
+    st.tuples(st.sampled_from([L.MAP_SHARED, L.MAP_PRIVATE, L.MAP_SHARED_VALIDATE, 0, 0xF]),
+              flag_subsets(L.MAP_FIXED, L.MAP_ANONYMOUS, L.MAP_FIXED_NOREPLACE,
+                           L.MAP_NORESERVE)).map(lambda t: t[0] | t[1]),
+    s32,
+)
+FALLOC_MODE = Field(
+    st.sampled_from([0, L.FALLOC_FL_KEEP_SIZE, L.FALLOC_FL_KEEP_SIZE | L.FALLOC_FL_PUNCH_HOLE]),
+    st.sampled_from([L.FALLOC_FL_PUNCH_HOLE, L.FALLOC_FL_ZERO_RANGE, L.FALLOC_FL_COLLAPSE_RANGE,
+                     L.FALLOC_FL_INSERT_RANGE]),
+    s32,
+)
+FCNTL_CMD = Field(
+    st.sampled_from([L.F_GETFD, L.F_SETFD, L.F_GETFL, L.F_DUPFD, L.F_DUPFD_CLOEXEC,
+                     L.F_GET_SEALS]),
+    st.sampled_from([L.F_SETFL, L.F_ADD_SEALS]), s32,
+)
+# F_DUPFD's argument stays small: a huge one is a known model divergence (test_model_bugs).
+FCNTL_ARG = Field(st.integers(0, 64), SEALS.wild, st.just(L.FD_CLOEXEC))
+OPEN_PATH = Field(st.sampled_from(["/dev/kvm", "/dev/null"]),
+                  st.sampled_from(["/dev/nope", "", "/dev/kvm/x"]))
+OPEN_FLAGS = Field(st.sampled_from([L.O_RDWR | L.O_CLOEXEC, L.O_RDWR]),
+                   st.sampled_from([L.O_RDONLY, L.O_WRONLY, L.O_ACCMODE]), s32)
+RW_COUNT = Field(st.integers(0, 3 * PAGE))
+PAYLOAD = Field(st.binary(max_size=2 * PAGE))
+# Guest code for the reset vector: hlt; and "mov [0x8000],al; out 0x10,al; hlt" (KERNEL.md §9)
+GUEST_CODE = [b"\xf4", b"\xa2\x00\x80\xe6\x10\xf4"]
+POKE = Field(st.one_of(st.binary(max_size=64), st.sampled_from(GUEST_CODE)),
+             st.binary(max_size=2 * PAGE))
+PEEK = Field(st.integers(0, 64), st.integers(0, 3 * PAGE))
 KNOWN_REQUESTS = [
     K.KVM_GET_API_VERSION, K.KVM_CREATE_VM, K.KVM_CHECK_EXTENSION, K.KVM_GET_VCPU_MMAP_SIZE,
     K.KVM_CREATE_VCPU, K.KVM_SET_USER_MEMORY_REGION, K.KVM_SET_USER_MEMORY_REGION2,
@@ -131,12 +169,12 @@ KNOWN_REQUESTS = [
     K.KVM_SET_MEMORY_ATTRIBUTES, K.KVM_CREATE_GUEST_MEMFD, K.KVM_PRE_FAULT_MEMORY, K.KVM_RUN,
     K.KVM_GET_REGS, K.KVM_SET_REGS, K.KVM_GET_SREGS, K.KVM_SET_SREGS,
     0x5401,  # TCGETS: a tty ioctl
-    0x541B,  # FIONREAD: handled by the VFS for regular files
+    0x541B,  # FIONREAD
     0xAE7F,  # _IO(KVMIO, 0x7f): no such KVM ioctl
 ]
-request = st.one_of(
-    st.sampled_from(KNOWN_REQUESTS), st.sampled_from(KNOWN_REQUESTS),
-    u32,  # unknown numbers, including other type/size/direction bits
+REQUEST = Field(
+    st.sampled_from(KNOWN_REQUESTS),
+    u32,  # unknown numbers, other type/size/direction bits
     st.sampled_from(KNOWN_REQUESTS).map(lambda r: r | 1 << 32),  # the kernel's cmd is 32-bit
 )
 STRUCTS = [
