@@ -481,11 +481,12 @@ def print_report(
                 su = s.phases_us.get(phase) if s else None
                 lu = lx.phases_us.get(phase) if lx else None
                 sc.add_row(fmt_size(size), phase, fmt_us(su), fmt_us(lu), fmt_ratio(su, lu))
-            for r in (s, lx):
-                if r is not None and r.note:
-                    sc.add_row("", f"[yellow]{r.host}: {r.note}[/]", "", "", "")
             sc.add_section()
         con.print(sc)
+        for r in scale:
+            runs = f"{r.runs} run(s)" if r.runs else "no result"
+            con.print(f"  {r.host} {fmt_size(r.size)}: {runs}, {r.wall_s:.1f} s wall"
+                      + (f"; [yellow]{r.note}[/]" if r.note else ""))
         sim_tot = {r.size: sum(r.phases_us.values()) for r in scale
                    if r.host == "sim" and r.phases_us}
         if len(sim_tot) >= 2:

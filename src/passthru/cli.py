@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .check.discover import builtin, from_paths
@@ -83,7 +84,7 @@ def check_cmd(paths: tuple[str, ...], profile: str | None, only: str | None, str
                 v = check(sc, prof, design, strategy=strategy, bound=preemptions,
                           budget=budget, seed=seed)
             except ScenarioError as e:
-                console.print(f"[red]error[/red] {e}")
+                console.print(f"[red]error[/red] {escape(str(e))}")
                 bad += 1
                 continue
             verdict = "violation" if v.found else ("safe" if v.complete else "none found")
@@ -103,7 +104,7 @@ def check_cmd(paths: tuple[str, ...], profile: str | None, only: str | None, str
                 break
     console.print(t)
     for line in findings:
-        console.print("  " + line)
+        console.print("  " + escape(line))
     console.print(f"{bad} unexpected verdict(s)" if bad else "all verdicts as expected")
     sys.exit(1 if bad else 0)
 
@@ -118,7 +119,7 @@ def _find(name: str, paths: tuple[str, ...]) -> Scenario:
 def _print_run(res: Any) -> None:
     sys.stdout.write(res.log.text())
     for v in res.violations:
-        console.print(f"[red]{v.text()}[/red]")
+        console.print(f"[red]{escape(v.text())}[/red]")
     console.print(f"schedule: {json.dumps(res.choices)}")
 
 

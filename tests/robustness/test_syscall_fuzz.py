@@ -191,19 +191,6 @@ def random_struct(draw: Any) -> ctypes.Structure:
     return ctype.from_buffer_copy(raw)
 
 
-def resized(obj: ctypes.Structure, data: st.DataObject) -> Any:
-    """``obj`` as the ioctl argument, or its bytes cut short or padded with junk."""
-    how = data.draw(st.sampled_from(["struct"] * 4 + ["short", "long", "empty"]))
-    raw = bytes(obj)
-    if how == "short":
-        return bytearray(raw[: data.draw(st.integers(0, len(raw) - 1))])
-    if how == "long":
-        return bytearray(raw + data.draw(st.binary(min_size=1, max_size=32)))
-    if how == "empty":
-        return bytearray()
-    return obj
-
-
 # ---------------------------------------------------------------------------------------------
 # Observable state: what a failed call must leave as it was.
 # ---------------------------------------------------------------------------------------------
@@ -284,6 +271,89 @@ def may_populate(method: str, args: tuple[Any, ...], host: SimHost) -> bool:
 FAILED = object()
 
 
+class Args:
+    """Draws one call's arguments: all sane (so that calls succeed and build state), or each
+    argument sane or garbage."""
+
+    def __init__(self, m: SyscallFuzz, data: st.DataObject) -> None:
+        self.m = m
+        self.data = data
+        self.sane = data.draw(st.booleans(), label="sane")
+
+    def __call__(self, field: Field) -> Any:
+        return self.data.draw(field.sane if self.sane else field.wild)
+
+    def draw(self, strategy: st.SearchStrategy[Any]) -> Any:
+        return self.data.draw(strategy)
+
+    def fd(self, *kinds: str) -> int:
+        """A live fd of one of ``kinds``; unless sane, sometimes any live fd, a closed one,
+        or one that was never valid."""
+        mine = self.m.fds(*kinds)
+        if mine and (self.sane or self.draw(st.integers(0, 2))):
+            return self.draw(st.sampled_from(mine))
+        options: list[st.SearchStrategy[int]] = [bad_fd]
+        if self.m.closed:
+            options.append(st.sampled_from(self.m.closed))
+        if self.m.fds():
+            options.append(st.sampled_from(self.m.fds()))
+        return self.draw(st.one_of(*options))
+
+    def addr(self) -> int:
+        """Inside (or just past) a current mapping; unless sane, sometimes a stale or garbage
+        address. Mappings of 64 KiB or more often get the reset vector's offset (0xfff0)."""
+        vmas = list(self.m.host.proc.mm.vmas.values())
+        if vmas and (self.sane or self.draw(st.integers(0, 3))):
+            v = self.draw(st.sampled_from(vmas))
+            span = v.end - v.start
+            off = self.draw(st.one_of(st.integers(0, span - 1), st.integers(0, span + PAGE),
+                                      st.just(0xFFF0 % span)))
+            return v.start + off
+        options: list[st.SearchStrategy[int]] = [u64]
+        if self.m.stale_maps:
+            options.append(st.sampled_from(self.m.stale_maps))
+        return self.draw(st.one_of(*options))
+
+    def page_addr(self) -> int:
+        """A page-aligned address: a mapping's start or one of its pages, mostly."""
+        vmas = list(self.m.host.proc.mm.vmas.values())
+        if vmas and (self.sane or self.draw(st.integers(0, 2))):
+            v = self.draw(st.sampled_from(vmas))
+            return v.start + self.draw(st.integers(0, (v.end - v.start) // PAGE - 1)) * PAGE * (
+                self.draw(st.integers(0, 1)))
+        return self.draw(st.one_of(st.just(0), misaligned, u64))
+
+    def arg(self, obj: ctypes.Structure) -> Any:
+        """``obj`` as the ioctl argument; unless sane, sometimes its bytes cut short or padded
+        with junk, or a user pointer to wherever."""
+        if self.sane:
+            return obj
+        how = self.draw(st.sampled_from(["struct"] * 3 + ["short", "long", "empty", "pointer"]))
+        raw = bytes(obj)
+        if how == "short":
+            return bytearray(raw[: self.draw(st.integers(0, len(raw) - 1))])
+        if how == "long":
+            return bytearray(raw + self.draw(st.binary(min_size=1, max_size=32)))
+        if how == "empty":
+            return bytearray()
+        if how == "pointer":
+            return self.addr()
+        return obj
+
+    def any_arg(self) -> Any:
+        """Whatever for any ioctl: an integer (value or user pointer), a struct, a buffer."""
+        kind = self.draw(st.sampled_from(["int", "pointer", "struct", "buffer", "none"]))
+        if kind == "int":
+            return self.draw(st.one_of(st.just(0), u64))
+        if kind == "pointer":
+            return self.addr()
+        if kind == "struct":
+            return self.draw(random_struct())
+        if kind == "buffer":
+            return self.draw(st.binary(max_size=80).map(bytearray))
+        return None
+
+
 class SyscallFuzz(RuleBasedStateMachine):
     PROFILE = "linux-7.1"
 
@@ -318,61 +388,16 @@ class SyscallFuzz(RuleBasedStateMachine):
     def fds(self, *kinds: str) -> list[int]:
         return [fd for fd, f in sorted(self.host.proc.fds.items()) if not kinds or f.kind in kinds]
 
-    def fd(self, data: st.DataObject, *kinds: str) -> int:
-        """Usually a live fd of one of ``kinds``; sometimes any live fd, a closed one, or one
-        that was never valid."""
-        options: list[st.SearchStrategy[int]] = [bad_fd]
-        if self.closed:
-            options.append(st.sampled_from(self.closed))
-        if self.fds():
-            options.append(st.sampled_from(self.fds()))
-        if kinds and self.fds(*kinds):
-            options += [st.sampled_from(self.fds(*kinds))] * 6
-        return data.draw(st.one_of(*options))
-
-    def addr(self, data: st.DataObject) -> int:
-        """Usually inside (or just past) a current mapping; else a stale or garbage address."""
-        vmas = list(self.host.proc.mm.vmas.values())
-        options: list[st.SearchStrategy[int]] = [u64]
-        if self.stale_maps:
-            options.append(st.sampled_from(self.stale_maps))
-        if vmas:
-            inside = st.tuples(st.sampled_from(vmas), st.integers(0, 1 << 16)).map(
-                lambda t: t[0].start + t[1] % (t[0].end - t[0].start + PAGE))
-            options += [inside] * 4
-        return data.draw(st.one_of(*options))
-
-    def uaddr(self, data: st.DataObject) -> int:
-        """A page-aligned user address for a memslot: a mapping's start, mostly."""
-        vmas = list(self.host.proc.mm.vmas.values())
-        options: list[st.SearchStrategy[int]] = [u64, st.just(0)]
-        if vmas:
-            options += [st.sampled_from([v.start for v in vmas])] * 4
-        return data.draw(st.one_of(*options))
-
-    def ioctl_arg(self, data: st.DataObject) -> Any:
-        """Garbage for any ioctl: an integer (value or user pointer), a struct, a buffer."""
-        kind = data.draw(st.sampled_from(["int", "pointer", "struct", "buffer", "none"]))
-        if kind == "int":
-            return data.draw(st.one_of(st.just(0), u64))
-        if kind == "pointer":
-            return self.addr(data)
-        if kind == "struct":
-            return data.draw(random_struct())
-        if kind == "buffer":
-            return data.draw(st.binary(max_size=80).map(bytearray))
-        return None
-
     # ----- deep state quickly ----------------------------------------------------------
     @initialize(data=st.data())
     def prebuild(self, data: st.DataObject) -> None:
         """Most runs start with /dev/kvm, a VM, a guest_memfd bound to a slot at the reset
-        vector and mapped, and a sealable memfd mapped: the rules then work on real state."""
-        if not data.draw(st.booleans() | st.just(True), label="prebuild"):
+        vector (and mapped, when it may be), a memfd mapped as guest RAM backing the same slot
+        and a second one at GPA 0, guest code at the reset vector, and a vCPU."""
+        if not data.draw(st.sampled_from([True, True, True, False]), label="prebuild"):
             return
-        h = self.host
         kfd = self.call("open", "/dev/kvm", L.O_RDWR | L.O_CLOEXEC)
-        vmt = data.draw(st.sampled_from([K.KVM_X86_DEFAULT_VM, K.KVM_X86_SW_PROTECTED_VM]))
+        vmt = data.draw(VM_TYPE.sane)
         vm = self.call("ioctl", kfd, K.KVM_CREATE_VM, vmt)
         if vm is FAILED:
             vm = self.call("ioctl", kfd, K.KVM_CREATE_VM, K.KVM_X86_DEFAULT_VM)
@@ -383,171 +408,190 @@ class SyscallFuzz(RuleBasedStateMachine):
         if gm is FAILED:
             gm = self.call("ioctl", vm, K.KVM_CREATE_GUEST_MEMFD,
                            K.kvm_create_guest_memfd(size=0x10000, flags=0))
-        if gflags & K.GUEST_MEMFD_FLAG_MMAP:
-            self.call("mmap", 0, 0x10000, L.PROT_READ | L.PROT_WRITE, L.MAP_SHARED, gm, 0)
+        code = data.draw(st.sampled_from(GUEST_CODE))
+        if gflags & mmap:
+            gmap = self.call("mmap", 0, 0x10000, L.PROT_READ | L.PROT_WRITE, L.MAP_SHARED, gm, 0)
+            if gmap is not FAILED and gflags & shared:
+                self.call("poke", gmap + 0xFFF0, code)
         mfd = self.call("memfd_create", "ram", L.MFD_ALLOW_SEALING)
         self.call("ftruncate", mfd, 0x10000)
         ram = self.call("mmap", 0, 0x10000, L.PROT_READ | L.PROT_WRITE, L.MAP_SHARED, mfd, 0)
+        self.call("poke", ram + 0xFFF0, code)
         self.call("ioctl", vm, K.KVM_SET_USER_MEMORY_REGION2, K.kvm_userspace_memory_region2(
             slot=0, flags=K.KVM_MEM_GUEST_MEMFD, guest_phys_addr=RESET_VECTOR_GPA,
             memory_size=0x10000, userspace_addr=ram, guest_memfd=gm))
         self.call("ioctl", vm, K.KVM_SET_USER_MEMORY_REGION2, K.kvm_userspace_memory_region2(
             slot=1, flags=0, guest_phys_addr=0, memory_size=0x10000, userspace_addr=ram))
-        if data.draw(st.booleans(), label="vcpu"):
+        if data.draw(st.sampled_from([True, True, False]), label="vcpu"):
             self.call("ioctl", vm, K.KVM_CREATE_VCPU, 0)
-        assert not h.sched.violations
 
     # ----- generic fd syscalls ------------------------------------------------------------
-    @rule(path=open_path, flags=open_flags)
-    def open(self, path: str, flags: int) -> None:
-        self.call("open", path, flags)
+    @rule(data=st.data())
+    def open(self, data: st.DataObject) -> None:
+        a = Args(self, data)
+        self.call("open", a(OPEN_PATH), a(OPEN_FLAGS))
 
     @rule(data=st.data())
     def close(self, data: st.DataObject) -> None:
-        self.call("close", self.fd(data))
-
-    @rule(data=st.data(), cmd=fcntl_cmd, arg=fcntl_arg)
-    def fcntl(self, data: st.DataObject, cmd: int, arg: int) -> None:
-        self.call("fcntl", self.fd(data, "memfd"), cmd, arg)
-
-    @rule(data=st.data(), req=request)
-    def random_ioctl(self, data: st.DataObject, req: int) -> None:
-        self.call("ioctl", self.fd(data), req, self.ioctl_arg(data))
-
-    # ----- /dev/kvm and the VM fd ---------------------------------------------------------
-    @rule(data=st.data(), vmt=vm_type)
-    def create_vm(self, data: st.DataObject, vmt: int) -> None:
-        self.call("ioctl", self.fd(data, "kvm-dev"), K.KVM_CREATE_VM, vmt)
-
-    @rule(data=st.data(), cap=caps)
-    def check_extension(self, data: st.DataObject, cap: int) -> None:
-        self.call("ioctl", self.fd(data, "kvm-dev", "kvm-vm"), K.KVM_CHECK_EXTENSION, cap)
-
-    @rule(data=st.data(), size=size, flags=gmem_flags, reserved=u64)
-    def create_gmem(self, data: st.DataObject, size: int, flags: int, reserved: int) -> None:
-        arg = K.kvm_create_guest_memfd(size=size, flags=flags)
-        arg.reserved[0] = data.draw(st.sampled_from([0, 0, reserved]))
-        self.call("ioctl", self.fd(data, "kvm-vm"), K.KVM_CREATE_GUEST_MEMFD, resized(arg, data))
-
-    @rule(data=st.data(), slot=slot_id, flags=slot_flags, gpa=gpa, size=size,
-          offset=st.one_of(st.just(0), page_count, u64), pad=st.sampled_from([0, 0, 0, 1]))
-    def set_region2(self, data: st.DataObject, slot: int, flags: int, gpa: int, size: int,
-                    offset: int, pad: int) -> None:
-        arg = K.kvm_userspace_memory_region2(
-            slot=slot, flags=flags, guest_phys_addr=gpa, memory_size=size,
-            userspace_addr=self.uaddr(data), guest_memfd_offset=offset,
-            guest_memfd=self.fd(data, "guest_memfd", "memfd") & 0xFFFFFFFF, pad1=pad)
-        arg.pad2[0] = pad
-        self.call("ioctl", self.fd(data, "kvm-vm"), K.KVM_SET_USER_MEMORY_REGION2,
-                  resized(arg, data))
-
-    @rule(data=st.data(), slot=slot_id, flags=slot_flags, gpa=gpa, size=size)
-    def set_region1(self, data: st.DataObject, slot: int, flags: int, gpa: int,
-                    size: int) -> None:
-        arg = K.kvm_userspace_memory_region(slot=slot, flags=flags, guest_phys_addr=gpa,
-                                            memory_size=size, userspace_addr=self.uaddr(data))
-        self.call("ioctl", self.fd(data, "kvm-vm"), K.KVM_SET_USER_MEMORY_REGION,
-                  resized(arg, data))
+        self.call("close", Args(self, data).fd())
 
     @rule(data=st.data())
-    def delete_slot(self, data: st.DataObject) -> None:
-        vms = [f for f in self.host.proc.fds.values() if f.kind == "kvm-vm"]
-        slots = [(vm, s) for vm in vms for s in vm.kvm.memslots.by_id.values()]
+    def fcntl(self, data: st.DataObject) -> None:
+        a = Args(self, data)
+        self.call("fcntl", a.fd(), a(FCNTL_CMD), a(FCNTL_ARG))
+
+    @rule(data=st.data())
+    def random_ioctl(self, data: st.DataObject) -> None:
+        a = Args(self, data)
+        self.call("ioctl", a.fd(), a(REQUEST), a.any_arg())
+
+    # ----- /dev/kvm and the VM fd ---------------------------------------------------------
+    @rule(data=st.data())
+    def create_vm(self, data: st.DataObject) -> None:
+        a = Args(self, data)
+        self.call("ioctl", a.fd("kvm-dev"), K.KVM_CREATE_VM, a(VM_TYPE))
+
+    @rule(data=st.data())
+    def check_extension(self, data: st.DataObject) -> None:
+        a = Args(self, data)
+        self.call("ioctl", a.fd("kvm-dev", "kvm-vm"), K.KVM_CHECK_EXTENSION, a(CAP))
+
+    @rule(data=st.data())
+    def create_gmem(self, data: st.DataObject) -> None:
+        a = Args(self, data)
+        arg = K.kvm_create_guest_memfd(size=a(SIZE), flags=a(GMEM_FLAGS))
+        arg.reserved[0] = a(RESERVED)
+        self.call("ioctl", a.fd("kvm-vm"), K.KVM_CREATE_GUEST_MEMFD, a.arg(arg))
+
+    @rule(data=st.data())
+    def set_region2(self, data: st.DataObject) -> None:
+        a = Args(self, data)
+        arg = K.kvm_userspace_memory_region2(
+            slot=a(SLOT), flags=a(SLOT_FLAGS), guest_phys_addr=a(GPA), memory_size=a(SIZE),
+            userspace_addr=a.page_addr(), guest_memfd_offset=a(OFFSET),
+            guest_memfd=a.fd("guest_memfd", "guest_memfd", "memfd") & 0xFFFFFFFF,
+            pad1=a(RESERVED))
+        arg.pad2[0] = a(RESERVED)
+        self.call("ioctl", a.fd("kvm-vm"), K.KVM_SET_USER_MEMORY_REGION2, a.arg(arg))
+
+    @rule(data=st.data())
+    def set_region1(self, data: st.DataObject) -> None:
+        a = Args(self, data)
+        arg = K.kvm_userspace_memory_region(
+            slot=a(SLOT), flags=a(SLOT_FLAGS), guest_phys_addr=a(GPA), memory_size=a(SIZE),
+            userspace_addr=a.page_addr())
+        self.call("ioctl", a.fd("kvm-vm"), K.KVM_SET_USER_MEMORY_REGION, a.arg(arg))
+
+    @rule(data=st.data())
+    def delete_or_move_slot(self, data: st.DataObject) -> None:
+        """An existing slot, deleted (size 0) or moved / re-flagged with its other fields."""
+        vms = {id(f): (fd, f) for fd, f in sorted(self.host.proc.fds.items())
+               if f.kind == "kvm-vm"}
+        slots = [(fd, s) for fd, f in vms.values() for s in f.kvm.memslots.by_id.values()]
         if not slots:
             return
-        vm, s = data.draw(st.sampled_from(slots))
-        fd = next(fd for fd, f in self.host.proc.fds.items() if f is vm)
-        arg = K.kvm_userspace_memory_region2(slot=s.id, flags=s.flags,
-                                             guest_phys_addr=s.base_gpa, memory_size=0)
+        a = Args(self, data)
+        fd, s = a.draw(st.sampled_from(slots))
+        size = a.draw(st.sampled_from([0, s.npages * PAGE]))
+        arg = K.kvm_userspace_memory_region2(
+            slot=s.id, flags=a.draw(st.sampled_from([s.flags, 0, K.KVM_MEM_LOG_DIRTY_PAGES])),
+            guest_phys_addr=a.draw(st.sampled_from([s.base_gpa, s.base_gpa + 0x100000])),
+            memory_size=size, userspace_addr=s.userspace_addr)
         self.call("ioctl", fd, K.KVM_SET_USER_MEMORY_REGION2, arg)
 
-    @rule(data=st.data(), address=gpa, size=size, flags=st.sampled_from([0, 0, 0, 1, 1 << 63]),
-          attrs=st.sampled_from([0, K.KVM_MEMORY_ATTRIBUTE_PRIVATE,
-                                 K.KVM_MEMORY_ATTRIBUTE_PRIVATE, 1, (1 << 64) - 1]))
-    def set_memory_attributes(self, data: st.DataObject, address: int, size: int, flags: int,
-                              attrs: int) -> None:
-        arg = K.kvm_memory_attributes(address=address, size=size, attributes=attrs, flags=flags)
-        self.call("ioctl", self.fd(data, "kvm-vm"), K.KVM_SET_MEMORY_ATTRIBUTES,
-                  resized(arg, data))
+    @rule(data=st.data())
+    def set_memory_attributes(self, data: st.DataObject) -> None:
+        a = Args(self, data)
+        arg = K.kvm_memory_attributes(address=a(GPA), size=a(SIZE), attributes=a(ATTRS),
+                                      flags=a(RESERVED))
+        self.call("ioctl", a.fd("kvm-vm"), K.KVM_SET_MEMORY_ATTRIBUTES, a.arg(arg))
 
-    @rule(data=st.data(), vid=vcpu_id)
-    def create_vcpu(self, data: st.DataObject, vid: int) -> None:
-        self.call("ioctl", self.fd(data, "kvm-vm"), K.KVM_CREATE_VCPU, vid)
+    @rule(data=st.data())
+    def create_vcpu(self, data: st.DataObject) -> None:
+        a = Args(self, data)
+        self.call("ioctl", a.fd("kvm-vm"), K.KVM_CREATE_VCPU, a(VCPU_ID))
 
     # ----- vCPU ---------------------------------------------------------------------------
-    @rule(data=st.data(), arg=st.sampled_from([0, 0, 0, 1]))
-    def run(self, data: st.DataObject, arg: int) -> None:
-        self.call("ioctl", self.fd(data, "kvm-vcpu"), K.KVM_RUN, arg)
+    @rule(data=st.data())
+    def run(self, data: st.DataObject) -> None:
+        a = Args(self, data)
+        self.call("ioctl", a.fd("kvm-vcpu"), K.KVM_RUN, a(RESERVED))
 
-    @rule(data=st.data(), raw=st.binary(min_size=ctypes.sizeof(K.kvm_regs),
-                                         max_size=ctypes.sizeof(K.kvm_regs)))
-    def regs(self, data: st.DataObject, raw: bytes) -> None:
-        fd = self.fd(data, "kvm-vcpu")
-        if data.draw(st.booleans()):
-            self.call("ioctl", fd, K.KVM_GET_REGS, resized(K.kvm_regs(), data))
+    @rule(data=st.data())
+    def regs(self, data: st.DataObject) -> None:
+        a = Args(self, data)
+        fd = a.fd("kvm-vcpu")
+        if a.draw(st.booleans()):
+            self.call("ioctl", fd, K.KVM_GET_REGS, a.arg(K.kvm_regs()))
         else:
-            self.call("ioctl", fd, K.KVM_SET_REGS, resized(K.kvm_regs.from_buffer_copy(raw), data))
+            raw = a.draw(st.binary(min_size=ctypes.sizeof(K.kvm_regs),
+                                   max_size=ctypes.sizeof(K.kvm_regs)))
+            self.call("ioctl", fd, K.KVM_SET_REGS, a.arg(K.kvm_regs.from_buffer_copy(raw)))
 
     # ----- memfd --------------------------------------------------------------------------
-    @rule(name=st.one_of(st.just("m"), st.text(max_size=300)), flags=mfd_flags)
-    def memfd_create(self, name: str, flags: int) -> None:
-        self.call("memfd_create", name, flags)
+    @rule(data=st.data())
+    def memfd_create(self, data: st.DataObject) -> None:
+        a = Args(self, data)
+        self.call("memfd_create", a(MFD_NAME), a(MFD_FLAGS))
 
-    @rule(data=st.data(), s=seals)
-    def add_seals(self, data: st.DataObject, s: int) -> None:
-        self.call("fcntl", self.fd(data, "memfd"), L.F_ADD_SEALS, s)
+    @rule(data=st.data())
+    def add_seals(self, data: st.DataObject) -> None:
+        a = Args(self, data)
+        self.call("fcntl", a.fd("memfd"), L.F_ADD_SEALS, a(SEALS))
 
-    @rule(data=st.data(), length=st.one_of(page_count, st.just(0), st.integers(0, 3 * PAGE),
-                                           s64))
-    def ftruncate(self, data: st.DataObject, length: int) -> None:
-        self.call("ftruncate", self.fd(data, "memfd", "guest_memfd"), length)
+    @rule(data=st.data())
+    def ftruncate(self, data: st.DataObject) -> None:
+        a = Args(self, data)
+        self.call("ftruncate", a.fd("memfd", "guest_memfd"), a(SLENGTH))
 
-    @rule(data=st.data(), mode=falloc_mode, offset=soffset,
-          length=st.one_of(page_count, st.integers(1, 3 * PAGE), s64))
-    def fallocate(self, data: st.DataObject, mode: int, offset: int, length: int) -> None:
-        self.call("fallocate", self.fd(data, "memfd", "guest_memfd"), mode, offset, length)
+    @rule(data=st.data())
+    def fallocate(self, data: st.DataObject) -> None:
+        a = Args(self, data)
+        self.call("fallocate", a.fd("memfd", "guest_memfd"), a(FALLOC_MODE), a(SOFFSET),
+                  a(SLENGTH))
 
-    @rule(data=st.data(), n=st.integers(0, 3 * PAGE), offset=st.one_of(st.none(), soffset))
-    def read(self, data: st.DataObject, n: int, offset: int | None) -> None:
-        fd = self.fd(data, "memfd", "guest_memfd", "null")
-        if offset is None:
-            self.call("read", fd, n)
+    @rule(data=st.data())
+    def read(self, data: st.DataObject) -> None:
+        a = Args(self, data)
+        fd = a.fd("memfd", "guest_memfd", "null")
+        if a.draw(st.booleans()):
+            self.call("read", fd, a(RW_COUNT))
         else:
-            self.call("pread", fd, n, offset)
+            self.call("pread", fd, a(RW_COUNT), a(SOFFSET))
 
-    @rule(data=st.data(), payload=st.binary(max_size=2 * PAGE),
-          offset=st.one_of(st.none(), soffset))
-    def write(self, data: st.DataObject, payload: bytes, offset: int | None) -> None:
-        fd = self.fd(data, "memfd", "guest_memfd", "null")
-        if offset is None:
-            self.call("write", fd, payload)
+    @rule(data=st.data())
+    def write(self, data: st.DataObject) -> None:
+        a = Args(self, data)
+        fd = a.fd("memfd", "guest_memfd", "null")
+        if a.draw(st.booleans()):
+            self.call("write", fd, a(PAYLOAD))
         else:
-            self.call("pwrite", fd, payload, offset)
+            self.call("pwrite", fd, a(PAYLOAD), a(SOFFSET))
 
     # ----- the address space ---------------------------------------------------------------
-    @rule(data=st.data(), length=st.one_of(page_count, page_count, st.integers(1, 3 * PAGE), u64),
-          p=prot, flags=map_flags, offset=st.one_of(st.just(0), st.just(0), page_count, s64))
-    def mmap(self, data: st.DataObject, length: int, p: int, flags: int, offset: int) -> None:
-        addr = self.addr(data) if data.draw(st.integers(0, 2)) == 0 else 0
-        fd = self.fd(data, "memfd", "guest_memfd", "kvm-vcpu", "kvm-vm", "kvm-dev", "null")
-        self.call("mmap", addr, length, p, flags, fd, offset)
+    @rule(data=st.data())
+    def mmap(self, data: st.DataObject) -> None:
+        a = Args(self, data)
+        flags = a(MAP_FLAGS)
+        addr = a.page_addr() if flags & (L.MAP_FIXED | L.MAP_FIXED_NOREPLACE) else 0
+        fd = a.fd("memfd", "memfd", "guest_memfd", "kvm-vcpu", "kvm-vm", "kvm-dev", "null")
+        self.call("mmap", addr, a(LENGTH), a(PROT), flags, fd, a(SOFFSET))
 
-    @rule(data=st.data(), length=st.one_of(page_count, st.integers(0, 3 * PAGE), u64))
-    def munmap(self, data: st.DataObject, length: int) -> None:
-        addr = self.addr(data)
-        if data.draw(st.booleans()):
-            addr &= ~(PAGE - 1)
-        self.call("munmap", addr, length)
+    @rule(data=st.data())
+    def munmap(self, data: st.DataObject) -> None:
+        a = Args(self, data)
+        addr = a.page_addr() if a.draw(st.booleans()) else a.addr()
+        self.call("munmap", addr, a(LENGTH))
 
-    @rule(data=st.data(), n=st.one_of(st.integers(0, 64), st.integers(0, 3 * PAGE)))
-    def peek(self, data: st.DataObject, n: int) -> None:
-        self.call("peek", self.addr(data), n)
+    @rule(data=st.data())
+    def peek(self, data: st.DataObject) -> None:
+        a = Args(self, data)
+        self.call("peek", a.addr(), a(PEEK))
 
-    @rule(data=st.data(), payload=st.one_of(
-        st.binary(max_size=64), st.sampled_from([b"\xf4", b"\xb0\x41\xe6\x10\xf4"]),
-        st.binary(max_size=2 * PAGE)))
-    def poke(self, data: st.DataObject, payload: bytes) -> None:
-        self.call("poke", self.addr(data), payload)
+    @rule(data=st.data())
+    def poke(self, data: st.DataObject) -> None:
+        a = Args(self, data)
+        self.call("poke", a.addr(), a(POKE))
 
     # ----- properties -----------------------------------------------------------------------
     @invariant()

@@ -87,9 +87,9 @@ def test_real_mode_guest_exits_mmio_io_hlt(host, assert_released, guest_memfd):
 
 @pytest.mark.parametrize("guest_memfd", [True, False], ids=["guest_memfd", "memfd"])
 def test_mmio_read_and_port_in_completed_by_the_vmm(host, assert_released, guest_memfd):
-    with boot(host, READ_COMPLETIONS, guest_memfd=guest_memfd).kvm as kvm:
-        (vm,) = kvm._children
-        cpu = vm.create_vcpu(1)  # a second vCPU runs the same reset-vector code
+    g = boot(host, READ_COMPLETIONS, guest_memfd=guest_memfd)
+    with g.kvm:
+        cpu = g.vm.create_vcpu(1)  # a second vCPU runs the same reset-vector code
         ex = cpu.run()
         assert (ex.reason, ex.phys_addr, ex.len, ex.is_write, ex.data) == (
             "MMIO", 0x9000, 1, False, None
@@ -113,8 +113,9 @@ def test_mmio_read_and_port_in_completed_by_the_vmm(host, assert_released, guest
 
 
 def test_completions_check_the_last_exit(host):
-    with boot(host, STORE_OUT_HLT).kvm as kvm:
-        cpu = kvm._children[0]._children[-1]
+    g = boot(host, STORE_OUT_HLT)
+    with g.kvm:
+        cpu = g.cpu
         with pytest.raises(ValueError, match="not an MMIO read"):
             cpu.set_mmio_data(b"\0")  # no exit yet
         assert cpu.run().is_write
@@ -127,8 +128,9 @@ def test_completions_check_the_last_exit(host):
 
 
 def test_wrong_length_mmio_completion(host):
-    with boot(host, READ_COMPLETIONS).kvm as kvm:
-        cpu = kvm._children[0]._children[-1]
+    g = boot(host, READ_COMPLETIONS)
+    with g.kvm:
+        cpu = g.cpu
         assert cpu.run().len == 1
         with pytest.raises(ValueError, match="2 bytes for a 1-byte read"):
             cpu.set_mmio_data(b"\0\0")
@@ -216,8 +218,8 @@ def test_closing_the_vm_fd_first_keeps_the_vm_for_its_vcpu(host, assert_released
     g.vm.close(children=False)
     assert g.vm.closed and not g.cpu.closed and not g.mem.closed
     assert [g.cpu.run().reason for _ in range(2)] == ["IO", "HLT"]
-    g.cpu.close()  # the kernel destroys the VM when the last of its fds goes
-    g.mem.close()  # the VM fd is gone, so this only unmaps and closes the guest_memfd
+    g.cpu.close()  # the guest_memfd still holds the VM
+    g.mem.close()  # no VM fd to delete slots with: unmap, close the guest_memfd; VM destroyed
     g.kvm.close()
     assert_released(host)
 

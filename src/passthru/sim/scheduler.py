@@ -211,6 +211,9 @@ class Scheduler:
                     t = enabled[0]
                 self.step += 1
                 self.current = t
+                if self.log.enabled and t.next_access is not None:
+                    res, acc = t.next_access
+                    self.log.add(Event(self.step, t.name, "sched", "run", (("at", res), ("op", acc))))
                 if t.glet is None:
                     t.glet = greenlet.greenlet(self._body, parent=self._sched_glet)
                     t.glet.switch(t)
