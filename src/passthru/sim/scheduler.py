@@ -213,7 +213,8 @@ class Scheduler:
                 self.current = t
                 if self.log.enabled and t.next_access is not None:
                     res, acc = t.next_access
-                    self.log.add(Event(self.step, t.name, "sched", "run", (("at", res), ("op", acc))))
+                    args = (("at", res), ("op", acc))
+                    self.log.add(Event(self.step, t.name, "sched", "run", args))
                 if t.glet is None:
                     t.glet = greenlet.greenlet(self._body, parent=self._sched_glet)
                     t.glet.switch(t)
