@@ -71,11 +71,17 @@ def test_real_mode_guest_exits_mmio_io_hlt(host, assert_released, guest_memfd):
         assert g.cpu.get_regs().rip == 0xFFF0
 
         ex = g.cpu.run()
-        assert ex == VcpuExit("MMIO", K.KVM_EXIT_MMIO, phys_addr=0x8000, len=1,
-                              is_write=True, data=b"\x42")  # fmt: skip
+        assert ex == VcpuExit(
+            "MMIO", K.KVM_EXIT_MMIO, phys_addr=0x8000, len=1, is_write=True, data=b"\x42"
+        )
         ex = g.cpu.run()
         assert (ex.reason, ex.direction, ex.size, ex.port, ex.count, ex.data) == (
-            "IO", K.KVM_EXIT_IO_OUT, 1, 0x10, 1, b"\x42"
+            "IO",
+            K.KVM_EXIT_IO_OUT,
+            1,
+            0x10,
+            1,
+            b"\x42",
         )
         assert ex.is_write and ex.phys_addr is None and ex.gpa is None
         assert g.cpu.run().reason == "HLT"
@@ -92,7 +98,11 @@ def test_mmio_read_and_port_in_completed_by_the_vmm(host, assert_released, guest
         cpu = g.vm.create_vcpu(1)  # a second vCPU runs the same reset-vector code
         ex = cpu.run()
         assert (ex.reason, ex.phys_addr, ex.len, ex.is_write, ex.data) == (
-            "MMIO", 0x9000, 1, False, None
+            "MMIO",
+            0x9000,
+            1,
+            False,
+            None,
         )
         cpu.set_mmio_data(b"\xa5")
         # the value lands in AL: the next store writes it to 0x8000
@@ -100,7 +110,13 @@ def test_mmio_read_and_port_in_completed_by_the_vmm(host, assert_released, guest
         assert (ex.reason, ex.phys_addr, ex.is_write, ex.data) == ("MMIO", 0x8000, True, b"\xa5")
         ex = cpu.run()
         assert (ex.reason, ex.direction, ex.port, ex.size, ex.count, ex.is_write, ex.data) == (
-            "IO", K.KVM_EXIT_IO_IN, 0x10, 1, 1, False, None
+            "IO",
+            K.KVM_EXIT_IO_IN,
+            0x10,
+            1,
+            1,
+            False,
+            None,
         )
         cpu.set_io_data(b"\x77")
         ex = cpu.run()
@@ -286,7 +302,12 @@ def test_memory_fault_exit_on_a_sw_protected_vm(convention, assert_released):
         mem.write(RESET_VECTOR, STORE_OUT_HLT)
         vm.set_memory_attributes(0x8000, PAGE, K.KVM_MEMORY_ATTRIBUTE_PRIVATE)
         ex = vm.create_vcpu(0).run()
-        assert ex == VcpuExit("MEMORY_FAULT", K.KVM_EXIT_MEMORY_FAULT,
-                              flags=K.KVM_MEMORY_EXIT_FLAG_PRIVATE, gpa=0x8000, size=PAGE)  # fmt: skip
+        assert ex == VcpuExit(
+            "MEMORY_FAULT",
+            K.KVM_EXIT_MEMORY_FAULT,
+            flags=K.KVM_MEMORY_EXIT_FLAG_PRIVATE,
+            gpa=0x8000,
+            size=PAGE,
+        )
         assert "gpa=0x8000" in repr(ex)
     assert_released(sim)

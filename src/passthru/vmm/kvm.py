@@ -59,7 +59,6 @@ _MMIO = type(K.kvm_run().mmio)  # the anonymous union's mmio struct
 _MMIO_DATA_OFFSET: int = K.kvm_run.mmio.offset + _MMIO.data.offset
 _MMIO_DATA_MAX: int = _MMIO.data.size
 
-
 EHWPOISON = 133  # include/uapi/asm-generic/errno.h (not in every Python's errno module)
 
 _HEX_FIELDS = frozenset({"phys_addr", "port", "flags", "gpa", "size", "hardware_reason"})

@@ -228,7 +228,9 @@ class GuestMemory(Resource):
     MMAP | INIT_SHARED: the 6.18 "gmem-only" RAM of a non-confidential VM, which the VMM loads
     through the gmem mapping) bound with KVM_MEM_GUEST_MEMFD, its mapping (or, without MMAP,
     a memfd) as userspace_addr — KVM's own accesses to guest memory (instruction emulation)
-    go through that hva.
+    go through that hva: on this project's 6.18 kvm_pvm host, where real-mode code is
+    emulated, a gmem-only slot with userspace_addr 0 or unmapped gives
+    KVM_EXIT_INTERNAL_ERROR (emulation) at the first instruction.
 
     ``read(gpa, n)``/``write(gpa, data)`` go through the region's host view. ``close`` deletes
     the slots and releases the backing, newest region first; if building fails half-way, what
