@@ -304,7 +304,8 @@ def scale_child(host_kind: str, size: int, fallocate: bool, repeat: int, budget:
         while len(runs) < repeat and (not runs or time.perf_counter() - t0 < budget):
             runs.append(scale_once(h, kfd, size, fallocate))
         phases = {p: statistics.median(r[p] for r in runs) * 1e6 for p in runs[0]}
-        print(json.dumps({"phases": phases, "runs": len(runs)}))
+        samples = {p: [r[p] * 1e6 for r in runs] for p in runs[0]}
+        print(json.dumps({"phases": phases, "samples": samples, "runs": len(runs)}))
 
 
 def mem_available() -> int:
@@ -326,6 +327,7 @@ class ScaleResult:
     runs: int
     wall_s: float
     note: str = ""
+    samples_us: dict[str, list[float]] = field(default_factory=dict)  # phase -> every run
 
 
 def run_scale(host_kind: str, size: int, repeat: int, timeout: float) -> ScaleResult:
@@ -355,7 +357,8 @@ def run_scale(host_kind: str, size: int, repeat: int, timeout: float) -> ScaleRe
         data = json.loads(p.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
         return ScaleResult(host_kind, size, {}, 0, wall, f"no result: {p.stdout[-200:]!r}")
-    return ScaleResult(host_kind, size, data["phases"], data["runs"], wall, note)
+    return ScaleResult(host_kind, size, data["phases"], data["runs"], wall, note,
+                       data["samples"])
 
 
 # ----- reporting -------------------------------------------------------------------------------
@@ -485,6 +488,9 @@ def print_report(
         con.print(sc)
         for r in scale:
             runs = f"{r.runs} run(s)" if r.runs else "no result"
+            add = r.samples_us.get(PHASES[1], [])
+            if len(add) > 1:
+                runs += f" (memslot add min {fmt_us(min(add))}, max {fmt_us(max(add))})"
             con.print(f"  {r.host} {fmt_size(r.size)}: {runs}, {r.wall_s:.1f} s wall"
                       + (f"; [yellow]{r.note}[/]" if r.note else ""))
         sim_tot = {r.size: sum(r.phases_us.values()) for r in scale

@@ -152,16 +152,7 @@ def test_wrong_length_mmio_completion(host):
             cpu.set_mmio_data(b"\0\0")
 
 
-def test_punch_hole_in_bound_guest_memfd_is_seen_by_the_guest(host, assert_released, request):
-    if hasattr(host, "leaks"):
-        request.applymarker(
-            pytest.mark.xfail(
-                raises=BlockingIOError,
-                reason="model bug: KvmMmu.hva_invalidate skips invalidate_begin for gmem-only "
-                "slots but still calls invalidate_end, so mmu_invalidate_in_progress goes "
-                "negative and every later fault retries (EAGAIN)",
-            )
-        )
+def test_punch_hole_in_bound_guest_memfd_is_seen_by_the_guest(host, assert_released):
     # mov al, [0x1000] ; mov [0x8000], al ; hlt — reads RAM at gpa 0x1000, shows it via MMIO
     code = bytes.fromhex("A0 00 10 A2 00 80 F4")
     g = boot(host, code, regions=((0, 0x8000),))

@@ -15,9 +15,11 @@ protected/long mode, interrupts, flags arithmetic, segments other than the reset
 
 from __future__ import annotations
 
+import errno
 import struct
 from typing import TYPE_CHECKING
 
+from ...errors import kerr
 from ...uapi import kvm as K
 
 if TYPE_CHECKING:
@@ -76,6 +78,10 @@ def kvm_arch_vcpu_ioctl_run(vcpu: Vcpu) -> int:
         if ex is not None:
             data.write(run + RUN_EXIT_REASON, struct.pack("<I", ex))
             vcpu.kvm.sched.emit("kvm", "run-exit", vcpu=vcpu.vcpu_id, reason=ex)
+            if ex == K.KVM_EXIT_MEMORY_FAULT:
+                # api.rst: KVM_RUN fails with EFAULT and exit_reason MEMORY_FAULT is valid.
+                raise kerr(errno.EFAULT, "KVM_RUN: KVM_EXIT_MEMORY_FAULT (private/shared "
+                           "mismatch), see kvm_run.memory_fault")
             return 0
     data.write(run + RUN_EXIT_REASON, struct.pack("<I", KVM_EXIT_INTR))
     return 0

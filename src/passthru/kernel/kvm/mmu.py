@@ -89,10 +89,10 @@ class KvmMmu:
 
     def hva_invalidate(self, start: int, end: int) -> None:
         """The mmu_notifier's invalidate_range_start/end for the VMM's hva range."""
-        slots = self.kvm.memslots.hva_slots(start, end)
+        # gmem-only slots do not map through the hva: their invalidation comes from gmem.
+        slots = [s for s in self.kvm.memslots.hva_slots(start, end)
+                 if not (s.gmem is not None and self.kvm.gmem_only(s))]
         for slot in slots:
-            if slot.gmem is not None and self.kvm.gmem_only(slot):
-                continue
             s = max(start, slot.userspace_addr) - slot.userspace_addr + slot.base_gpa
             e = min(end, slot.userspace_addr + slot.npages * PAGE) - slot.userspace_addr
             self.invalidate_begin(s, e + slot.base_gpa)
