@@ -1,77 +1,81 @@
 """Extent maps: the one data structure behind memory, page tables, pins and charges.
 
 A :class:`RangeMap` holds non-overlapping half-open ranges ``[start, end)`` with a value each,
-in a SortedDict keyed by start, so lookups and updates cost O(log n + k) in the number of
-extents n (k = extents touched) and never depend on the number of pages. Values are either
-*flat* (the same for the whole range: an owner, a state, a count) or *linear* (an address that
-advances with the range: a physical base). Linear maps split and merge by offset arithmetic.
+kept as three parallel sorted arrays searched with :mod:`bisect` (C): a lookup is O(log n) in
+the number of extents n, an update touches only the extents it overlaps plus one memmove of
+the arrays, and nothing depends on the number of pages. (sortedcontainers' SortedDict was the
+first choice; it costs 2.5 µs to build an empty one and about a microsecond of Python per
+step, which made the model slower per syscall than the kernel — benchmarks/README.md.)
+
+Values are either *flat* (the same for the whole range: an owner, a state, a count) or
+*linear* (an address that advances with the range: a physical base). Linear maps split and
+merge by offset arithmetic.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
 from typing import Any, Generic, TypeVar
-
-from sortedcontainers import SortedDict
 
 V = TypeVar("V")
 
 
 class RangeMap(Generic[V]):
-    """Non-overlapping ``[start, end) -> value`` extents.
+    """Non-overlapping ``[start, end) -> value`` extents, sorted.
 
     ``linear=True``: the value is an integer base address for ``start``; a piece beginning at
     ``start + d`` has value ``base + d``, and neighbours whose bases continue merge.
     """
 
-    __slots__ = ("_d", "linear")
+    __slots__ = ("_s", "_e", "_v", "linear")
 
     def __init__(self, linear: bool = False) -> None:
-        self._d: SortedDict = SortedDict()  # start -> (end, value)
+        self._s: list[int] = []  # starts, sorted
+        self._e: list[int] = []  # ends, sorted too (extents do not overlap)
+        self._v: list[Any] = []
         self.linear = linear
 
     # ----- queries ---------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self._d)
+        return len(self._s)
 
     def __bool__(self) -> bool:
-        return bool(self._d)
+        return bool(self._s)
 
     def __iter__(self) -> Iterator[tuple[int, int, V]]:
-        for s, (e, v) in self._d.items():
-            yield s, e, v
-
-    def _val(self, start: int, value: Any, at: int) -> Any:
-        return value + (at - start) if self.linear else value
+        # Lazy: do not mutate the map while iterating it (wrap in list() to do so).
+        return zip(self._s, self._e, self._v, strict=True)
 
     def get(self, addr: int) -> tuple[int, int, V] | None:
         """The extent containing ``addr``."""
-        i = self._d.bisect_right(addr) - 1
-        if i < 0:
-            return None
-        s = self._d.keys()[i]
-        e, v = self._d[s]
-        return (s, e, v) if addr < e else None
+        i = bisect_right(self._s, addr) - 1
+        if i >= 0 and addr < self._e[i]:
+            return self._s[i], self._e[i], self._v[i]
+        return None
 
     def lookup(self, addr: int) -> V | None:
-        hit = self.get(addr)
-        return None if hit is None else self._val(hit[0], hit[2], addr)
+        i = bisect_right(self._s, addr) - 1
+        if i >= 0 and addr < self._e[i]:
+            v = self._v[i]
+            return v + (addr - self._s[i]) if self.linear else v
+        return None
 
-    def overlapping(self, start: int, end: int) -> Iterator[tuple[int, int, V]]:
+    def overlapping(self, start: int, end: int) -> list[tuple[int, int, V]]:
         """Extents overlapping ``[start, end)``, clipped to it (linear values adjusted)."""
-        if start >= end:
-            return
-        keys = self._d.keys()
-        i = max(self._d.bisect_right(start) - 1, 0)
-        while i < len(keys):
-            s = keys[i]
-            if s >= end:
-                break
-            e, v = self._d[s]
-            if e > start:
-                cs, ce = max(s, start), min(e, end)
-                yield cs, ce, self._val(s, v, cs)
-            i += 1
+        if start >= end or not self._s:
+            return []
+        ss, ee, vv = self._s, self._e, self._v
+        i = bisect_right(ee, start)
+        j = bisect_left(ss, end)
+        out = []
+        lin = self.linear
+        for k in range(i, j):
+            s, e, v = ss[k], ee[k], vv[k]
+            cs = s if s > start else start
+            ce = e if e < end else end
+            out.append((cs, ce, v + (cs - s) if lin else v))
+        return out
 
     def covered(self, start: int, end: int) -> bool:
         """True when every byte of ``[start, end)`` lies in some extent."""
@@ -94,30 +98,41 @@ class RangeMap(Generic[V]):
         return out
 
     def any_in(self, start: int, end: int) -> bool:
-        return next(self.overlapping(start, end), None) is not None
+        if start >= end or not self._s:
+            return False
+        return bisect_right(self._e, start) < bisect_left(self._s, end)
 
     # ----- updates ---------------------------------------------------------------------
-    def _split(self, at: int) -> None:
-        hit = self.get(at)
-        if hit is None or hit[0] == at:
-            return
-        s, e, v = hit
-        self._d[s] = (at, v)
-        self._d[at] = (e, self._val(s, v, at))
-
     def remove(self, start: int, end: int) -> list[tuple[int, int, V]]:
         """Remove ``[start, end)``; return the removed pieces."""
-        if start >= end:
+        if start >= end or not self._s:
             return []
-        self._split(start)
-        self._split(end)
-        keys = self._d.keys()
-        i = self._d.bisect_left(start)
+        ss, ee, vv = self._s, self._e, self._v
+        i = bisect_right(ee, start)
+        j = bisect_left(ss, end)
+        if i >= j:
+            return []
+        lin = self.linear
         out = []
-        while i < len(keys) and keys[i] < end:
-            s = keys[i]
-            e, v = self._d.pop(s)
-            out.append((s, e, v))
+        keep_s: list[int] = []
+        keep_e: list[int] = []
+        keep_v: list[Any] = []
+        for k in range(i, j):
+            s, e, v = ss[k], ee[k], vv[k]
+            cs = s if s > start else start
+            ce = e if e < end else end
+            out.append((cs, ce, v + (cs - s) if lin else v))
+            if s < start:
+                keep_s.append(s)
+                keep_e.append(start)
+                keep_v.append(v)
+            if e > end:
+                keep_s.append(end)
+                keep_e.append(e)
+                keep_v.append(v + (end - s) if lin else v)
+        ss[i:j] = keep_s
+        ee[i:j] = keep_e
+        vv[i:j] = keep_v
         return out
 
     def set(self, start: int, end: int, value: V) -> None:
@@ -125,26 +140,31 @@ class RangeMap(Generic[V]):
         if start >= end:
             return
         self.remove(start, end)
-        # merge left
-        left = self.get(start - 1)
-        if left is not None and left[1] == start and self._continues(left, start, value):
-            start, value = left[0], left[2]
-            del self._d[left[0]]
-        right = self._d.get(end)
-        if right is not None and self._continues((start, end, value), end, right[1]):
-            del self._d[end]
-            end = right[0]
-        self._d[start] = (end, value)
-
-    def _continues(self, ext: tuple[int, int, Any], at: int, value: Any) -> bool:
-        s, _, v = ext
-        return (v + (at - s) == value) if self.linear else (v == value)
+        ss, ee, vv = self._s, self._e, self._v
+        k = bisect_left(ss, start)
+        lin = self.linear
+        if k > 0 and ee[k - 1] == start and (
+            vv[k - 1] + (start - ss[k - 1]) == value if lin else vv[k - 1] == value
+        ):
+            k -= 1
+            start, value = ss[k], vv[k]
+            del ss[k], ee[k], vv[k]
+        if k < len(ss) and ss[k] == end and (
+            value + (end - start) == vv[k] if lin else vv[k] == value
+        ):
+            end = ee[k]
+            del ss[k], ee[k], vv[k]
+        ss.insert(k, start)
+        ee.insert(k, end)
+        vv.insert(k, value)
 
     def clear(self) -> None:
-        self._d.clear()
+        self._s.clear()
+        self._e.clear()
+        self._v.clear()
 
     def total(self) -> int:
-        return sum(e - s for s, e, _ in self)
+        return sum(self._e) - sum(self._s)
 
 
 class RangeCounter:
@@ -169,7 +189,7 @@ class RangeCounter:
             else:
                 self._m.set(s, e, n)
 
-    def overlapping(self, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+    def overlapping(self, start: int, end: int) -> list[tuple[int, int, int]]:
         return self._m.overlapping(start, end)
 
     def gaps(self, start: int, end: int) -> list[tuple[int, int]]:
@@ -191,64 +211,84 @@ class RangeCounter:
 class ByteStore:
     """Sparse byte contents: written runs as extents; unwritten bytes read as zero."""
 
-    __slots__ = ("_runs",)
+    __slots__ = ("_s", "_b")
 
     def __init__(self) -> None:
-        self._runs: SortedDict = SortedDict()  # start -> bytearray
+        self._s: list[int] = []  # run starts, sorted; runs never overlap
+        self._b: list[bytearray] = []
 
-    def _pieces(self, start: int, end: int) -> Iterator[tuple[int, bytearray]]:
-        keys = self._runs.keys()
-        i = max(self._runs.bisect_right(start) - 1, 0)
-        while i < len(keys) and keys[i] < end:
-            s = keys[i]
-            b = self._runs[s]
-            if s + len(b) > start:
-                yield s, b
+    def _range(self, start: int, end: int) -> tuple[int, int]:
+        """Indexes [i, j) of the runs overlapping ``[start, end)``."""
+        i = bisect_right(self._s, start) - 1
+        if i < 0 or self._s[i] + len(self._b[i]) <= start:
             i += 1
+        j = bisect_left(self._s, end)
+        return i, max(i, j)
 
     def read(self, start: int, n: int) -> bytes:
-        out = bytearray(n)
         end = start + n
-        for s, b in self._pieces(start, end):
+        i, j = self._range(start, end)
+        if j == i + 1:
+            s, b = self._s[i], self._b[i]
+            if s <= start and s + len(b) >= end:
+                return bytes(b[start - s : end - s])
+        out = bytearray(n)
+        for k in range(i, j):
+            s, b = self._s[k], self._b[k]
             cs, ce = max(s, start), min(s + len(b), end)
             out[cs - start : ce - start] = b[cs - s : ce - s]
         return bytes(out)
 
     def zero(self, start: int, end: int) -> None:
-        for s, b in list(self._pieces(start, end)):
+        if not self._s or start >= end:
+            return
+        i, j = self._range(start, end)
+        keep_s: list[int] = []
+        keep_b: list[bytearray] = []
+        for k in range(i, j):
+            s, b = self._s[k], self._b[k]
             e = s + len(b)
-            del self._runs[s]
             if s < start:
-                self._runs[s] = b[: start - s]
+                keep_s.append(s)
+                keep_b.append(b[: start - s])
             if e > end:
-                self._runs[end] = b[end - s :]
+                keep_s.append(end)
+                keep_b.append(b[end - s :])
+        self._s[i:j] = keep_s
+        self._b[i:j] = keep_b
 
     def write(self, start: int, data: bytes) -> None:
         if not data:
             return
         end = start + len(data)
+        # Runs touching [start - 1, end + 1) merge with the new data into one run.
+        i, j = self._range(start - 1, end + 1)
+        if j == i + 1:
+            s, b = self._s[i], self._b[i]
+            if s <= start and s + len(b) >= end:
+                b[start - s : end - s] = data  # overwrite in place
+                return
         merged = bytearray()
         new_start = start
-        pieces = list(self._pieces(start - 1, end + 1))
-        if pieces and pieces[0][0] < start:
-            s, b = pieces[0]
-            new_start = s
-            merged += b[: start - s]
+        if i < j and self._s[i] < start:
+            new_start = self._s[i]
+            merged += self._b[i][: start - new_start]
         merged += data
-        if pieces:
-            s, b = pieces[-1]
+        if i < j:
+            s, b = self._s[j - 1], self._b[j - 1]
             if s + len(b) > end:
                 merged += b[end - s :]
-        for s, _ in pieces:
-            del self._runs[s]
-        self._runs[new_start] = merged
+        self._s[i:j] = [new_start]
+        self._b[i:j] = [merged]
 
     def copy(self, src: int, dst: int, n: int) -> None:
         """Copy ``n`` bytes (only the written runs move; holes stay holes)."""
+        i, j = self._range(src, src + n)
+        pieces = [(self._s[k], bytes(self._b[k])) for k in range(i, j)]
         self.zero(dst, dst + n)
-        for s, b in list(self._pieces(src, src + n)):
+        for s, b in pieces:
             cs, ce = max(s, src), min(s + len(b), src + n)
-            self.write(dst + (cs - src), bytes(b[cs - s : ce - s]))
+            self.write(dst + (cs - src), b[cs - s : ce - s])
 
     def __len__(self) -> int:
-        return len(self._runs)
+        return len(self._s)

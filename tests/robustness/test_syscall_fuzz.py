@@ -47,6 +47,9 @@ RESET_VECTOR_GPA = 0xFFFF0000  # CS base at reset: a slot here lets KVM_RUN exec
 KNOWN_BUGS = {
     # Kvm.destroy never frees the vCPUs' kvm_run pages (Vcpu.free is never called).
     "vcpu-run-page-leak",
+    # Vcpu.__init__ unpacks phys.alloc() as one extent: with fragmented free RAM,
+    # KVM_CREATE_VCPU raises ValueError (and leaks what alloc took).
+    "vcpu-run-page-fragmented",
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -379,6 +382,11 @@ class SyscallFuzz(RuleBasedStateMachine):
                 "deliver a signal")
             assert_unchanged(before, snapshot(host), f"{method}{args!r}", True)
             return FAILED
+        except ValueError:
+            if ("vcpu-run-page-fragmented" in KNOWN_BUGS and method == "ioctl"
+                    and args[1] == K.KVM_CREATE_VCPU):
+                return FAILED
+            raise
         if method == "close":
             self.closed.append(args[0])
         if method == "mmap":

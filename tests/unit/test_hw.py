@@ -29,7 +29,7 @@ def test_alloc_fails_with_enomem_and_changes_nothing():
     with pytest.raises(OSError) as e:
         p.alloc(2 << 20, Owner("x"))
     assert e.value.errno == errno.ENOMEM
-    assert p.allocated_bytes() == 0 and list(p.free.items()) == [(0, 1 << 20)]
+    assert p.allocated_bytes() == 0 and list(p.free) == [(0, 1 << 20, True)]
 
 
 def test_access_to_freed_memory_is_a_violation_and_not_served():
@@ -69,4 +69,4 @@ def test_pinned_memory_outlives_its_owner_until_unpinned():
     assert p.sched.violations == []
     p.unpin(s, s + 0x1000)
     assert p.allocated_bytes() == 0
-    assert list(p.free.items()) == [(0, 1 << 20)]
+    assert list(p.free) == [(0, 1 << 20, True)]

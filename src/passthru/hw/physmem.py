@@ -16,8 +16,6 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass
 
-from sortedcontainers import SortedDict
-
 from ..errors import kerr
 from ..extents import ByteStore, RangeCounter, RangeMap
 from ..sim.scheduler import Scheduler
@@ -43,7 +41,7 @@ class PhysMem:
         for s, e in machine.mmio:
             self.regions.set(s, e, "mmio")
         self.owners: RangeMap[Owner] = RangeMap()
-        self.free: SortedDict = SortedDict()  # start -> end of free RAM, coalesced
+        self.free: RangeMap[bool] = RangeMap()  # free RAM, coalesced
         for s, e in machine.ram:
             self._insert_free(s, e)
         self.data = ByteStore()
@@ -53,16 +51,7 @@ class PhysMem:
 
     # ----- allocation ------------------------------------------------------------------
     def _insert_free(self, s: int, e: int) -> None:
-        i = self.free.bisect_left(s)
-        if i > 0:
-            ps = self.free.keys()[i - 1]
-            if self.free[ps] == s:
-                s = ps
-                del self.free[ps]
-        if e in self.free:
-            e2 = self.free.pop(e)
-            e = e2
-        self.free[s] = e
+        self.free.set(s, e, True)
 
     def alloc(self, size: int, owner: Owner) -> list[tuple[int, int]]:
         """Allocate ``size`` bytes (page multiple), first fit, possibly in several extents."""
@@ -70,18 +59,16 @@ class PhysMem:
             raise kerr(errno.ENOMEM, "alloc_pages: injected failure")
         got: list[tuple[int, int]] = []
         need = size
-        while need and self.free:
-            s, e = self.free.peekitem(0)
+        for s, e, _ in self.free:
             take = min(need, e - s)
-            del self.free[s]
-            if s + take < e:
-                self.free[s + take] = e
             got.append((s, s + take))
             need -= take
+            if not need:
+                break
         if need:
-            for s, e in got:
-                self._insert_free(s, e)
             raise kerr(errno.ENOMEM, f"alloc_pages: {size:#x} bytes, out of physical memory")
+        for s, e in got:
+            self.free.remove(s, e)
         for s, e in got:
             self.owners.set(s, e, owner)
             self.data.zero(s, e)
@@ -119,6 +106,13 @@ class PhysMem:
 
     # ----- access: where physical truth is checked ---------------------------------------
     def check(self, start: int, n: int, who: str, write: bool) -> bool:
+        end = start + n
+        # Fast path: one RAM region and one allocated owner extent cover the whole access.
+        o = self.owners.get(start)
+        if o is not None and o[1] >= end and o[2].state in ("allocated", "orphan"):
+            r = self.regions.get(start)
+            if r is not None and r[1] >= end and r[2] == "ram":
+                return True
         ok = True
         verb = "write" if write else "read"
         end = start + n

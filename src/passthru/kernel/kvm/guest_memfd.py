@@ -145,7 +145,8 @@ class GmemFile(File):
                        f"{self.i_size:#x}")
         self.invalidate_lock.down_write()
         try:
-            hit = next(self.bindings.overlapping(offset, offset + size), None)
+            hits = self.bindings.overlapping(offset, offset + size)
+            hit = hits[0] if hits else None
             if hit is not None:
                 raise kerr(errno.EINVAL, f"KVM_SET_USER_MEMORY_REGION2: guest_memfd range "
                            f"[{offset:#x}, {offset + size:#x}) already bound to slot "

@@ -15,10 +15,9 @@ reads as zeros without allocating), stack guard gaps.
 from __future__ import annotations
 
 import errno
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from typing import TYPE_CHECKING
-
-from sortedcontainers import SortedDict
 
 from ...errors import Fault, kerr
 from ...extents import RangeMap
@@ -99,7 +98,9 @@ class Mm:
     def __init__(self, proc: Process) -> None:
         self.proc = proc
         self.kernel = proc.kernel
-        self.vmas: SortedDict = SortedDict()  # start -> Vma
+        # VMAs sorted by start (the kernel's maple tree): parallel arrays searched by bisect.
+        self._starts: list[int] = []
+        self._vmas: list[Vma] = []
         self.mmap_lock = RwSem(proc.kernel.sched, f"{proc.name}.mmap_lock", "mmap_lock")
         self.who = f"cpu:{proc.name}"
         # mmu_notifier subscribers (KVM): called with the user range whose PTEs go away.
@@ -110,27 +111,37 @@ class Mm:
             n(start, end)
 
     # ----- lookup ------------------------------------------------------------------------
+    @property
+    def vmas(self) -> dict[int, Vma]:
+        """start -> VMA, in address order (a snapshot)."""
+        return dict(zip(self._starts, self._vmas, strict=True))
+
     def find_vma(self, addr: int) -> Vma | None:
-        i = self.vmas.bisect_right(addr) - 1
+        i = bisect_right(self._starts, addr) - 1
         if i < 0:
             return None
-        v: Vma = self.vmas.values()[i]
+        v = self._vmas[i]
         return v if addr < v.end else None
 
     def vmas_in(self, start: int, end: int) -> list[Vma]:
-        out = []
-        i = max(self.vmas.bisect_right(start) - 1, 0)
-        vals = self.vmas.values()
-        while i < len(vals) and vals[i].start < end:
-            if vals[i].end > start:
-                out.append(vals[i])
-            i += 1
-        return out
+        i = max(bisect_right(self._starts, start) - 1, 0)
+        j = bisect_left(self._starts, end)
+        return [v for v in self._vmas[i:j] if v.end > start]
+
+    def _insert_vma(self, vma: Vma) -> None:
+        i = bisect_left(self._starts, vma.start)
+        self._starts.insert(i, vma.start)
+        self._vmas.insert(i, vma)
+
+    def _remove_vma(self, vma: Vma) -> None:
+        i = bisect_left(self._starts, vma.start)
+        assert self._vmas[i] is vma
+        del self._starts[i], self._vmas[i]
 
     def _free_area(self, length: int) -> int:
         # Top-down below MMAP_BASE: the highest gap that fits (mm/mmap.c's unmapped_area_topdown).
         top = MMAP_BASE
-        for v in reversed(self.vmas.values()):
+        for v in reversed(self._vmas):
             if v.start >= top:
                 continue
             if v.end <= top - length:
@@ -205,7 +216,7 @@ class Mm:
                 file.get()
             if fixed:
                 self._unmap(addr, addr + length)
-            self.vmas[addr] = vma
+            self._insert_vma(vma)
             if vma.file is not None:
                 self._link_file(vma)
             self.kernel.track("vma", +1)
@@ -255,7 +266,7 @@ class Mm:
         for s, e, p in vma.anon.remove(at, vma.end):
             right.anon.set(s, e, p)
         vma.end = at
-        self.vmas[at] = right
+        self._insert_vma(right)
         self.kernel.track("vma", +1)
         if right.file is not None:
             right.file.get()
@@ -263,7 +274,7 @@ class Mm:
 
     def _destroy(self, vma: Vma) -> None:
         self.notify_invalidate(vma.start, vma.end)
-        del self.vmas[vma.start]
+        self._remove_vma(vma)
         vma.ptes.clear()
         for s, e, p in vma.anon.remove(vma.start, vma.end):
             self.kernel.phys.release(p, p + (e - s))
@@ -277,7 +288,7 @@ class Mm:
         self.kernel.track("vma", -1)
 
     def exit_mmap(self) -> None:
-        for vma in list(self.vmas.values()):
+        for vma in list(self._vmas):
             self._destroy(vma)
 
     # ----- faults and access -------------------------------------------------------------
