@@ -150,7 +150,7 @@ class RangeMap(Generic[V]):
             start, value = ss[k], vv[k]
             del ss[k], ee[k], vv[k]
         if k < len(ss) and ss[k] == end and (
-            value + (end - start) == vv[k] if lin else vv[k] == value
+            value + (end - start) == vv[k] if lin else vv[k] == value  # type: ignore[operator]
         ):
             end = ee[k]
             del ss[k], ee[k], vv[k]

@@ -108,10 +108,10 @@ class PhysMem:
     def check(self, start: int, n: int, who: str, write: bool) -> bool:
         end = start + n
         # Fast path: one RAM region and one allocated owner extent cover the whole access.
-        o = self.owners.get(start)
-        if o is not None and o[1] >= end and o[2].state in ("allocated", "orphan"):
-            r = self.regions.get(start)
-            if r is not None and r[1] >= end and r[2] == "ram":
+        hit = self.owners.get(start)
+        if hit is not None and hit[1] >= end and hit[2].state in ("allocated", "orphan"):
+            reg = self.regions.get(start)
+            if reg is not None and reg[1] >= end and reg[2] == "ram":
                 return True
         ok = True
         verb = "write" if write else "read"
