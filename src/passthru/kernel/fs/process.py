@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ..core import Kernel
 
 FD_START = 3  # 0-2 are the process's stdio, as on a real host
+RLIMIT_NOFILE = 1024  # the usual soft limit; fixed so runs are deterministic
 
 
 class Process:
@@ -38,6 +39,9 @@ class Process:
         fd = FD_START
         while fd in self.fds:
             fd += 1
+        if fd >= RLIMIT_NOFILE:
+            file.put()
+            raise kerr(errno.EMFILE, f"no free fd below RLIMIT_NOFILE ({RLIMIT_NOFILE})")
         self.fds[fd] = file
         if cloexec:
             self.cloexec.add(fd)
@@ -89,9 +93,13 @@ class Process:
         if cmd == L.F_GETFL:
             return f.f_flags
         if cmd in (L.F_DUPFD, L.F_DUPFD_CLOEXEC):
+            if not 0 <= arg < RLIMIT_NOFILE:  # f_dupfd takes it as unsigned int
+                raise kerr(errno.EINVAL, f"fcntl F_DUPFD: {arg} >= RLIMIT_NOFILE ({RLIMIT_NOFILE})")
             new = max(arg, FD_START)
             while new in self.fds:
                 new += 1
+            if new >= RLIMIT_NOFILE:
+                raise kerr(errno.EMFILE, f"fcntl F_DUPFD: no free fd below {RLIMIT_NOFILE}")
             self.fds[new] = f.get()
             if cmd == L.F_DUPFD_CLOEXEC:
                 self.cloexec.add(new)

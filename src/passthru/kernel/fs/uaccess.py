@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .process import Process
 
 T = TypeVar("T", bound=ctypes.Structure)
+USER_BUFFER_ADDR = 0x7FFD_0000_0000
 
 
 class UserArg:
@@ -38,7 +39,10 @@ class UserArg:
             raise TypeError(f"ioctl argument must be int, ctypes object or bytearray, not {arg!r}")
 
     def as_int(self) -> int:
-        return self.value
+        """The argument as the kernel's ``unsigned long``. A Python buffer stands for a user
+        pointer, so an ioctl that takes a plain integer sees a (non-zero) address, as on
+        LinuxHost; the model uses a fixed stack-like address for determinism."""
+        return USER_BUFFER_ADDR if self.buf is not None else self.value
 
     def length(self) -> int | None:
         return None if self.buf is None else len(self.buf)

@@ -62,12 +62,10 @@ class RealModeCpu:
 def kvm_arch_vcpu_ioctl_run(vcpu: Vcpu) -> int:
     """KVM_RUN: returns 0 with the exit written to the kvm_run page."""
     cpu = vcpu.cpu
-    data = vcpu.kvm.kernel.phys.data
-    run = vcpu.run_phys
     if cpu.pending_read is not None:
         kind, size = cpu.pending_read
         off = RUN_UNION + 8 if kind == "mmio" else PIO_OFFSET
-        val = int.from_bytes(data.read(run + off, size), "little")
+        val = int.from_bytes(vcpu.run_read(off, size), "little")
         if size == 1:
             cpu.set8("al", val)
         else:
@@ -76,14 +74,14 @@ def kvm_arch_vcpu_ioctl_run(vcpu: Vcpu) -> int:
     for _ in range(MAX_STEPS):
         ex = _step(vcpu, cpu)
         if ex is not None:
-            data.write(run + RUN_EXIT_REASON, struct.pack("<I", ex))
+            vcpu.run_write(RUN_EXIT_REASON, struct.pack("<I", ex))
             vcpu.kvm.sched.emit("kvm", "run-exit", vcpu=vcpu.vcpu_id, reason=ex)
             if ex == K.KVM_EXIT_MEMORY_FAULT:
                 # api.rst: KVM_RUN fails with EFAULT and exit_reason MEMORY_FAULT is valid.
                 raise kerr(errno.EFAULT, "KVM_RUN: KVM_EXIT_MEMORY_FAULT (private/shared "
                            "mismatch), see kvm_run.memory_fault")
             return 0
-    data.write(run + RUN_EXIT_REASON, struct.pack("<I", KVM_EXIT_INTR))
+    vcpu.run_write(RUN_EXIT_REASON, struct.pack("<I", KVM_EXIT_INTR))
     return 0
 
 
@@ -107,8 +105,6 @@ def _step(vcpu: Vcpu, cpu: RealModeCpu) -> int | None:
     def advance(n: int) -> None:
         cpu.regs["rip"] = (ip + n) & 0xFFFF
 
-    run = vcpu.run_phys
-    data = vcpu.kvm.kernel.phys.data
     if op == 0x90:
         advance(1)
     elif op == 0xF4:
@@ -147,9 +143,9 @@ def _step(vcpu: Vcpu, cpu: RealModeCpu) -> int | None:
             port = cpu.regs["rdx"] & 0xFFFF
             advance(1)
         out = op in (0xE6, 0xEE)
-        data.write(run + RUN_UNION, struct.pack("<BBHIQ", int(out), 1, port, 1, PIO_OFFSET))
+        vcpu.run_write(RUN_UNION, struct.pack("<BBHIQ", int(out), 1, port, 1, PIO_OFFSET))
         if out:
-            data.write(run + PIO_OFFSET, bytes([cpu.get8("al")]))
+            vcpu.run_write(PIO_OFFSET, bytes([cpu.get8("al")]))
         else:
             cpu.pending_read = ("pio", 1)
         return K.KVM_EXIT_IO

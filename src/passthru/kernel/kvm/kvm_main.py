@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import kerr
 from ...extents import RangeMap
-from ...hw.physmem import Owner
 from ...sim.locks import Mutex, Srcu
 from ...uapi import kvm as K
 from ...uapi import linux as L
 from ..fs.file import File
+from ..mm.filemap import PageCache
 from .guest_memfd import GmemFile, kvm_gmem_create, kvm_gmem_supported_flags
 from .memslots import Memslots
 from .mmu import KvmExit, KvmMmu
@@ -254,7 +254,9 @@ class Vcpu:
         self.vcpu_id = vcpu_id
         self.who = f"vcpu:{kvm.name}.{vcpu_id}"
         size = VCPU_MMAP_PAGES * PAGE
-        ((self.run_phys, _),) = kvm.kernel.phys.alloc(size, Owner(f"kvm_run:{self.who}"))
+        # The kvm_run area: kernel pages the VMM maps (not necessarily contiguous).
+        self.run = PageCache(kvm.kernel, f"kvm_run:{self.who}")
+        self.run.populate(0, size)
         from .emulate import RealModeCpu
 
         self.cpu = RealModeCpu()
@@ -282,18 +284,24 @@ class Vcpu:
         return out, None
 
     def _report(self, ex: KvmExit) -> None:
-        phys = self.kvm.kernel.phys
-        phys.data.write(self.run_phys + 8, struct.pack("<I", ex.reason))
+        self.run_write(8, struct.pack("<I", ex.reason))
         if ex.reason == K.KVM_EXIT_MMIO:
             body = struct.pack("<Q8sIB", ex.gpa, ex.data[:8].ljust(8, b"\0"), ex.size,
                                int(ex.is_write))
         else:
             body = struct.pack("<QQQ", ex.flags, ex.gpa, ex.size)
-        phys.data.write(self.run_phys + 32, body)
+        self.run_write(32, body)
         self.kvm.sched.emit("kvm", "exit", vcpu=self.vcpu_id, reason=ex.name, gpa=ex.gpa)
 
     def free(self) -> None:
-        self.kvm.kernel.phys.release(self.run_phys, self.run_phys + VCPU_MMAP_PAGES * PAGE)
+        self.run.truncate_range(0, VCPU_MMAP_PAGES * PAGE)
+
+    def run_write(self, offset: int, data: bytes) -> None:
+        for s, e, p in self.run.lookup(offset, offset + len(data)):
+            self.kvm.kernel.phys.data.write(p, data[s - offset : e - offset])
+
+    def run_read(self, offset: int, n: int) -> bytes:
+        return self.run.read(offset, n)
 
 
 class VcpuFile(File):
@@ -311,7 +319,7 @@ class VcpuFile(File):
             raise kerr(errno.EINVAL, "mmap: past the vCPU's kvm_run area")
 
     def fault(self, vma: Vma, start: int, end: int, write: bool) -> list[tuple[int, int, int]]:
-        return [(start, end, self.vcpu.run_phys + start)]
+        return self.vcpu.run.lookup(start, end)
 
     def release(self) -> None:
         # The vCPU itself lives until the VM is destroyed, as in the kernel.

@@ -38,12 +38,21 @@ class PageCache:
 
     def populate(self, start: int, end: int) -> list[tuple[int, int, int]]:
         """Allocate the holes of ``[start, end)`` (zeroed) and return all its pieces."""
-        for gs, ge in self.pages.gaps(start, end):
-            pos = gs
-            for ps, pe in self.kernel.phys.alloc(ge - gs, Owner(self.name)):
-                self.pages.set(pos, pos + (pe - ps), ps)
-                pos += pe - ps
-        return list(self.pages.overlapping(start, end))
+        added: list[tuple[int, int]] = []
+        try:
+            for gs, ge in self.pages.gaps(start, end):
+                pos = gs
+                for ps, pe in self.kernel.phys.alloc(ge - gs, Owner(self.name)):
+                    self.pages.set(pos, pos + (pe - ps), ps)
+                    added.append((pos, pos + (pe - ps)))
+                    pos += pe - ps
+        except OSError:
+            # shmem_fallocate / shmem_undo_range: a failed call gives back what it added.
+            for s, e in added:
+                for _, _, p in self.pages.remove(s, e):
+                    self.kernel.phys.release(p, p + (e - s))
+            raise
+        return self.pages.overlapping(start, end)
 
     def truncate_range(self, start: int, end: int) -> None:
         """Drop ``[start, end)``: in-kernel users first, then user PTEs, then the memory."""
