@@ -9,48 +9,10 @@ objects and RAM), on LinuxHost no fd or mapping the host tracks.
 
 from __future__ import annotations
 
-import os
-import sys
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-
-try:
-    import passthru  # noqa: F401
-except ImportError:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
-
-KVM_NODE = "/dev/kvm"
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "needs_kvm: the linux variant needs /dev/kvm")
-    config.addinivalue_line("markers", "linux: runs on the real kernel (LinuxHost)")
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("sim", id="sim"),
-        pytest.param("linux", id="linux", marks=pytest.mark.linux),
-    ]
-)
-def host(request: pytest.FixtureRequest) -> Iterator[Any]:
-    if request.param == "sim":
-        from passthru import SimHost
-
-        yield SimHost(profile="linux-6.18")  # this machine runs 6.18
-        return
-    if request.node.get_closest_marker("needs_kvm") is not None:
-        if not os.path.exists(KVM_NODE):
-            pytest.skip(f"{KVM_NODE} absent")
-        if not os.access(KVM_NODE, os.R_OK | os.W_OK):
-            pytest.skip(f"{KVM_NODE} not accessible")
-    from passthru.host.linux import LinuxHost
-
-    with LinuxHost() as h:
-        yield h
 
 
 def released(host: Any) -> list[str]:
