@@ -243,7 +243,13 @@ class KvmVmFile(File):
                 raise kerr(errno.EEXIST, f"KVM_CREATE_VCPU: vCPU {vcpu_id} exists")
             vcpu = Vcpu(kvm, vcpu_id)
             kvm.vcpus[vcpu_id] = vcpu
-        return proc.fd_install(VcpuFile(vcpu), cloexec=True)
+            try:
+                return proc.fd_install(VcpuFile(vcpu), cloexec=True)
+            except OSError:
+                # kvm_put_xa_erase: a vCPU whose fd could not be installed is undone.
+                del kvm.vcpus[vcpu_id]
+                vcpu.free()
+                raise
 
 
 class Vcpu:

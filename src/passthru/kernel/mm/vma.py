@@ -165,8 +165,10 @@ class Mm:
         length = page_up(length)
         if length > L.TASK_SIZE or length == 0:
             raise kerr(errno.ENOMEM, f"mmap: length {length:#x} exceeds the address space")
-        if (offset + length) >> 64:
-            raise kerr(errno.EOVERFLOW, "mmap: offset + length overflows")
+        if offset < 0 or (offset + length) >> 63:
+            # pgoff is unsigned: a negative off_t is a huge offset (file_mmap_ok).
+            raise kerr(errno.EOVERFLOW, f"mmap: offset {offset:#x} + length past the maximum "
+                       "file size")
         fixed = bool(flags & (L.MAP_FIXED | L.MAP_FIXED_NOREPLACE))
         if fixed and addr & (PAGE - 1):
             raise kerr(errno.EINVAL, f"mmap: MAP_FIXED address {addr:#x} not page aligned")
