@@ -224,6 +224,12 @@ def test_mmap_errors(host):
     closed = host.memfd_create("closed", 0)
     host.close(closed)
     raises(errno.EBADF, host.mmap, 0, PAGE, RW, L.MAP_SHARED, closed, 0)
+    # pgoff is unsigned: a negative offset is past any file (file_mmap_ok)
+    raises(errno.EOVERFLOW, host.mmap, 0, PAGE, RW, L.MAP_SHARED, fd, -PAGE)
+    # MAP_SHARED_VALIDATE refuses flags outside LEGACY_MAP_MASK (here MAP_FIXED_NOREPLACE)
+    raises(errno.EOPNOTSUPP, host.mmap, 0, PAGE, RW,
+           L.MAP_SHARED_VALIDATE | L.MAP_FIXED_NOREPLACE, fd, 0)
+    assert host.mmap(0, PAGE, RW, L.MAP_SHARED_VALIDATE | L.MAP_POPULATE, fd, 0) > 0
 
 
 def test_munmap_errors(host):

@@ -80,11 +80,9 @@ def test_int_ioctl_given_a_buffer_sees_its_address(which: str) -> None:
     assert e.value.errno == errno.EINVAL
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "model bug: mmap accepts a negative file offset (off_t); the kernel's pgoff is unsigned "
-    "and file_mmap_ok refuses it with EOVERFLOW. In the model, faulting such a mapping fills "
-    "the page cache at negative offsets that the file's release never frees"))
 def test_mmap_negative_offset_is_eoverflow() -> None:
+    # Fixed: mmap once accepted a negative offset (the kernel's pgoff is unsigned, file_mmap_ok
+    # refuses it with EOVERFLOW) and faulting it leaked page cache at negative offsets.
     host = SimHost()
     mfd = host.memfd_create("m", 0)
     host.ftruncate(mfd, 0x10000)
@@ -107,10 +105,9 @@ def fill_fd_table(host: SimHost, fd: int) -> list[int]:
             return dups
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "model bug: KVM_CREATE_VCPU failing to install its fd (EMFILE) leaves the vCPU in "
-    "kvm.vcpus; kvm_vm_ioctl_create_vcpu erases it again (kvm_put_xa_erase), so the id is free"))
 def test_create_vcpu_emfile_leaves_the_id_free() -> None:
+    # Fixed: a vCPU whose fd could not be installed (EMFILE) once stayed in kvm.vcpus; the
+    # kernel erases it again (kvm_put_xa_erase), so the id is free.
     host = SimHost()
     vm = vm_of(host)
     dups = fill_fd_table(host, vm)

@@ -47,14 +47,7 @@ RESET_VECTOR_GPA = 0xFFFF0000  # CS base at reset: a slot here lets KVM_RUN exec
 
 # Known model bugs, each with an xfail(strict=True) reproducer in test_model_bugs.py. While one
 # is open the fuzzer tolerates exactly its symptom; when it is fixed, delete its entry here.
-KNOWN_BUGS = {
-    # KVM_CREATE_VCPU failing in fd_install (EMFILE) leaves the vCPU in kvm.vcpus: its id
-    # stays taken (EEXIST on retry) with no fd for it.
-    "vcpu-kept-after-emfile",
-    # mmap accepts a negative file offset; faulting such a mapping fills the page cache at
-    # negative offsets, which the file's release never frees (RAM leaked after exit).
-    "mmap-negative-offset",
-}
+KNOWN_BUGS: set[str] = set()  # none open: every bug the fuzzer found is fixed
 
 # ---------------------------------------------------------------------------------------------
 # Values, all in one place. Each Field has *sane* values (what a correct VMM passes, so calls

@@ -42,6 +42,11 @@ VM_PFNMAP = 0x400
 VM_IO = 0x4000
 VM_DONTEXPAND = 0x40000
 VM_DONTDUMP = 0x4000000
+# include/linux/mman.h LEGACY_MAP_MASK: what MAP_SHARED_VALIDATE accepts (x86-64 values)
+LEGACY_MAP_MASK = (
+    L.MAP_SHARED | L.MAP_PRIVATE | L.MAP_FIXED | L.MAP_ANONYMOUS | 0x0800 | 0x1000 | 0x4000000
+    | 0x0100 | 0x2000 | L.MAP_NORESERVE | L.MAP_POPULATE | 0x10000 | 0x20000 | 0x40000
+)
 MMAP_BASE = 0x7F0000000000
 MMAP_MIN_ADDR = 0x10000
 
@@ -180,6 +185,9 @@ class Mm:
         if file is not None:
             from ..fs.file import FMODE_READ, FMODE_WRITE
 
+            if maptype == L.MAP_SHARED_VALIDATE and flags & ~LEGACY_MAP_MASK:
+                raise kerr(errno.EOPNOTSUPP, f"mmap: MAP_SHARED_VALIDATE with unknown flags "
+                           f"{flags & ~LEGACY_MAP_MASK:#x}")
             if not file.f_mode & FMODE_READ:
                 raise kerr(errno.EACCES, "mmap: file not open for reading")
             if file.noexec:
