@@ -24,9 +24,12 @@ class Profile:
     kvm_gmem_mmap: bool = True  # GUEST_MEMFD_FLAG_MMAP (6.18)
     kvm_pre_fault_memory: bool = True
     kvm_memory_attributes: bool = True  # answered per VM type, see KvmVm.check_extension
-    # dma-buf and friends read their fields here as their issues land.
-    revoke_waits_for_unmap: bool = True
-    move_notify_mandatory: bool = False
+    # dma-buf (drivers/dma-buf/dma-buf.c; vfio_pci_dmabuf.c for the revocable exporter)
+    revoke_waits_for_unmap: bool = True  # 7.1: fences, then up to 1 s for every unmap
+    move_notify_mandatory: bool = False  # < 7.1: dynamic importers must have move_notify
+    dma_buf_attach_revocable: bool = True  # 7.1: revocable exporters refuse non-revocable
+    revocable_pin_refused: bool = False  # 6.19: the revocable exporter's pin is EOPNOTSUPP
+    dma_buf_mapping_types: bool = False  # 2026 proposal: SGT / PAL negotiation
     design: str = "vfio"
     bugs: frozenset[str] = field(default=frozenset())
 
@@ -45,6 +48,8 @@ LINUX_6_18 = Profile(
     kvm_memory_attributes=False,
     revoke_waits_for_unmap=False,
     move_notify_mandatory=True,
+    dma_buf_attach_revocable=False,
+    revocable_pin_refused=True,
 )
 LINUX_6_19 = replace(LINUX_6_18, name="linux-6.19")
 LINUX_7_1 = Profile(name="linux-7.1")

@@ -1,0 +1,505 @@
+"""The dma-buf core: export, attach, map, pin, invalidate, and the buffer's file
+(drivers/dma-buf/dma-buf.c, include/linux/dma-buf.h).
+
+A DmaBuf is a file (its fd is what userspace passes around) with the exporter's ops, a
+reservation object (``resv``: the buffer's ww_mutex and fences) and its attachments. An
+exporter with pin/unpin is *dynamic*; an importer with importer ops is *dynamic* and must
+accept invalidation (``move_notify``, renamed ``invalidate_mappings`` in 7.1).
+
+Locking convention (dma-buf.c, since 6.2), enforced like lockdep — a call made with the wrong
+lock state is a ``dma-buf-locking`` violation naming the call:
+- importer must hold the resv lock around pin/unpin, map/unmap_attachment, vmap/vunmap;
+- importer must not hold it around attach, dynamic_attach, detach, mmap, begin/end_cpu_access
+  and every ``*_unlocked`` call (they take it themselves).
+
+Memory models (KERNEL.md §1), explicit here: an exporter offers ``pinned``, ``revocable`` (with
+or without un-revoke) or ``movable``; an importer lists what it tolerates. Attach negotiates
+(see :func:`negotiate`) and refuses a pair with the errno the kernel (or the proposal) gives.
+
+Physical truth: an importer's DMA through its mapping (:meth:`DmaBufAttachment.dma_access`)
+resolves in hw; between invalidation and unmap it may read (speculatively) but a write is a
+``revoke-contract`` violation; after the exporter reclaimed the memory, any access is a
+``physical`` violation. Leaves out: sync_file import/export, debugfs, fdinfo, the vmap
+iosys_map details, cross-device fence signalling paths.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ...errors import kerr
+from ...uapi import dma_buf as U
+from ...uapi import linux as L
+from ..fs.file import File
+from .resv import DMA_RESV_USAGE_BOOKKEEP, DMA_RESV_USAGE_KERNEL, DmaResv
+
+if TYPE_CHECKING:
+    from ..core import Kernel
+    from ..fs.process import Process
+    from ..fs.uaccess import UserArg
+    from ..mm.vma import Vma
+
+PINNED, REVOCABLE, MOVABLE = "pinned", "revocable", "movable"
+MEMORY_MODELS = (PINNED, REVOCABLE, MOVABLE)
+
+
+@dataclass
+class DmaMapping:
+    """What map_dma_buf returned, reduced to what importers may use: DMA addresses.
+
+    ``ranges`` are (dma_address, length, phys) — phys is the model's physical truth for the
+    access check, not something the importer sees. ``sgt`` is the exporter's table object
+    (kernel/dma/scatterlist.SgTable) when it built one.
+    """
+
+    ranges: list[tuple[int, int, int]]
+    sgt: Any = None
+
+    @property
+    def length(self) -> int:
+        return sum(n for _, n, _ in self.ranges)
+
+
+class DmaBufOps:
+    """struct dma_buf_ops. Exporters subclass it and define the methods they have; a method
+    left as None is absent, as a NULL op is in C."""
+
+    attach: Any = None  # (dmabuf, attach) -> None, may raise OSError
+    detach: Any = None
+    pin: Any = None  # (attach) -> None
+    unpin: Any = None
+    map_dma_buf: Any = None  # (attach, direction) -> DmaMapping
+    unmap_dma_buf: Any = None  # (attach, mapping, direction) -> None
+    release: Any = None  # (dmabuf) -> None
+    mmap: Any = None  # (dmabuf, vma) -> None
+    fault: Any = None  # (dmabuf, vma, start, end, write) -> pieces; vm_ops->fault of mmap
+    vmap: Any = None  # (dmabuf) -> int
+    vunmap: Any = None
+    begin_cpu_access: Any = None  # (dmabuf, direction) -> None
+    end_cpu_access: Any = None
+    # passthru: the memory model this exporter offers (KERNEL.md §1, "the three models")
+    memory_model: str = PINNED
+    can_unrevoke: bool = False
+    exp_name: str = "exporter"
+
+
+@dataclass
+class DmaBufAttachOps:
+    """struct dma_buf_attach_ops, plus what the importer tolerates (passthru's negotiation)."""
+
+    allow_peer2peer: bool = False
+    invalidate: Callable[[DmaBufAttachment], None] | None = None  # move_notify / 7.1 name
+    tolerates: frozenset[str] = frozenset(MEMORY_MODELS)
+    name: str = "importer"
+
+
+class DmaBuf(File):
+    kind = "dma-buf"
+    noexec = False
+
+    def __init__(self, kernel: Kernel, ops: DmaBufOps, size: int, flags: int, priv: Any) -> None:
+        super().__init__(kernel, flags, f"dmabuf{kernel.next_id('dmabuf')}")
+        self.ops = ops
+        self.size_ = size
+        self.priv = priv
+        self.exp_name = ops.exp_name
+        self.resv = DmaResv(kernel.sched, self.name)
+        self.attachments: list[DmaBufAttachment] = []
+        self.buf_name = ""
+        self.vmap_count = 0
+        self.i_mmap_writable = 0
+        self.sched = kernel.sched
+        self._unmap_wq: Any = None
+
+    def exporter_wq(self) -> Any:
+        """Where a revoking exporter waits for importers to unmap."""
+        if self._unmap_wq is None:
+            from ...sim.locks import WaitQueue
+
+            self._unmap_wq = WaitQueue(self.sched, f"{self.name}.unmaps")
+        return self._unmap_wq
+
+    @property
+    def dynamic(self) -> bool:
+        """dma_buf_is_dynamic: the exporter has pin/unpin."""
+        return self.ops.pin is not None
+
+    def size(self) -> int:
+        return self.size_
+
+    def release(self) -> None:
+        if self.attachments:
+            self.sched.violation("dma-buf-lifetime", f"{self.name} released with "
+                                 f"{len(self.attachments)} attachment(s) left")
+        if self.vmap_count:
+            self.sched.violation("dma-buf-lifetime", f"{self.name} released while vmapped")
+        self.ops.release(self)
+
+    # ----- userspace: mmap and ioctls ----------------------------------------------------
+    def mmap(self, proc: Process, vma: Vma) -> None:
+        """dma_buf_mmap_internal."""
+        if self.ops.mmap is None:
+            raise kerr(errno.EINVAL, f"mmap: {self.exp_name} dma-buf has no mmap op")
+        if vma.pgoff + (vma.end - vma.start) > self.size_:
+            raise kerr(errno.EINVAL, f"mmap: [{vma.pgoff:#x}, +{vma.end - vma.start:#x}) "
+                       f"past the dma-buf's {self.size_:#x} bytes")
+        self.ops.mmap(self, vma)
+
+    def fault(self, vma: Vma, start: int, end: int, write: bool) -> list[tuple[int, int, int]]:
+        if self.ops.fault is None:
+            from ...errors import Fault
+
+            raise Fault(vma.start + (start - vma.pgoff), "SIGBUS", f"{self.exp_name}: no fault")
+        return self.ops.fault(self, vma, start, end, write)  # type: ignore[no-any-return]
+
+    def ioctl(self, proc: Process, cmd: int, arg: UserArg) -> int:
+        if cmd == U.DMA_BUF_IOCTL_SYNC:
+            sync = arg.copy_from_user(U.dma_buf_sync)
+            flags = sync.flags
+            if flags & ~U.DMA_BUF_SYNC_VALID_FLAGS_MASK:
+                raise kerr(errno.EINVAL, f"DMA_BUF_IOCTL_SYNC: unknown flags {flags:#x}")
+            if not flags & U.DMA_BUF_SYNC_RW:
+                raise kerr(errno.EINVAL, "DMA_BUF_IOCTL_SYNC: neither READ nor WRITE")
+            op = self.ops.end_cpu_access if flags & U.DMA_BUF_SYNC_END else \
+                self.ops.begin_cpu_access
+            if op is not None:
+                op(self, flags & U.DMA_BUF_SYNC_RW)
+            return 0
+        if cmd in (U.DMA_BUF_SET_NAME_A, U.DMA_BUF_SET_NAME_B):
+            raw = b""
+            for i in range(U.DMA_BUF_NAME_LEN + 1):
+                c = arg.read(1, i) if arg.length() is None or i < (arg.length() or 0) else b"\0"
+                if c == b"\0":
+                    break
+                raw += c
+            else:
+                raise kerr(errno.EINVAL, f"DMA_BUF_SET_NAME: name longer than "
+                           f"{U.DMA_BUF_NAME_LEN - 1} bytes (strndup_user)")
+            self.buf_name = raw.decode(errors="replace")
+            return 0
+        raise kerr(errno.ENOTTY, f"ioctl {cmd:#x}: not a dma-buf ioctl")
+
+
+class DmaBufAttachment:
+    """struct dma_buf_attachment."""
+
+    def __init__(self, dmabuf: DmaBuf, dev: str, importer_ops: DmaBufAttachOps | None,
+                 importer_priv: Any) -> None:
+        self.dmabuf = dmabuf
+        self.dev = dev
+        self.importer_ops = importer_ops
+        self.importer_priv = importer_priv
+        self.peer2peer = bool(importer_ops and importer_ops.allow_peer2peer)
+        self.priv: Any = None  # the exporter's
+        self.mapping: DmaMapping | None = None
+        self.pinned_on_map = False
+        self.pins = 0
+        self.invalidated = False
+        self.detached = False
+
+    def __repr__(self) -> str:
+        return f"<attach {self.dmabuf.name}->{self.dev}>"
+
+    @property
+    def dynamic(self) -> bool:
+        """dma_buf_attachment_is_dynamic: the importer has ops."""
+        return self.importer_ops is not None
+
+    # ----- the importer's device doing DMA (physical truth) --------------------------------
+    def dma_access(self, offset: int, n: int, write: bool, data: bytes | None = None) -> bytes:
+        """The importing device reads/writes ``n`` bytes at ``offset`` of its mapping."""
+        sched = self.dmabuf.sched
+        sched.point(f"{self.dmabuf.name}.dma", "w" if write else "r")
+        m = self.mapping
+        who = f"dma:{self.dev}"
+        if m is None:
+            sched.violation("dma-buf-mapping", f"{self.dev} does DMA to {self.dmabuf.name} "
+                            "without a mapping")
+            return bytes(n)
+        if write and self.invalidated:
+            sched.violation("revoke-contract", f"{self.dev} writes {self.dmabuf.name} after "
+                            "invalidation, before unmapping")
+        out = bytearray()
+        pos = 0
+        phys = self.dmabuf.kernel.phys
+        for _, length, p in m.ranges:
+            if offset < pos + length and offset + n > pos:
+                s = max(offset, pos)
+                e = min(offset + n, pos + length)
+                if write:
+                    assert data is not None
+                    phys.write(p + (s - pos), data[s - offset : e - offset], who)
+                else:
+                    out += phys.read(p + (s - pos), e - s, who)
+            pos += length
+        return bytes(out)
+
+
+# ----- the core API -----------------------------------------------------------------------
+def _must_hold(dmabuf: DmaBuf, api: str) -> None:
+    dmabuf.resv.assert_held(api)
+
+
+def _must_not_hold(dmabuf: DmaBuf, api: str) -> None:
+    if dmabuf.resv.held():
+        dmabuf.sched.violation("dma-buf-locking",
+                               f"{api} called with {dmabuf.name}'s resv lock held")
+
+
+def dma_buf_export(kernel: Kernel, ops: DmaBufOps, size: int, priv: Any,
+                   flags: int = L.O_RDWR) -> DmaBuf:
+    """dma_buf_export: the mandatory ops, pin and unpin together."""
+    if priv is None or ops.map_dma_buf is None or ops.unmap_dma_buf is None \
+            or ops.release is None:
+        raise kerr(errno.EINVAL, "dma_buf_export: priv, map_dma_buf, unmap_dma_buf and "
+                   "release are mandatory")
+    if (ops.pin is None) != (ops.unpin is None):
+        raise kerr(errno.EINVAL, "dma_buf_export: pin and unpin come together or not at all")
+    if size <= 0:
+        raise kerr(errno.EINVAL, "dma_buf_export: size must be positive")
+    if kernel.sched.fault("kzalloc"):
+        raise kerr(errno.ENOMEM, "dma_buf_export: allocation failed (injected)")
+    buf = DmaBuf(kernel, ops, size, flags, priv)
+    kernel.sched.emit("dma_buf", "export", buf=buf.name, exporter=ops.exp_name, size=size)
+    return buf
+
+
+def dma_buf_fd(proc: Process, dmabuf: DmaBuf, flags: int) -> int:
+    """dma_buf_fd: install the export's reference in the fd table."""
+    return proc.fd_install(dmabuf, bool(flags & L.O_CLOEXEC))
+
+
+def dma_buf_get(proc: Process, fd: int) -> DmaBuf:
+    """dma_buf_get: a reference to the dma-buf behind ``fd`` (EBADF, EINVAL if not one)."""
+    f = proc.fget(fd, "dma_buf_get")
+    if not isinstance(f, DmaBuf):
+        raise kerr(errno.EINVAL, f"dma_buf_get: fd {fd} is a {f.kind}, not a dma-buf")
+    f.get()
+    return f
+
+
+def dma_buf_put(dmabuf: DmaBuf) -> None:
+    dmabuf.put()
+
+
+def dma_buf_attach_revocable(attach: DmaBufAttachment) -> bool:
+    """7.1: true when the importer has invalidate_mappings."""
+    return bool(attach.importer_ops and attach.importer_ops.invalidate)
+
+
+def negotiate(dmabuf: DmaBuf, attach: DmaBufAttachment) -> None:
+    """The three memory models made explicit (KERNEL.md §1). Refuses an incompatible pair
+    with the errno the kernel gives where it has the path, EOPNOTSUPP otherwise (documented
+    in docs/fidelity.md)."""
+    model = dmabuf.ops.memory_model
+    imp = attach.importer_ops
+    if imp is not None and model not in imp.tolerates:
+        raise kerr(errno.EOPNOTSUPP, f"attach: importer {imp.name} does not accept "
+                   f"{model} buffers ({dmabuf.exp_name})")
+    if imp is None and model == MOVABLE and dmabuf.ops.pin is None:
+        raise kerr(errno.EOPNOTSUPP, "attach: a static importer needs a pinnable exporter")
+
+
+def dma_buf_dynamic_attach(dmabuf: DmaBuf | None, dev: str | None,
+                           importer_ops: DmaBufAttachOps | None = None,
+                           importer_priv: Any = None) -> DmaBufAttachment:
+    """dma_buf_dynamic_attach (and dma_buf_attach with no ops)."""
+    if dmabuf is None or dev is None:
+        raise kerr(errno.EINVAL, "dma_buf_attach: NULL buffer or device")
+    kernel = dmabuf.kernel
+    if importer_ops is not None and importer_ops.invalidate is None \
+            and kernel.profile.move_notify_mandatory:
+        raise kerr(errno.EINVAL, "dma_buf_dynamic_attach: importer ops without move_notify")
+    _must_not_hold(dmabuf, "dma_buf_dynamic_attach")
+    attach = DmaBufAttachment(dmabuf, dev, importer_ops, importer_priv)
+    negotiate(dmabuf, attach)
+    if dmabuf.ops.attach is not None:
+        dmabuf.ops.attach(dmabuf, attach)
+    dmabuf.resv.lock_ctx()
+    try:
+        dmabuf.attachments.append(attach)
+    finally:
+        dmabuf.resv.unlock()
+    dmabuf.get()  # the attachment holds the buffer (get_file in the importers' paths)
+    kernel.track("dma-buf-attachment", +1)
+    kernel.sched.emit("dma_buf", "attach", buf=dmabuf.name, dev=dev,
+                      dynamic=attach.dynamic, p2p=attach.peer2peer)
+    return attach
+
+
+def dma_buf_attach(dmabuf: DmaBuf | None, dev: str | None) -> DmaBufAttachment:
+    return dma_buf_dynamic_attach(dmabuf, dev, None, None)
+
+
+def dma_buf_detach(dmabuf: DmaBuf, attach: DmaBufAttachment) -> None:
+    _must_not_hold(dmabuf, "dma_buf_detach")
+    if attach.mapping is not None:
+        dmabuf.sched.violation("dma-buf-lifetime", f"detach of {attach!r} while still mapped")
+    dmabuf.resv.lock_ctx()
+    try:
+        dmabuf.attachments.remove(attach)
+    finally:
+        dmabuf.resv.unlock()
+    if dmabuf.ops.detach is not None:
+        dmabuf.ops.detach(dmabuf, attach)
+    attach.detached = True
+    dmabuf.kernel.track("dma-buf-attachment", -1)
+    dmabuf.sched.emit("dma_buf", "detach", buf=dmabuf.name, dev=attach.dev)
+    dmabuf.put()
+
+
+def dma_buf_pin(attach: DmaBufAttachment) -> None:
+    buf = attach.dmabuf
+    _must_hold(buf, "dma_buf_pin")
+    if buf.ops.pin is not None:
+        buf.ops.pin(attach)
+    attach.pins += 1
+    buf.kernel.track("dma-buf-pin", +1)
+
+
+def dma_buf_unpin(attach: DmaBufAttachment) -> None:
+    buf = attach.dmabuf
+    _must_hold(buf, "dma_buf_unpin")
+    if attach.pins == 0:
+        buf.sched.violation("dma-buf-pin", f"unpin of {attach!r} that holds no pin")
+        return
+    if buf.ops.unpin is not None:
+        buf.ops.unpin(attach)
+    attach.pins -= 1
+    buf.kernel.track("dma-buf-pin", -1)
+
+
+def dma_buf_map_attachment(attach: DmaBufAttachment, direction: int = 0) -> DmaMapping:
+    """dma_buf_map_attachment: pin-on-map for a static importer of a dynamic exporter; a
+    static importer waits for KERNEL fences (pending moves) before the mapping is used."""
+    buf = attach.dmabuf
+    _must_hold(buf, "dma_buf_map_attachment")
+    buf.sched.point(f"{buf.name}.map", "w")
+    pinned_here = False
+    if buf.dynamic and not attach.dynamic:
+        dma_buf_pin(attach)
+        pinned_here = True
+    try:
+        mapping = buf.ops.map_dma_buf(attach, direction)
+    except OSError:
+        if pinned_here:
+            dma_buf_unpin(attach)
+        raise
+    if not attach.dynamic:
+        buf.resv.wait_timeout(DMA_RESV_USAGE_KERNEL)
+    attach.mapping = mapping
+    attach.pinned_on_map = pinned_here
+    attach.invalidated = False
+    buf.kernel.track("dma-buf-mapping", +1)
+    buf.sched.emit("dma_buf", "map", buf=buf.name, dev=attach.dev, ranges=len(mapping.ranges))
+    return mapping
+
+
+def dma_buf_unmap_attachment(attach: DmaBufAttachment, direction: int = 0) -> None:
+    buf = attach.dmabuf
+    _must_hold(buf, "dma_buf_unmap_attachment")
+    if attach.mapping is None:
+        buf.sched.violation("dma-buf-mapping", f"unmap of {attach!r} that is not mapped")
+        return
+    buf.ops.unmap_dma_buf(attach, attach.mapping, direction)
+    attach.mapping = None
+    attach.invalidated = False
+    if attach.pinned_on_map:
+        attach.pinned_on_map = False
+        dma_buf_unpin(attach)
+    buf.kernel.track("dma-buf-mapping", -1)
+    buf.sched.emit("dma_buf", "unmap", buf=buf.name, dev=attach.dev)
+    buf.exporter_wq().wake_up()
+
+
+def dma_buf_map_attachment_unlocked(attach: DmaBufAttachment, direction: int = 0) -> DmaMapping:
+    buf = attach.dmabuf
+    _must_not_hold(buf, "dma_buf_map_attachment_unlocked")
+    buf.resv.lock_ctx()
+    try:
+        return dma_buf_map_attachment(attach, direction)
+    finally:
+        buf.resv.unlock()
+
+
+def dma_buf_unmap_attachment_unlocked(attach: DmaBufAttachment, direction: int = 0) -> None:
+    buf = attach.dmabuf
+    _must_not_hold(buf, "dma_buf_unmap_attachment_unlocked")
+    buf.resv.lock_ctx()
+    try:
+        dma_buf_unmap_attachment(attach, direction)
+    finally:
+        buf.resv.unlock()
+
+
+def dma_buf_invalidate_mappings(buf: DmaBuf) -> None:
+    """dma_buf_move_notify (< 7.1) / dma_buf_invalidate_mappings (7.1): tell every dynamic
+    importer its mapping is going away. The resv lock must be held."""
+    _must_hold(buf, "dma_buf_invalidate_mappings")
+    buf.sched.emit("dma_buf", "invalidate", buf=buf.name)
+    for a in list(buf.attachments):
+        if a.importer_ops is not None and a.importer_ops.invalidate is not None:
+            if a.mapping is not None:
+                a.invalidated = True
+            a.importer_ops.invalidate(a)
+
+
+dma_buf_move_notify = dma_buf_invalidate_mappings
+
+
+def dma_buf_vmap(buf: DmaBuf) -> int:
+    _must_hold(buf, "dma_buf_vmap")
+    if buf.ops.vmap is None:
+        raise kerr(errno.EINVAL, f"dma_buf_vmap: {buf.exp_name} has no vmap op")
+    addr = int(buf.ops.vmap(buf))
+    buf.vmap_count += 1
+    return addr
+
+
+def dma_buf_vunmap(buf: DmaBuf) -> None:
+    _must_hold(buf, "dma_buf_vunmap")
+    if buf.vmap_count == 0:
+        buf.sched.violation("dma-buf-lifetime", f"vunmap of {buf.name} that is not vmapped")
+        return
+    if buf.ops.vunmap is not None:
+        buf.ops.vunmap(buf)
+    buf.vmap_count -= 1
+
+
+def dma_buf_begin_cpu_access(buf: DmaBuf, direction: int) -> None:
+    _must_not_hold(buf, "dma_buf_begin_cpu_access")
+    if buf.ops.begin_cpu_access is not None:
+        buf.ops.begin_cpu_access(buf, direction)
+
+
+def dma_buf_end_cpu_access(buf: DmaBuf, direction: int) -> None:
+    _must_not_hold(buf, "dma_buf_end_cpu_access")
+    if buf.ops.end_cpu_access is not None:
+        buf.ops.end_cpu_access(buf, direction)
+
+
+def wait_for_unmaps(buf: DmaBuf, timeout_ns: int) -> bool:
+    """The 7.1 revoke step 5: wait (bounded) until no importer still has a mapping."""
+    return buf.exporter_wq().wait_event(
+        lambda: all(a.mapping is None for a in buf.attachments), timeout_ns)
+
+
+def revoke(buf: DmaBuf, mark: Callable[[], None]) -> None:
+    """The exporter side of the revoke contract (KERNEL.md §1, 7.1 profile; 6.19 stops after
+    step 4): lock, mark revoked, invalidate, wait for fences, unlock, wait for unmaps."""
+    prof = buf.kernel.profile
+    buf.resv.lock_ctx()
+    try:
+        mark()
+        dma_buf_invalidate_mappings(buf)
+        if prof.revoke_waits_for_unmap:
+            buf.resv.wait_timeout(DMA_RESV_USAGE_BOOKKEEP)
+    finally:
+        buf.resv.unlock()
+    if prof.revoke_waits_for_unmap and not wait_for_unmaps(buf, 1_000_000_000):
+        buf.sched.emit("dma_buf", "warn", msg="importer has a broken invalidate_mapping()")
+        buf.sched.violation("revoke-timeout", f"{buf.name}: an importer did not unmap within "
+                            "1 s of invalidation (importer has a broken invalidate_mapping())")

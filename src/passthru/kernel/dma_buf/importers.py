@@ -1,0 +1,202 @@
+"""Importers: who maps a dma-buf and what they tolerate (the seeds' cases; KERNEL.md §1).
+
+- :class:`DeviceImporter` — a generic device driver, static (no importer ops: pin-on-map) or
+  dynamic (invalidate → unmap at once under the resv lock, or *lazily*: note it and unmap
+  later from its own context, as iommufd's and RDMA ODP's work items do);
+- :class:`RdmaMrImporter` — an RDMA memory region: ``pinned`` (ib_umem_dmabuf_get_pinned:
+  dynamic attach, then dma_buf_pin; tolerates pinned and movable, not revocable) or ``odp``
+  (on-demand paging: dynamic, re-faults after invalidation);
+- :class:`CompositorImporter` — a display server's GPU importing client buffers; it refuses
+  revocable buffers, since a client could shoot down the compositor's context (the seeds'
+  argument; the refusal is a proposal, EOPNOTSUPP);
+- :func:`kvm_legacy_map` — the pre-dma-buf KVM route: mmap the buffer, then GUP it, which
+  fails with EFAULT on the special PTEs of heap/vfio mappings (mm/gup.c) — "refused, as
+  designed" (the pKVM/crosvm report).
+
+Drivers (drivers/infiniband/core/umem_dmabuf.c, drivers/gpu/drm/drm_prime.c, amdgpu/xe) are
+reduced to the attach/map/invalidate protocol and their device's DMA.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from . import core
+from .core import (
+    MEMORY_MODELS,
+    MOVABLE,
+    PINNED,
+    DmaBuf,
+    DmaBufAttachment,
+    DmaBufAttachOps,
+)
+from .fence import DmaFence
+from .resv import DMA_RESV_USAGE_WRITE
+
+if TYPE_CHECKING:
+    from ..fs.process import Process
+
+
+class DeviceImporter:
+    def __init__(self, dev: str, dynamic: bool = True, lazy_unmap: bool = False,
+                 p2p: bool = True, tolerates: frozenset[str] = frozenset(MEMORY_MODELS),
+                 uses_fences: bool = True) -> None:
+        self.dev = dev
+        self.dynamic = dynamic
+        self.lazy_unmap = lazy_unmap
+        self.uses_fences = uses_fences
+        self.ops = DmaBufAttachOps(allow_peer2peer=p2p, invalidate=self._invalidate,
+                                   tolerates=tolerates, name=dev) if dynamic else None
+        self.attach_: DmaBufAttachment | None = None
+        self.invalidations = 0
+        self.needs_unmap = False
+
+    # importer ops
+    def _invalidate(self, attach: DmaBufAttachment) -> None:
+        self.invalidations += 1
+        if attach.mapping is None:
+            return
+        if self.lazy_unmap:
+            self.needs_unmap = True  # a worker will unmap later
+        else:
+            core.dma_buf_unmap_attachment(attach)  # resv is held by the caller
+
+    # driver paths
+    def attach(self, buf: DmaBuf) -> DmaBufAttachment:
+        self.attach_ = core.dma_buf_dynamic_attach(buf, self.dev, self.ops, self)
+        return self.attach_
+
+    def map(self) -> None:
+        a = self._a()
+        a.dmabuf.resv.lock_ctx()
+        try:
+            if a.mapping is None:
+                core.dma_buf_map_attachment(a)
+        finally:
+            a.dmabuf.resv.unlock()
+
+    def unmap_if_invalidated(self) -> None:
+        """The lazy importer's worker: unmap what was invalidated."""
+        a = self._a()
+        if not self.needs_unmap:
+            return
+        a.dmabuf.resv.lock_ctx()
+        try:
+            if a.mapping is not None:
+                core.dma_buf_unmap_attachment(a)
+            self.needs_unmap = False
+        finally:
+            a.dmabuf.resv.unlock()
+
+    def dma_write(self, offset: int, data: bytes) -> None:
+        """A DMA job: publish a fence (if this driver does), then write, then signal."""
+        a = self._a()
+        fence = None
+        if self.uses_fences:
+            a.dmabuf.resv.lock_ctx()
+            try:
+                if a.mapping is None and not self.needs_unmap:
+                    core.dma_buf_map_attachment(a)
+                fence = DmaFence(a.dmabuf.sched, f"{self.dev}.job")
+                a.dmabuf.resv.add_fence(fence, DMA_RESV_USAGE_WRITE)
+            finally:
+                a.dmabuf.resv.unlock()
+        a.dma_access(offset, len(data), True, data)
+        if fence is not None:
+            fence.signal()
+
+    def dma_read(self, offset: int, n: int) -> bytes:
+        return self._a().dma_access(offset, n, False)
+
+    def teardown(self) -> None:
+        a = self.attach_
+        if a is None or a.detached:
+            return
+        if a.mapping is not None:
+            core.dma_buf_unmap_attachment_unlocked(a)
+        core.dma_buf_detach(a.dmabuf, a)
+
+    def _a(self) -> DmaBufAttachment:
+        assert self.attach_ is not None, "attach first"
+        return self.attach_
+
+
+class RdmaMrImporter(DeviceImporter):
+    """An RDMA MR over a dma-buf: ``mode`` "pinned" or "odp"."""
+
+    def __init__(self, dev: str = "mlx5", mode: str = "pinned") -> None:
+        super().__init__(dev, dynamic=True, p2p=True,
+                         tolerates=frozenset({PINNED, MOVABLE}), lazy_unmap=(mode == "odp"))
+        self.mode = mode
+
+    def _invalidate(self, attach: DmaBufAttachment) -> None:
+        if self.mode == "pinned":
+            # ib_umem_dmabuf_unsupported_move_notify: a pinned MR must never be moved.
+            attach.dmabuf.sched.violation(
+                "rdma-pinned-moved", f"{self.dev}: move_notify on a pinned MR")
+            return
+        super()._invalidate(attach)
+
+    def register(self, buf: DmaBuf) -> None:
+        """ibv_reg_dmabuf_mr: attach, pin (pinned mode), map."""
+        a = self.attach(buf)
+        buf.resv.lock_ctx()
+        try:
+            if self.mode == "pinned":
+                core.dma_buf_pin(a)
+            try:
+                core.dma_buf_map_attachment(a)
+            except OSError:
+                if self.mode == "pinned":
+                    core.dma_buf_unpin(a)
+                raise
+        finally:
+            buf.resv.unlock()
+
+    def teardown(self) -> None:
+        a = self.attach_
+        if a is None or a.detached:
+            return
+        a.dmabuf.resv.lock_ctx()
+        try:
+            if a.mapping is not None:
+                core.dma_buf_unmap_attachment(a)
+            while a.pins:
+                core.dma_buf_unpin(a)
+        finally:
+            a.dmabuf.resv.unlock()
+        core.dma_buf_detach(a.dmabuf, a)
+
+
+class CompositorImporter(DeviceImporter):
+    """A compositor's GPU; ``accepts_revocable`` models a compositor that does not refuse."""
+
+    def __init__(self, dev: str = "compositor-gpu", accepts_revocable: bool = False) -> None:
+        tol = frozenset(MEMORY_MODELS) if accepts_revocable else frozenset({PINNED, MOVABLE})
+        super().__init__(dev, dynamic=True, p2p=True, tolerates=tol)
+        self.context_lost = False
+
+    def _invalidate(self, attach: DmaBufAttachment) -> None:
+        if attach.dmabuf.ops.memory_model == "revocable":
+            # A revoked client buffer under scan-out/composition: the GPU context faults.
+            self.context_lost = True
+            attach.dmabuf.sched.violation(
+                "compositor-shot-down", f"{self.dev}: a client revoked {attach.dmabuf.name} "
+                "while the compositor used it; its GPU context is lost")
+        super()._invalidate(attach)
+
+
+def kvm_legacy_map(proc: Process, fd: int, length: int) -> int:
+    """The legacy KVM path: mmap the dma-buf, then pin_user_pages it (as KVM's hva_to_pfn
+    would for a long-term pin). Returns the address; raises EFAULT on special PTEs."""
+    from ...uapi import linux as L
+    from ..mm.gup import pin_user_pages
+
+    addr = proc.mmap(0, length, L.PROT_READ | L.PROT_WRITE, L.MAP_SHARED, fd, 0)
+    try:
+        pin = pin_user_pages(proc.mm, addr, length, write=True)
+    except OSError:
+        proc.munmap(addr, length)
+        raise
+    pin.unpin()
+    return addr

@@ -1,0 +1,65 @@
+"""dma_resv: a buffer's reservation object — its ww_mutex and its fences by usage
+(drivers/dma-buf/dma-resv.c, include/linux/dma-resv.h).
+
+Usages are ordered KERNEL < WRITE < READ < BOOKKEEP; asking for the fences of a usage returns
+those of that usage *and every lower one* (dma_resv_usage_rw / dma_resv_iter semantics), so
+waiting for BOOKKEEP waits for everything and waiting for KERNEL only for memory management
+(moves, clears). Adding a fence needs the lock held (dma_resv_assert_held), as does reading
+the list without RCU — violations are reported like lockdep would.
+Leaves out: RCU iteration, fence slot reservation (dma_resv_reserve_fences), seqcount retries.
+"""
+
+from __future__ import annotations
+
+from ...sim.locks import WwAcquireCtx, WwMutex
+from ...sim.scheduler import Scheduler
+from .fence import DmaFence
+
+DMA_RESV_USAGE_KERNEL = 0
+DMA_RESV_USAGE_WRITE = 1
+DMA_RESV_USAGE_READ = 2
+DMA_RESV_USAGE_BOOKKEEP = 3
+USAGE_NAMES = {0: "KERNEL", 1: "WRITE", 2: "READ", 3: "BOOKKEEP"}
+
+
+class DmaResv:
+    def __init__(self, sched: Scheduler, name: str) -> None:
+        self.sched = sched
+        self.name = name
+        self.lock = WwMutex(sched, f"{name}.resv", "reservation_ww_class")
+        self.fences: list[tuple[DmaFence, int]] = []
+
+    def lock_ctx(self, ctx: WwAcquireCtx | None = None) -> int:
+        """dma_resv_lock: 0, or -EDEADLK when a wounded transaction must back off."""
+        return self.lock.lock(ctx)
+
+    def unlock(self) -> None:
+        self.lock.unlock()
+
+    def held(self) -> bool:
+        return self.lock.held_by_current()
+
+    def assert_held(self, what: str) -> None:
+        if not self.held():
+            self.sched.violation("dma-buf-locking", f"{what} without {self.name}'s resv lock held")
+
+    def add_fence(self, fence: DmaFence, usage: int) -> None:
+        """dma_resv_add_fence: needs the lock."""
+        self.assert_held("dma_resv_add_fence")
+        self.fences = [(f, u) for f, u in self.fences if not f.signaled]
+        self.fences.append((fence, usage))
+        self.sched.emit("dma_resv", "add_fence", resv=self.name, fence=fence.name,
+                        usage=USAGE_NAMES[usage])
+
+    def pending(self, usage: int) -> list[DmaFence]:
+        return [f for f, u in self.fences if u <= usage and not f.signaled]
+
+    def test_signaled(self, usage: int) -> bool:
+        return not self.pending(usage)
+
+    def wait_timeout(self, usage: int, timeout_ns: int | None = None) -> bool:
+        """dma_resv_wait_timeout: wait for every fence of ``usage`` or lower."""
+        for f in self.pending(usage):
+            if not f.wait(timeout_ns):
+                return False
+        return True
