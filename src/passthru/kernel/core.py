@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import kerr
 from ..hw.machine import Machine
@@ -36,6 +36,7 @@ class Kernel:
         self.devices: dict[str, Opener] = {}
         self.live: dict[str, int] = {}
         self.processes: list[Process] = []
+        self.dmabufs: list[Any] = []  # live dma-bufs, for the checker's invariants
         self._ids: dict[str, int] = {}
         from .char.mem import mem_init
         from .kvm.kvm_main import kvm_init
