@@ -184,7 +184,7 @@ def test_revoke_then_map_is_enodev_and_unrevoke_allows_remap():
 def test_write_between_invalidate_and_unmap_violates_the_contract():
     h = SimHost(profile="linux-6.19")  # revoke does not wait for unmap here
     buf = mock_dmabuf(h.kernel, PAGE)
-    imp = DeviceImporter("lazy", lazy_unmap=True)
+    imp = DeviceImporter("lazy", unmap="never")
     imp.attach(buf)
     imp.map()
     buf.ops.revoke(buf)
@@ -200,7 +200,7 @@ def test_write_between_invalidate_and_unmap_violates_the_contract():
 def test_revoke_waits_one_second_then_warns_about_broken_importer():
     h = SimHost(profile="linux-7.1")
     buf = mock_dmabuf(h.kernel, PAGE)
-    imp = DeviceImporter("never-unmaps", lazy_unmap=True)
+    imp = DeviceImporter("never-unmaps", unmap="never")
     imp.attach(buf)
     imp.map()
     h.sched.spawn("revoke", buf.ops.revoke, buf)
@@ -214,7 +214,7 @@ def test_revoke_waits_one_second_then_warns_about_broken_importer():
 def test_access_after_reclaim_is_physical_violation():
     h = SimHost(profile="linux-6.19")
     buf = mock_dmabuf(h.kernel, PAGE)
-    imp = DeviceImporter("lazy", lazy_unmap=True)
+    imp = DeviceImporter("lazy", unmap="never")
     imp.attach(buf)
     imp.map()
     buf.ops.revoke(buf)

@@ -113,6 +113,7 @@ class DmaBuf(File):
         self.i_mmap_writable = 0
         self.sched = kernel.sched
         self._unmap_wq: Any = None
+        kernel.dmabufs.append(self)
 
     def exporter_wq(self) -> Any:
         """Where a revoking exporter waits for importers to unmap."""
@@ -137,6 +138,7 @@ class DmaBuf(File):
         if self.vmap_count:
             self.sched.violation("dma-buf-lifetime", f"{self.name} released while vmapped")
         self.ops.release(self)
+        self.kernel.dmabufs.remove(self)
 
     # ----- userspace: mmap and ioctls ----------------------------------------------------
     def mmap(self, proc: Process, vma: Vma) -> None:
@@ -209,17 +211,23 @@ class DmaBufAttachment:
         return self.importer_ops is not None
 
     # ----- the importer's device doing DMA (physical truth) --------------------------------
-    def dma_access(self, offset: int, n: int, write: bool, data: bytes | None = None) -> bytes:
-        """The importing device reads/writes ``n`` bytes at ``offset`` of its mapping."""
+    def dma_access(self, offset: int, n: int, write: bool, data: bytes | None = None,
+                   job: DmaMapping | None = None) -> bytes:
+        """The importing device reads/writes ``n`` bytes at ``offset`` of its mapping.
+
+        ``job``: the mapping a fenced DMA job captured when it was submitted; the exporter
+        waits for the job's fence before it frees or moves the memory, so such a job may
+        still run after invalidation (KERNEL.md §1, revoke contract step 3).
+        """
         sched = self.dmabuf.sched
         sched.point(f"{self.dmabuf.name}.dma", "w" if write else "r")
-        m = self.mapping
+        m = job if job is not None else self.mapping
         who = f"dma:{self.dev}"
         if m is None:
             sched.violation("dma-buf-mapping", f"{self.dev} does DMA to {self.dmabuf.name} "
                             "without a mapping")
             return bytes(n)
-        if write and self.invalidated:
+        if write and self.invalidated and job is None:
             sched.violation("revoke-contract", f"{self.dev} writes {self.dmabuf.name} after "
                             "invalidation, before unmapping")
         out = bytearray()

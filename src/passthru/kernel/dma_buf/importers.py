@@ -1,8 +1,9 @@
 """Importers: who maps a dma-buf and what they tolerate (the seeds' cases; KERNEL.md §1).
 
 - :class:`DeviceImporter` — a generic device driver, static (no importer ops: pin-on-map) or
-  dynamic (invalidate → unmap at once under the resv lock, or *lazily*: note it and unmap
-  later from its own context, as iommufd's and RDMA ODP's work items do);
+  dynamic, reacting to invalidation by ``unmap``: "sync" (unmap at once, under the resv
+  lock), "work" (queue a work item that unmaps from its own task, as RDMA ODP does), or
+  "never" (a broken importer: the 7.1 exporter's 1 s wait catches it);
 - :class:`RdmaMrImporter` — an RDMA memory region: ``pinned`` (ib_umem_dmabuf_get_pinned:
   dynamic attach, then dma_buf_pin; tolerates pinned and movable, not revocable) or ``odp``
   (on-demand paging: dynamic, re-faults after invalidation);
@@ -38,12 +39,13 @@ if TYPE_CHECKING:
 
 
 class DeviceImporter:
-    def __init__(self, dev: str, dynamic: bool = True, lazy_unmap: bool = False,
+    def __init__(self, dev: str, dynamic: bool = True, unmap: str = "sync",
                  p2p: bool = True, tolerates: frozenset[str] = frozenset(MEMORY_MODELS),
                  uses_fences: bool = True) -> None:
+        assert unmap in ("sync", "work", "never")
         self.dev = dev
         self.dynamic = dynamic
-        self.lazy_unmap = lazy_unmap
+        self.unmap = unmap
         self.uses_fences = uses_fences
         self.ops = DmaBufAttachOps(allow_peer2peer=p2p, invalidate=self._invalidate,
                                    tolerates=tolerates, name=dev) if dynamic else None
@@ -56,10 +58,12 @@ class DeviceImporter:
         self.invalidations += 1
         if attach.mapping is None:
             return
-        if self.lazy_unmap:
-            self.needs_unmap = True  # a worker will unmap later
-        else:
+        if self.unmap == "sync":
             core.dma_buf_unmap_attachment(attach)  # resv is held by the caller
+            return
+        self.needs_unmap = True
+        if self.unmap == "work":
+            attach.dmabuf.sched.spawn(f"{self.dev}.work", self.unmap_if_invalidated)
 
     # driver paths
     def attach(self, buf: DmaBuf) -> DmaBufAttachment:
@@ -91,22 +95,36 @@ class DeviceImporter:
     def dma_write(self, offset: int, data: bytes) -> None:
         """A DMA job: publish a fence (if this driver does), then write, then signal."""
         a = self._a()
-        fence = None
-        if self.uses_fences:
-            a.dmabuf.resv.lock_ctx()
-            try:
-                if a.mapping is None and not self.needs_unmap:
-                    core.dma_buf_map_attachment(a)
-                fence = DmaFence(a.dmabuf.sched, f"{self.dev}.job")
-                a.dmabuf.resv.add_fence(fence, DMA_RESV_USAGE_WRITE)
-            finally:
-                a.dmabuf.resv.unlock()
-        a.dma_access(offset, len(data), True, data)
-        if fence is not None:
-            fence.signal()
+        if not self.uses_fences:
+            # A driver that maps, drops the lock and programs the device with the addresses,
+            # with no fence: nothing tells the exporter the memory is still in use.
+            self.map()
+            a.dma_access(offset, len(data), True, data, job=a.mapping)
+            return
+        a.dmabuf.resv.lock_ctx()
+        try:
+            if a.mapping is None and not self.needs_unmap:
+                core.dma_buf_map_attachment(a)
+            job = a.mapping
+            fence = DmaFence(a.dmabuf.sched, f"{self.dev}.job")
+            a.dmabuf.resv.add_fence(fence, DMA_RESV_USAGE_WRITE)
+        finally:
+            a.dmabuf.resv.unlock()
+        a.dma_access(offset, len(data), True, data, job=job)
+        fence.signal()
 
     def dma_read(self, offset: int, n: int) -> bytes:
-        return self._a().dma_access(offset, n, False)
+        """A synchronous device read: the driver holds the resv lock around it, so its own
+        unmap (and a revoking exporter's step 1) cannot overlap; an unmapped buffer is mapped
+        again first, which fails (ENODEV) once revoked."""
+        a = self._a()
+        a.dmabuf.resv.lock_ctx()
+        try:
+            if a.mapping is None:
+                core.dma_buf_map_attachment(a)
+            return a.dma_access(offset, n, False)
+        finally:
+            a.dmabuf.resv.unlock()
 
     def teardown(self) -> None:
         a = self.attach_
@@ -125,8 +143,8 @@ class RdmaMrImporter(DeviceImporter):
     """An RDMA MR over a dma-buf: ``mode`` "pinned" or "odp"."""
 
     def __init__(self, dev: str = "mlx5", mode: str = "pinned") -> None:
-        super().__init__(dev, dynamic=True, p2p=True,
-                         tolerates=frozenset({PINNED, MOVABLE}), lazy_unmap=(mode == "odp"))
+        super().__init__(dev, dynamic=True, p2p=True, tolerates=frozenset({PINNED, MOVABLE}),
+                         unmap="work" if mode == "odp" else "sync")
         self.mode = mode
 
     def _invalidate(self, attach: DmaBufAttachment) -> None:

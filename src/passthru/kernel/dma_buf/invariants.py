@@ -1,0 +1,36 @@
+"""Named invariants over the dma-buf state, cheap enough to run after every step
+(the checker registers them; KERNEL.md §1's contract, stated as checks):
+
+- ``dma-buf-mapping-backed``: a mapping an importer still owns, and was not told to drop,
+  references memory the exporter still holds (not freed, not moved away, not reclaimed);
+- ``dma-buf-teardown``: at the end, no attachment, mapping or pin is left (via the kernel's
+  live-object counts, which teardown's leak check reports).
+Pinned memory never moving and the lock convention are checked where they happen
+(movable.migrate, core's _must_hold / _must_not_hold).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..core import Kernel
+
+
+def dma_buf_mappings_backed(kernel: Kernel) -> str | None:
+    phys = kernel.phys
+    for buf in kernel.dmabufs:
+        for a in buf.attachments:
+            m = a.mapping
+            if m is None or a.invalidated:
+                continue
+            for _, n, p in m.ranges:
+                if phys.owners.gaps(p, p + n):
+                    return (f"{a.dev}'s mapping of {buf.name} covers freed memory at {p:#x} "
+                            "(the exporter moved or reclaimed it without invalidating)")
+    return None
+
+
+def dma_buf_nothing_left(kernel: Kernel) -> str | None:
+    left = {k: v for k, v in kernel.live.items() if k.startswith("dma-buf")}
+    return f"left at teardown: {left}" if left else None

@@ -1,0 +1,176 @@
+"""dma-buf races and refusals of the seed discussion (KERNEL.md §1).
+
+- revoke racing an importer that unmaps lazily: under 6.19 revoke returns at once and the
+  exporter reclaims memory the importer still reads (violation); 7.1 waits for the unmap;
+- a buffer move racing a dynamic importer's DMA: an importer that publishes a fence for its
+  job is safe (the exporter waits); one that DMAs without a fence loses its memory mid-job;
+- a pinned (static) importer attaching to a revocable exporter: refused under 6.19 (at map:
+  vfio's pin op) and 7.1 (at attach: dma_buf_attach_revocable) — "refused, as designed";
+- a compositor importing a client's revocable buffer: a compositor that refuses revocable
+  buffers is safe; one that accepts them is shot down when the client revokes.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from ..check.scenario import Sandbox, scenario
+from ..kernel.dma_buf.importers import CompositorImporter, DeviceImporter
+from ..kernel.dma_buf.invariants import dma_buf_mappings_backed
+from ..kernel.dma_buf.mock import mock_dmabuf
+from ..kernel.dma_buf.movable import movable_dmabuf
+
+PAGE = 4096
+
+
+def _watch(s: Sandbox) -> None:
+    s.invariant("dma-buf-mapping-backed", lambda: dma_buf_mappings_backed(s.host.kernel))
+
+
+def _revoke_vs_lazy(s: Sandbox) -> None:
+    k = s.host.kernel
+    buf = mock_dmabuf(k, 2 * PAGE)
+    imp = DeviceImporter("odp-like", unmap="work")
+    imp.attach(buf)
+
+    def importer() -> None:
+        try:
+            imp.dma_read(0, 8)
+            imp.dma_read(8, 8)  # may fall between invalidation and the work item's unmap
+        except OSError:
+            return  # revoked and unmapped: mapping again fails with ENODEV, as designed
+
+    def exporter() -> None:
+        buf.ops.revoke(buf)
+        buf.ops.reclaim()  # the memory goes back (device reset, BAR reassigned...)
+
+    s.spawn("importer", importer)
+    s.spawn("exporter", exporter)
+
+    def teardown() -> None:
+        imp.teardown()
+        buf.put()
+
+    s.final("teardown", lambda: teardown())  # type: ignore[func-returns-value]
+    _watch(s)
+
+
+@scenario(profiles=("linux-6.19",), expect="violation")
+def revoke_vs_lazy_importer_6_19(s: Sandbox) -> None:
+    """6.19: revoke does not wait for the importer's unmap; reclaimed memory is read."""
+    _revoke_vs_lazy(s)
+
+
+@scenario(profiles=("linux-7.1",), expect="safe")
+def revoke_vs_lazy_importer(s: Sandbox) -> None:
+    """7.1: revoke waits for fences and then for every importer's unmap before reclaiming."""
+    _revoke_vs_lazy(s)
+
+
+def _move_vs_importer(s: Sandbox, fenced: bool) -> None:
+    k = s.host.kernel
+    buf = movable_dmabuf(k, 2 * PAGE)
+    imp = DeviceImporter("nic", uses_fences=fenced)
+    imp.attach(buf)
+
+    def importer() -> None:
+        imp.dma_write(0, b"job-data")
+
+    def mover() -> None:
+        buf.ops.migrate(buf, "system")
+
+    s.spawn("importer", importer)
+    s.spawn("migrate", mover)
+
+    def teardown() -> None:
+        imp.teardown()
+        buf.put()
+
+    s.final("teardown", lambda: teardown())  # type: ignore[func-returns-value]
+    _watch(s)
+
+
+@scenario(profiles=("linux-6.19", "linux-7.1"), expect="safe")
+def move_vs_dynamic_importer(s: Sandbox) -> None:
+    """A move races a dynamic importer whose DMA job is fenced: the move waits for it."""
+    _move_vs_importer(s, fenced=True)
+
+
+@scenario(profiles=("linux-6.19", "linux-7.1"), expect="violation")
+def move_vs_unfenced_importer(s: Sandbox) -> None:
+    """The importer DMAs without publishing a fence: the move frees memory under the job."""
+    _move_vs_importer(s, fenced=False)
+
+
+@scenario(profiles=("linux-6.19", "linux-7.1"), expect="safe")
+def pinned_importer_vs_revocable_exporter(s: Sandbox) -> None:
+    """A static (pinned) importer and a revocable exporter: refused, as designed."""
+    k = s.host.kernel
+    buf = mock_dmabuf(k, PAGE, require_p2p=False)
+    imp = DeviceImporter("static-dev", dynamic=False)
+    outcome: dict[str, int] = {}
+
+    def importer() -> None:
+        try:
+            imp.attach(buf)
+        except OSError as e:
+            outcome["attach"] = e.errno or 0
+            return
+        try:
+            imp.map()
+        except OSError as e:
+            outcome["map"] = e.errno or 0
+
+    s.spawn("importer", importer)
+    want = ("attach" if s.profile.dma_buf_attach_revocable else "map", errno.EOPNOTSUPP)
+
+    def check() -> str | None:
+        got = next(iter(outcome.items()), None)
+        imp.teardown()
+        buf.put()
+        if got != want:
+            return f"expected {want[0]} to fail with EOPNOTSUPP, got {got}"
+        return None
+
+    s.final("refused-as-designed", check)
+
+
+def _compositor(s: Sandbox, accepts_revocable: bool) -> None:
+    k = s.host.kernel
+    buf = mock_dmabuf(k, PAGE)  # a client's buffer, backed by a revocable exporter
+    comp = CompositorImporter(accepts_revocable=accepts_revocable)
+
+    def compositor() -> None:
+        try:
+            comp.attach(buf)
+        except OSError:
+            return  # refused: the compositor falls back to a copy
+        try:
+            comp.map()
+        except OSError:
+            return
+        comp.dma_read(0, 16)
+
+    def client() -> None:
+        buf.ops.revoke(buf)
+
+    s.spawn("compositor", compositor)
+    s.spawn("client", client)
+
+    def teardown() -> None:
+        comp.teardown()
+        buf.put()
+
+    s.final("teardown", lambda: teardown())  # type: ignore[func-returns-value]
+
+
+@scenario(profiles=("linux-7.1",), expect="safe")
+def compositor_refuses_revocable(s: Sandbox) -> None:
+    """A compositor that refuses revocable client buffers cannot be shot down."""
+    _compositor(s, accepts_revocable=False)
+
+
+@scenario(profiles=("linux-7.1",), expect="violation")
+def compositor_shot_down(s: Sandbox) -> None:
+    """A compositor that accepts a client's revocable buffer is shot down by a revoke."""
+    _compositor(s, accepts_revocable=True)
