@@ -109,6 +109,23 @@ def check_cmd(paths: tuple[str, ...], profile: str | None, only: str | None, str
     sys.exit(1 if bad else 0)
 
 
+@main.command("matrix")
+@click.option("--profile", "profiles", multiple=True,
+              help="Profiles to compare (default: linux-6.19 and linux-7.1).")
+def matrix_cmd(profiles: tuple[str, ...]) -> None:
+    """Print the dma-buf exporter × importer × profile compatibility matrix."""
+    from .check.dma_buf_matrix import EXPORTERS, IMPORTERS, cell
+
+    profs = list(profiles) or ["linux-6.19", "linux-7.1"]
+    for p in profs:
+        _check_profile(p)
+    t = Table("exporter", "importer", *profs)
+    for e in EXPORTERS:
+        for i in IMPORTERS:
+            t.add_row(e, i, *(cell(e, i, p).result for p in profs))
+    console.print(t)
+
+
 def _find(name: str, paths: tuple[str, ...]) -> Scenario:
     for sc in _load(paths):
         if sc.name == name:
