@@ -250,3 +250,30 @@ def test_dma_buf_fd_ioctls_and_lifetime():
     with pytest.raises(OSError) as e:
         core.dma_buf_get(h.proc, fd)
     assert e.value.errno == errno.EBADF
+
+
+def test_pinning_device_memory_is_charged_to_dmem_and_refused_past_the_limit():
+    from passthru.kernel.cgroup.dmem import DmemRegion
+
+    h = SimHost()
+    vram = DmemRegion("drm/gpu0/vram0", limit=6 * PAGE)
+    a_buf = movable_dmabuf(h.kernel, 4 * PAGE, dmem=vram)
+    b_buf = movable_dmabuf(h.kernel, 4 * PAGE, dmem=vram)
+    first, second = DeviceImporter("a", dynamic=False), DeviceImporter("b", dynamic=False)
+    first.attach(a_buf)
+    first.map()  # pin on map: 4 pages charged
+    assert vram.usage == 4 * PAGE
+    second.attach(b_buf)
+    with pytest.raises(OSError) as e:
+        second.map()
+    assert e.value.errno == errno.EAGAIN and "dmem_cgroup_try_charge" in str(e.value)
+    assert vram.usage == 4 * PAGE and b_buf.ops.pin_count == 0  # nothing half-pinned
+    assert second.attach_.pins == 0 and second.attach_.mapping is None
+    first.teardown()
+    assert vram.usage == 0
+    second.map()
+    assert vram.usage == 4 * PAGE
+    second.teardown()
+    a_buf.put()
+    b_buf.put()
+    assert h.leaks() == [] and h.sched.violations == []

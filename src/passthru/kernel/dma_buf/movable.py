@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from ...errors import kerr
 from ...hw.physmem import Owner
 from ...uapi import linux as L
+from ..cgroup.dmem import DmemRegion
 from . import core
 from .core import MOVABLE, DmaBuf, DmaBufAttachment, DmaBufOps, DmaMapping
 from .fence import DmaFence
@@ -31,8 +32,10 @@ class MovableExporter(DmaBufOps):
     memory_model = MOVABLE
     exp_name = "gpu-movable"
 
-    def __init__(self, kernel: Kernel, size: int, placement: str = "vram") -> None:
+    def __init__(self, kernel: Kernel, size: int, placement: str = "vram",
+                 dmem: DmemRegion | None = None) -> None:
         self.kernel = kernel
+        self.dmem = dmem  # the device's VRAM region in the dmem cgroup, if accounted
         self.size = (size + L.PAGE_SIZE - 1) & ~(L.PAGE_SIZE - 1)
         self.placement = placement
         self.extents = kernel.phys.alloc(self.size, Owner(f"gpu:{placement}"))
@@ -40,10 +43,16 @@ class MovableExporter(DmaBufOps):
         self.moves = 0
 
     def pin(self, attach: DmaBufAttachment) -> None:
+        # Pinning device memory charges the dmem cgroup (a pinned buffer cannot be evicted);
+        # over the limit the pin fails and nothing is charged or pinned.
+        if self.dmem is not None and self.placement == "vram":
+            self.dmem.try_charge(self.size, f"pin of {attach.dmabuf.name}")
         self.pin_count += 1
 
     def unpin(self, attach: DmaBufAttachment) -> None:
         self.pin_count -= 1
+        if self.dmem is not None and self.placement == "vram":
+            self.dmem.uncharge(self.size)
 
     def map_dma_buf(self, attach: DmaBufAttachment, direction: int) -> DmaMapping:
         return DmaMapping([(s, e - s, s) for s, e in self.extents])
@@ -107,6 +116,7 @@ class MovableExporter(DmaBufOps):
             pos += n
 
 
-def movable_dmabuf(kernel: Kernel, size: int, placement: str = "vram") -> DmaBuf:
-    exp = MovableExporter(kernel, size, placement)
+def movable_dmabuf(kernel: Kernel, size: int, placement: str = "vram",
+                   dmem: DmemRegion | None = None) -> DmaBuf:
+    exp = MovableExporter(kernel, size, placement, dmem)
     return core.dma_buf_export(kernel, exp, exp.size, priv=exp)
