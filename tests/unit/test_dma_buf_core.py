@@ -277,3 +277,32 @@ def test_pinning_device_memory_is_charged_to_dmem_and_refused_past_the_limit():
     a_buf.put()
     b_buf.put()
     assert h.leaks() == [] and h.sched.violations == []
+
+
+def test_mapping_type_negotiation_is_a_profile_switched_proposal():
+    h = SimHost()  # linux-7.1: not there
+    buf = mock_dmabuf(h.kernel, PAGE)
+    ops = DmaBufAttachOps(allow_peer2peer=True, invalidate=lambda a: None)
+    with pytest.raises(OSError) as e:
+        core.dma_buf_mapping_attach(buf, "dev", ops, ["pal", "sgt"])
+    assert e.value.errno == errno.EOPNOTSUPP and "proposal" in str(e.value)
+    buf.put()
+
+    h = SimHost(profile="rfc-dmabuf-mapping-types")
+    buf = mock_dmabuf(h.kernel, PAGE)  # offers pal and sgt
+    moved = movable_dmabuf(h.kernel, PAGE)  # offers sgt only
+    a = core.dma_buf_mapping_attach(buf, "dev", ops, ["pal", "sgt"])
+    assert a.mapping_type == "pal"
+    m = core.dma_buf_map_attachment_unlocked(a)
+    assert m.kind == "pal" and m.ranges[0][0] == m.ranges[0][2]
+    with pytest.raises(OSError) as e:
+        core.dma_buf_mapping_attach(moved, "dev", ops, ["pal"])
+    assert e.value.errno == errno.EOPNOTSUPP and "offers ['sgt']" in str(e.value)
+    b = core.dma_buf_mapping_attach(moved, "dev", ops, ["pal", "sgt"])
+    assert b.mapping_type == "sgt"
+    core.dma_buf_unmap_attachment_unlocked(a)
+    core.dma_buf_detach(buf, a)
+    core.dma_buf_detach(moved, b)
+    buf.put()
+    moved.put()
+    assert h.leaks() == [] and h.sched.violations == []

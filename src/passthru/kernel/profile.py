@@ -64,9 +64,13 @@ RFC_SEV_TIO = replace(
     kvm_vm_types=LINUX_7_1.kvm_vm_types | 1 << K.KVM_X86_SNP_VM,
 )
 RFC_CCA = replace(LINUX_7_1, name="rfc-cca")
+RFC_DMABUF_MAPPING_TYPES = replace(LINUX_7_1, name="rfc-dmabuf-mapping-types",
+                                   dma_buf_mapping_types=True)
 
 PROFILES: dict[str, Profile] = {
-    p.name: p for p in (LINUX_6_18, LINUX_6_19, LINUX_7_1, RFC_TDX_CONNECT, RFC_SEV_TIO, RFC_CCA)
+    p.name: p
+    for p in (LINUX_6_18, LINUX_6_19, LINUX_7_1, RFC_TDX_CONNECT, RFC_SEV_TIO, RFC_CCA,
+              RFC_DMABUF_MAPPING_TYPES)
 }
 DEFAULT_PROFILE = "linux-7.1"
 DESIGNS = ("vfio", "iommufd", "vmm")

@@ -13,12 +13,13 @@
 from __future__ import annotations
 
 import errno
+from typing import cast
 
 from ..check.scenario import Sandbox, scenario
 from ..kernel.dma_buf.importers import CompositorImporter, DeviceImporter
 from ..kernel.dma_buf.invariants import dma_buf_mappings_backed
-from ..kernel.dma_buf.mock import mock_dmabuf
-from ..kernel.dma_buf.movable import movable_dmabuf
+from ..kernel.dma_buf.mock import MockRevocableExporter, mock_dmabuf
+from ..kernel.dma_buf.movable import MovableExporter, movable_dmabuf
 
 PAGE = 4096
 
@@ -41,8 +42,9 @@ def _revoke_vs_lazy(s: Sandbox) -> None:
             return  # revoked and unmapped: mapping again fails with ENODEV, as designed
 
     def exporter() -> None:
-        buf.ops.revoke(buf)
-        buf.ops.reclaim()  # the memory goes back (device reset, BAR reassigned...)
+        exp = cast(MockRevocableExporter, buf.ops)
+        exp.revoke(buf)
+        exp.reclaim()  # the memory goes back (device reset, BAR reassigned...)
 
     s.spawn("importer", importer)
     s.spawn("exporter", exporter)
@@ -77,7 +79,7 @@ def _move_vs_importer(s: Sandbox, fenced: bool) -> None:
         imp.dma_write(0, b"job-data")
 
     def mover() -> None:
-        buf.ops.migrate(buf, "system")
+        cast(MovableExporter, buf.ops).migrate(buf, "system")
 
     s.spawn("importer", importer)
     s.spawn("migrate", mover)
@@ -152,7 +154,7 @@ def _compositor(s: Sandbox, accepts_revocable: bool) -> None:
         comp.dma_read(0, 16)
 
     def client() -> None:
-        buf.ops.revoke(buf)
+        cast(MockRevocableExporter, buf.ops).revoke(buf)
 
     s.spawn("compositor", compositor)
     s.spawn("client", client)

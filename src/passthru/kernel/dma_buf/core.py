@@ -57,6 +57,7 @@ class DmaMapping:
 
     ranges: list[tuple[int, int, int]]
     sgt: Any = None
+    kind: str = "sgt"  # "sgt" (DMA addresses) or "pal" (physical address list, a proposal)
 
     @property
     def length(self) -> int:
@@ -84,6 +85,8 @@ class DmaBufOps:
     memory_model: str = PINNED
     can_unrevoke: bool = False
     exp_name: str = "exporter"
+    # The 2026 mapping-type proposal: which kinds this exporter can hand out.
+    mapping_types: tuple[str, ...] = ("sgt",)
 
 
 @dataclass
@@ -201,6 +204,7 @@ class DmaBufAttachment:
         self.pins = 0
         self.invalidated = False
         self.detached = False
+        self.mapping_type = "sgt"
 
     def __repr__(self) -> str:
         return f"<attach {self.dmabuf.name}->{self.dev}>"
@@ -338,6 +342,23 @@ def dma_buf_dynamic_attach(dmabuf: DmaBuf | None, dev: str | None,
     return attach
 
 
+def dma_buf_mapping_attach(dmabuf: DmaBuf, dev: str, importer_ops: DmaBufAttachOps | None,
+                          types: list[str], importer_priv: Any = None) -> DmaBufAttachment:
+    """The 2026 mapping-type proposal (not merged): the importer lists the mapping types it
+    accepts, best first ("pal" — a physical address list — or "sgt"); the first one the
+    exporter offers wins. Behind the profile switch ``dma_buf_mapping_types``."""
+    if not dmabuf.kernel.profile.dma_buf_mapping_types:
+        raise kerr(errno.EOPNOTSUPP, "dma_buf_mapping_attach: mapping-type negotiation is a "
+                   "proposal; this profile does not have it")
+    chosen = next((t for t in types if t in dmabuf.ops.mapping_types), None)
+    if chosen is None:
+        raise kerr(errno.EOPNOTSUPP, f"dma_buf_mapping_attach: {dmabuf.exp_name} offers "
+                   f"{list(dmabuf.ops.mapping_types)}, the importer accepts {types}")
+    attach = dma_buf_dynamic_attach(dmabuf, dev, importer_ops, importer_priv)
+    attach.mapping_type = chosen
+    return attach
+
+
 def dma_buf_attach(dmabuf: DmaBuf | None, dev: str | None) -> DmaBufAttachment:
     return dma_buf_dynamic_attach(dmabuf, dev, None, None)
 
@@ -396,6 +417,9 @@ def dma_buf_map_attachment(attach: DmaBufAttachment, direction: int = 0) -> DmaM
         if pinned_here:
             dma_buf_unpin(attach)
         raise
+    if attach.mapping_type == "pal":
+        # A physical address list: the same ranges, by physical address, no DMA mapping.
+        mapping = DmaMapping([(p, n, p) for _, n, p in mapping.ranges], None, "pal")
     if not attach.dynamic:
         buf.resv.wait_timeout(DMA_RESV_USAGE_KERNEL)
     attach.mapping = mapping

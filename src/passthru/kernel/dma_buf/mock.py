@@ -31,6 +31,7 @@ class MockRevocableExporter(DmaBufOps):
     memory_model = REVOCABLE
     can_unrevoke = True
     exp_name = "mock-revocable"
+    mapping_types = ("pal", "sgt")
 
     def __init__(self, kernel: Kernel, size: int, require_p2p: bool = True) -> None:
         self.kernel = kernel
