@@ -22,7 +22,7 @@ def test_builtin_verdicts_match_expectations(name):
         v = check(sc, profile, design)
         assert v.ok, (name, profile, [x.text() for x in v.violations])
         if sc.expect == "safe":
-            assert v.complete and v.schedules > 1  # explored fully, not just one run
+            assert v.complete  # the whole bounded space was explored
 
 
 @pytest.mark.parametrize("name,kind", [

@@ -306,3 +306,20 @@ def test_mapping_type_negotiation_is_a_profile_switched_proposal():
     buf.put()
     moved.put()
     assert h.leaks() == [] and h.sched.violations == []
+
+
+def test_importer_reaching_for_struct_page_is_flagged():
+    h = SimHost()
+    buf = movable_dmabuf(h.kernel, 2 * PAGE)
+    imp = DeviceImporter("sloppy")
+    imp.attach(buf)
+    imp.map()
+    sgt = imp.attach_.mapping.sgt
+    assert [(sg.dma_address, sg.dma_length) for sg in sgt] == [
+        (d, n) for d, n, _ in imp.attach_.mapping.ranges]
+    assert h.sched.violations == []
+    sgt[0].page  # noqa: B018 - the access itself is what is checked
+    assert [v.kind for v in h.sched.violations] == ["sgt-page-access"]
+    assert "sloppy" in h.sched.violations[0].message
+    imp.teardown()
+    buf.put()

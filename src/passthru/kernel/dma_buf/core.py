@@ -420,6 +420,17 @@ def dma_buf_map_attachment(attach: DmaBufAttachment, direction: int = 0) -> DmaM
     if attach.mapping_type == "pal":
         # A physical address list: the same ranges, by physical address, no DMA mapping.
         mapping = DmaMapping([(p, n, p) for _, n, p in mapping.ranges], None, "pal")
+    elif mapping.sgt is None:
+        # What map_dma_buf hands importers: a DMA-address-only sg_table. Its page links are
+        # not to be used (scrambled in debug builds); an importer that reaches for them is
+        # flagged like lockdep would.
+        from ..dma.scatterlist import MAX_SG_ENT_SZ, SgTable, segments
+
+        def flag(msg: str, dev: str = attach.dev) -> None:
+            buf.sched.violation("sgt-page-access", f"{dev}: {msg} of {buf.name}")
+
+        dma = segments([(d, n) for d, n, _ in mapping.ranges], MAX_SG_ENT_SZ)
+        mapping.sgt = SgTable(dma, pages_valid=False, on_page_access=flag)
     if not attach.dynamic:
         buf.resv.wait_timeout(DMA_RESV_USAGE_KERNEL)
     attach.mapping = mapping
