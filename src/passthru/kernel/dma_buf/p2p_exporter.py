@@ -1,0 +1,77 @@
+"""An exporter of a PCI BAR range through the physical route (include/linux/dma-buf-mapping.h,
+drivers/dma-buf/dma-buf-mapping.c; the shape of drivers/vfio/pci/vfio_pci_dmabuf.c's map).
+
+The buffer is a list of phys_vec over one BAR of a PCI function, with that BAR's
+p2pdma_provider. Mapping it for an importing device asks the topology (hw.pci) how the two
+reach each other — pci_p2pdma_map_type: BUS_ADDR through a common switch (bus addresses),
+THRU_HOST_BRIDGE through the root complex (physical addresses here, dma-direct; one IOVA range
+once an IOMMU is modelled), NOT_SUPPORTED otherwise (EINVAL at map) — and builds the DMA-only
+sg_table with dma_buf_phys_vec_to_sgt. Importers must ask for peer2peer (EOPNOTSUPP).
+Leaves out: vfio's revoke (the mock exporter has the revoke rules), BAR mmap.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import TYPE_CHECKING
+
+from ...errors import kerr
+from ...hw.pci import PciFunction, Topology
+from ..dma.p2pdma import PCI_P2PDMA_MAP_BUS_ADDR, pcim_p2pdma_init, pcim_p2pdma_provider
+from ..dma.phys_vec import dma_buf_free_sgt, dma_buf_phys_vec_to_sgt, phys_vec
+from . import core
+from .core import PINNED, DmaBuf, DmaBufAttachment, DmaBufOps, DmaMapping
+
+if TYPE_CHECKING:
+    from ..core import Kernel
+
+
+class BarExporter(DmaBufOps):
+    memory_model = PINNED
+    exp_name = "pci-bar"
+
+    def __init__(self, kernel: Kernel, topology: Topology, pdev: PciFunction, bar: int,
+                 ranges: list[tuple[int, int]]) -> None:
+        self.kernel = kernel
+        self.topology = topology
+        self.pdev = pdev
+        b = pdev.bars[bar]
+        for off, n in ranges:
+            if n <= 0 or off + n > b.size:
+                raise kerr(errno.EINVAL, f"BAR{bar} range [{off:#x}, +{n:#x}) past the BAR")
+        pcim_p2pdma_init(pdev, topology)
+        self.provider = pcim_p2pdma_provider(pdev, bar)
+        if self.provider is None:
+            raise kerr(errno.EINVAL, f"BAR{bar} of {pdev.bdf} has no p2p provider")
+        self.vecs = [phys_vec(b.base + off, n) for off, n in ranges]
+        self.size = sum(n for _, n in ranges)
+
+    def attach(self, buf: DmaBuf, attach: DmaBufAttachment) -> None:
+        if not attach.peer2peer:
+            raise kerr(errno.EOPNOTSUPP, f"attach: {buf.name} is MMIO; the importer must "
+                       "allow peer2peer")
+
+    def map_dma_buf(self, attach: DmaBufAttachment, direction: int) -> DmaMapping:
+        importer = self.topology.functions.get(attach.dev)  # None: not a PCI device
+
+        def flag(msg: str) -> None:
+            self.kernel.sched.violation("sgt-page-access", f"{attach.dev}: {msg}")
+
+        sgt = dma_buf_phys_vec_to_sgt(importer, self.provider, self.vecs, self.size,
+                                      on_page_access=flag)
+        bus = sgt.map_type == PCI_P2PDMA_MAP_BUS_ADDR
+        off = self.provider.bus_offset if self.provider is not None else 0
+        ranges = [(a, n, a - off if bus else a) for a, n in sgt.for_each_sgtable_dma_sg()]
+        return DmaMapping(ranges, sgt)
+
+    def unmap_dma_buf(self, attach: DmaBufAttachment, mapping: DmaMapping, d: int) -> None:
+        dma_buf_free_sgt(mapping.sgt)
+
+    def release(self, buf: DmaBuf) -> None:
+        pass
+
+
+def bar_dmabuf(kernel: Kernel, topology: Topology, pdev: PciFunction, bar: int,
+               ranges: list[tuple[int, int]]) -> DmaBuf:
+    exp = BarExporter(kernel, topology, pdev, bar, ranges)
+    return core.dma_buf_export(kernel, exp, exp.size, priv=exp)
