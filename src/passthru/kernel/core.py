@@ -39,10 +39,14 @@ class Kernel:
         self.dmabufs: list[Any] = []  # live dma-bufs, for the checker's invariants
         self._ids: dict[str, int] = {}
         from .char.mem import mem_init
+        from .dma_buf.heaps import heaps_init
+        from .dma_buf.udmabuf import udmabuf_init
         from .kvm.kvm_main import kvm_init
 
         mem_init(self)
         kvm_init(self)
+        heaps_init(self)
+        udmabuf_init(self)
 
     def register_device(self, path: str, opener: Opener) -> None:
         self.devices[path] = opener
