@@ -9,7 +9,8 @@ address, one range per physically contiguous extent).
 dma_heap_ioctl, as in dma-heap.c (read from the kernel source; KERNEL.md §1 "Heaps"):
 - dispatch is on ``_IOC_NR(cmd)`` alone: nr >= 1 is EINVAL (not ENOTTY); any type or size
   with nr 0 is ALLOC, its argument copied in/out as far as the caller's direction bits and
-  size say (the rest zero-filled), so a short or direction-less request reads as len 0;
+  size say (the rest zero-filled): a request without _IOC_WRITE reads as len 0 (EINVAL), an
+  8-byte one allocates with fd_flags 0 and never copies the fd out;
 - dma_heap_ioctl_allocate, in this order: ``fd`` != 0 EINVAL; ``fd_flags`` outside
   O_CLOEXEC|O_ACCMODE EINVAL; ``heap_flags`` != 0 EINVAL; ``len`` = PAGE_ALIGN(len) modulo
   2^64, 0 EINVAL (so len 0 and len > 2^64 - 4096 are EINVAL); then the heap allocates
