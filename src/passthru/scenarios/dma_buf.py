@@ -176,3 +176,74 @@ def compositor_refuses_revocable(s: Sandbox) -> None:
 def compositor_shot_down(s: Sandbox) -> None:
     """A compositor that accepts a client's revocable buffer is shot down by a revoke."""
     _compositor(s, accepts_revocable=True)
+
+
+@scenario(profiles=("linux-6.19", "linux-7.1"), expect="safe")
+def kvm_legacy_gup_on_heap_buffer(s: Sandbox) -> None:
+    """The pKVM/crosvm report: mmap a dma-heap buffer and GUP it for the guest. The heap's
+    special PTEs make pin_user_pages fail with EFAULT — refused, as designed."""
+    from ..kernel.dma_buf.importers import kvm_legacy_map
+    from ..uapi import dma_heap as H
+    from ..uapi import linux as L
+
+    host = s.host
+    heap = host.open("/dev/dma_heap/system", L.O_RDWR | L.O_CLOEXEC)
+    alloc = H.dma_heap_allocation_data(len=4 * PAGE, fd_flags=L.O_RDWR | L.O_CLOEXEC)
+    host.ioctl(heap, H.DMA_HEAP_IOCTL_ALLOC, alloc)
+    outcome: list[int] = []
+
+    def vmm() -> None:
+        try:
+            kvm_legacy_map(host.proc, alloc.fd, 4 * PAGE)
+        except OSError as e:
+            outcome.append(e.errno or 0)
+
+    s.spawn("vmm", vmm)
+    s.final("refused-as-designed", lambda: None if outcome == [errno.EFAULT] else
+            f"expected pin_user_pages to fail with EFAULT, got {outcome or 'success'}")
+
+
+@scenario(profiles=("linux-6.19", "linux-7.1"), expect="safe")
+def udmabuf_is_the_pinnable_alternative(s: Sandbox) -> None:
+    """The supported route: a udmabuf made from a sealed memfd; the VMM pins the memfd's
+    pages for the guest while a device imports the same memory through the dma-buf."""
+    from ..kernel.dma_buf.core import dma_buf_get
+    from ..kernel.mm.gup import pin_user_pages
+    from ..uapi import linux as L
+    from ..uapi import udmabuf as UD
+
+    host = s.host
+    memfd = host.memfd_create("guest-ram", L.MFD_ALLOW_SEALING)
+    host.ftruncate(memfd, 4 * PAGE)
+    host.fcntl(memfd, L.F_ADD_SEALS, L.F_SEAL_SHRINK)
+    dev = host.open("/dev/udmabuf", L.O_RDWR)
+    fd = host.ioctl(dev, UD.UDMABUF_CREATE, UD.udmabuf_create(memfd=memfd, offset=0,
+                                                              size=4 * PAGE))
+    ram = host.mmap(0, 4 * PAGE, L.PROT_READ | L.PROT_WRITE, L.MAP_SHARED, memfd, 0)
+    buf = dma_buf_get(host.proc, fd)
+    nic = DeviceImporter("nic")
+    nic.attach(buf)
+    pins: list[object] = []
+
+    def vmm() -> None:
+        pins.append(pin_user_pages(host.proc.mm, ram, 4 * PAGE, write=True))
+        host.poke(ram, b"from-the-guest")
+
+    def device() -> None:
+        nic.dma_write(0x100, b"from-the-nic")
+
+    s.spawn("vmm", vmm)
+    s.spawn("nic", device)
+
+    def check() -> str | None:
+        seen = host.peek(ram + 0x100, 12)
+        for p in pins:
+            p.unpin()  # type: ignore[attr-defined]
+        nic.teardown()
+        buf.put()
+        if not pins:
+            return "pin_user_pages of the memfd mapping failed"
+        return None if seen == b"from-the-nic" else f"guest sees {seen!r}, not the DMA"
+
+    s.final("pinnable-and-shared", check)
+    _watch(s)

@@ -330,8 +330,8 @@ class Mm:
                 out.append((hs, he, -1))  # unpopulated private anonymous memory reads as zero
                 continue
             for ps, pe in vma.ptes.gaps(hs, he):
-                if vma.special:
-                    raise Fault(ps, "SIGBUS", "no pfn behind a VM_PFNMAP mapping")
+                # vm_ops->fault; for VM_PFNMAP drivers it inserts a pfn (vmf_insert_pfn) or
+                # gives SIGBUS.
                 pieces = vma.file.fault(vma, vma.foff(ps), vma.foff(pe), write and not private)
                 for fs, fe, phys in pieces:
                     vs = vma.start + (fs - vma.pgoff)
