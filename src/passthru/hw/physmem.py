@@ -95,6 +95,18 @@ class PhysMem:
                     self.owners.remove(gs, ge)
                     self._insert_free(gs, ge)
 
+    def reserve(self, start: int, end: int) -> bool:
+        """Take ``[start, end)`` out of the free pool for a carve-out (CMA, firmware) that
+        hands it out itself; False if part of it is not free."""
+        if not self.free.covered(start, end):
+            return False
+        self.free.remove(start, end)
+        return True
+
+    def disown(self, start: int, end: int) -> None:
+        """A carve-out's user gives its range back to the carve-out (not to the pool)."""
+        self.owners.remove(start, end)
+
     def set_owner(self, start: int, end: int, owner: Owner) -> None:
         self.owners.set(start, end, owner)
 

@@ -348,7 +348,7 @@ class CmaArea:
         for s, e, _ in phys.pins.overlapping(start, end):
             phys.set_owner(s, e, Owner(f"cma:{self.name}", "orphan"))
         for s, e in phys.pins.gaps(start, end):
-            phys.owners.remove(s, e)
+            phys.disown(s, e)
             self.used.remove(s, e)
 
 
@@ -362,9 +362,8 @@ def cma_declare_default(kernel: Kernel, size: int = CMA_DEFAULT_SIZE,
     for s, e in sorted(kernel.machine.ram, reverse=True):
         if e - s >= 4 * size:
             base = (e - size) & ~(MiB - 1)
-            if base < s or not phys.free.covered(base, base + size):
+            if base < s or not phys.reserve(base, base + size):
                 return None
-            phys.free.remove(base, base + size)
             return CmaArea(kernel, name, base, size)
     return None
 
