@@ -62,10 +62,14 @@ class LockDep:
 
     def acquired(self, lock: Any) -> None:
         self.sched.current.held.append(lock)
+        if self.sched.log.enabled:
+            self.sched.emit("lock", "acquire", lock=lock.name)
 
     def release(self, lock: Any) -> None:
         held = self.sched.current.held
         for i in range(len(held) - 1, -1, -1):
             if held[i] is lock:
                 del held[i]
+                if self.sched.log.enabled:
+                    self.sched.emit("lock", "release", lock=lock.name)
                 return

@@ -116,6 +116,7 @@ class Scheduler:
     # ----- tasks ----------------------------------------------------------------------------
     def spawn(self, name: str, fn: Callable[..., Any], *args: Any) -> Task:
         t = Task(len(self.tasks) + 1, name, fn, args)
+        t.next_access = (f"task:{name}", "start")
         self.tasks.append(t)
         self.emit("sched", "spawn", task=name)
         return t
