@@ -37,11 +37,25 @@ def test_buggy_scenarios_report_the_right_violation(name, kind):
 
 
 def test_safe_schedule_counts_are_stable():
-    counts = {n: check(SCENARIOS[n], "linux-7.1").schedules
-              for n in ("lost_update_fixed", "abba_fixed", "gmem_punch_hole_vs_vcpu",
-                        "memslot_delete_vs_vcpu")}
-    assert counts == {"lost_update_fixed": 18, "abba_fixed": 18,
-                      "gmem_punch_hole_vs_vcpu": 66, "memslot_delete_vs_vcpu": 34}
+    names = ("lost_update_fixed", "abba_fixed", "gmem_punch_hole_vs_vcpu",
+             "memslot_delete_vs_vcpu")
+    counts = {s: {n: check(SCENARIOS[n], "linux-7.1", strategy=s).schedules for n in names}
+              for s in ("dfs", "dpor")}
+    assert counts == {
+        "dfs": {"lost_update_fixed": 7, "abba_fixed": 7, "gmem_punch_hole_vs_vcpu": 15,
+                "memslot_delete_vs_vcpu": 10},
+        "dpor": {"lost_update_fixed": 6, "abba_fixed": 9, "gmem_punch_hole_vs_vcpu": 10,
+                 "memslot_delete_vs_vcpu": 5},
+    }
+
+
+@pytest.mark.parametrize("strategy", ["dpor", "pct", "random"])
+def test_every_strategy_finds_every_builtin_bug(strategy):
+    for name, sc in SCENARIOS.items():
+        if sc.expect != "violation":
+            continue
+        v = check(sc, sc.profiles[-1], strategy=strategy, budget=500)
+        assert v.found, (strategy, name)
 
 
 @pytest.mark.parametrize("name", sorted(n for n, sc in SCENARIOS.items()

@@ -16,7 +16,14 @@ from ..host.sim import SimHost
 from ..kernel.profile import get_profile
 from ..sim.log import EventLog
 from ..sim.scheduler import Chooser, Scheduler, SimDeadlock, Violation
-from .explore import DfsExplorer, RandomChooser, ReplayChooser, preemptions
+from .explore import (
+    DfsExplorer,
+    DporExplorer,
+    PctChooser,
+    RandomChooser,
+    ReplayChooser,
+    preemptions,
+)
 from .scenario import Sandbox, Scenario
 
 SCHEDULE_VERSION = 1
@@ -134,8 +141,9 @@ def check(
     def run(ch: Any) -> None:
         results.append(run_once(sc, profile, design, ch, log=False))
 
-    if strategy == "dfs":
-        gen = DfsExplorer(bound).schedules(run)
+    if strategy in ("dfs", "dpor"):
+        gen = (DfsExplorer(bound).schedules(run) if strategy == "dfs"
+               else DporExplorer().schedules(run))
         v.complete = True
         for _ in gen:
             res = results.pop()
@@ -149,9 +157,13 @@ def check(
             if v.schedules >= budget:
                 v.complete = False
                 break
-    elif strategy == "random":
+    elif strategy in ("random", "pct"):
+        # PCT places its change points among the steps a run actually takes, and cycles the
+        # bug depth it targets through 2, 3 and 4.
+        horizon = run_once(sc, profile, design, ReplayChooser([]), log=False).steps
         for i in range(budget):
-            ch = RandomChooser(seed + i)
+            ch = (RandomChooser(seed + i) if strategy == "random"
+                  else PctChooser(seed + i, depth=2 + i % 3, horizon=max(horizon, 4)))
             res = run_once(sc, profile, design, ch, log=False)
             v.schedules += 1
             v.steps += res.steps
@@ -160,7 +172,7 @@ def check(
                 v.violations = res.violations
                 break
     else:
-        raise ValueError(f"unknown strategy {strategy!r} (dfs, random)")
+        raise ValueError(f"unknown strategy {strategy!r} (dfs, dpor, pct, random)")
     if v.counterexample is not None:
         # Re-run the counterexample with the event log on, for the report.
         v.counterexample = run_once(sc, profile, design, ReplayChooser(v.counterexample.choices))

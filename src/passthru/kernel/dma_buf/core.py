@@ -224,7 +224,8 @@ class DmaBufAttachment:
         still run after invalidation (KERNEL.md §1, revoke contract step 3).
         """
         sched = self.dmabuf.sched
-        sched.point(f"{self.dmabuf.name}.dma", "w" if write else "r")
+        # The buffer's memory is the resource: a move or reclaim writes it (see exporters).
+        sched.point(f"{self.dmabuf.name}.mem", "w" if write else "r")
         m = job if job is not None else self.mapping
         who = f"dma:{self.dev}"
         if m is None:

@@ -40,6 +40,7 @@ class MockRevocableExporter(DmaBufOps):
         self.extents = kernel.phys.alloc(self.size, Owner("dmabuf:mock"))
         self.revoked = False
         self.reclaimed = False
+        self.buf_name = ""  # set at export: names the memory for scheduling points
         if kernel.profile.revocable_pin_refused:
             self.pin = self._pin_refused
             self.unpin = self._unpin
@@ -89,6 +90,8 @@ class MockRevocableExporter(DmaBufOps):
 
     def reclaim(self) -> None:
         if not self.reclaimed:
+            if self.buf_name:
+                self.kernel.sched.point(f"{self.buf_name}.mem", "w")
             self.reclaimed = True
             for s, e in self.extents:
                 self.kernel.phys.release(s, e)
@@ -96,4 +99,6 @@ class MockRevocableExporter(DmaBufOps):
 
 def mock_dmabuf(kernel: Kernel, size: int, **kw: Any) -> DmaBuf:
     exp = MockRevocableExporter(kernel, size, **kw)
-    return core.dma_buf_export(kernel, exp, exp.size, priv=exp)
+    buf = core.dma_buf_export(kernel, exp, exp.size, priv=exp)
+    exp.buf_name = buf.name
+    return buf

@@ -85,7 +85,7 @@ class MovableExporter(DmaBufOps):
                         f.wait()
             new = self.kernel.phys.alloc(self.size, Owner(f"gpu:{to}"))
             self._copy(self.extents, new)
-            sched.point(f"{buf.name}.move", "w")
+            sched.point(f"{buf.name}.mem", "w")  # the old memory is about to go
             for s, e in self.extents:
                 self.kernel.phys.release(s, e)
             self.extents = new

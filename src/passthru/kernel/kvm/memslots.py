@@ -170,6 +170,7 @@ class Memslots:
     def delete(self, slot: Memslot) -> None:
         """KVM_MR_DELETE: invalidate, wait for SRCU readers, zap, free."""
         kvm = self.kvm
+        kvm.sched.point(f"{kvm.name}.memslot:{slot.id}", "w")
         slot.invalid = True
         del self.by_id[slot.id]
         self.gpa[slot.as_id].remove(slot.base_gpa, slot.end_gpa)
