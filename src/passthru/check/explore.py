@@ -23,6 +23,7 @@ scheduling point must be protected by a lock that is itself a point (docs/fideli
 
 from __future__ import annotations
 
+import heapq
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -102,16 +103,26 @@ Run = Callable[[ReplayChooser], None]
 class DfsExplorer:
     """Enumerate schedules with at most ``bound`` preemptions (each exactly once)."""
 
-    def __init__(self, bound: int = 2, sleep_sets: bool = True) -> None:
+    def __init__(self, bound: int = 2, sleep_sets: bool = True, deepening: bool = True) -> None:
         self.bound = bound
         self.sleep_sets = sleep_sets
+        self.deepening = deepening
 
     def schedules(self, run: Run, root: list[int] | None = None) -> Iterator[ReplayChooser]:
-        """All schedules extending ``root`` (branching only past it: for --jobs)."""
-        stack: list[tuple[list[int], frozenset[int]]] = [(list(root or []), frozenset())]
+        """All schedules extending ``root`` (branching only past it: for --jobs).
+
+        With ``deepening`` the frontier is ordered by preemptions, depth-first within a
+        level: every schedule with 0 preemptions runs before any with 1, and so on — iterative
+        deepening without re-running the shallower levels."""
+        frontier: list[tuple[int, int, list[int], frozenset[int]]] = [
+            (0, 0, list(root or []), frozenset())]
         floor = len(root or [])
-        while stack:
-            prefix, sleep = stack.pop()
+        counter = 0
+        while frontier:
+            if self.deepening:
+                _, _, prefix, sleep = heapq.heappop(frontier)
+            else:
+                _, _, prefix, sleep = frontier.pop()
             ch = ReplayChooser(prefix, sleep=sleep if self.sleep_sets else frozenset())
             run(ch)
             yield ch
@@ -129,11 +140,19 @@ class DfsExplorer:
                         a = d.access.get(alt)
                         child = frozenset(q for q in explored if q != alt
                                           and not dependent(d.access.get(q), a))
-                        branches.append(([x.chosen for x in trace[:i]] + [alt], child))
+                        branches.append((pre + extra, [x.chosen for x in trace[:i]] + [alt],
+                                         child))
                         explored.add(alt)
                 if d.current is not None and d.chosen != d.current:
                     pre += 1
-            stack.extend(reversed(branches))
+            for npre, p, sl in reversed(branches):
+                counter += 1
+                # Deeper branches later in the list get smaller keys: depth-first per level.
+                item = (npre, -counter, p, sl)
+                if self.deepening:
+                    heapq.heappush(frontier, item)
+                else:
+                    frontier.append(item)
 
 
 @dataclass

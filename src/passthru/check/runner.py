@@ -17,6 +17,7 @@ from ..kernel.profile import get_profile
 from ..sim.log import EventLog
 from ..sim.scheduler import Chooser, Scheduler, SimDeadlock, Violation
 from .explore import (
+    Decision,
     DfsExplorer,
     DporExplorer,
     PctChooser,
@@ -41,6 +42,16 @@ class RunResult:
     steps: int
     preemptions: int
     fail_nth: tuple[int, ...] = ()
+    faults_seen: int = 0
+    decisions: list[Decision] = field(default_factory=list)
+
+    @property
+    def first_violation_step(self) -> int:
+        return min((v.step for v in self.violations), default=self.steps)
+
+    def size(self) -> tuple[int, int, int]:
+        """What shrinking minimises: preemptions, then faults, then the violation's step."""
+        return (self.preemptions, len(self.fail_nth), self.first_violation_step)
 
     @property
     def violated(self) -> bool:
@@ -88,7 +99,7 @@ def run_once(
     choices = list(getattr(chooser, "choices", []))
     return RunResult(
         list(sched.violations), sched.log, choices, sched.step, preemptions(trace),
-        tuple(sorted(fail_nth)),
+        tuple(sorted(fail_nth)), sched.faults_seen, list(trace),
     )
 
 
@@ -124,6 +135,39 @@ class Verdict:
         }
 
 
+def shrink(sc: Scenario, profile: str, design: str | None, res: RunResult,
+           limit: int = 200) -> RunResult:
+    """Shrink a counterexample: fewest preemptions, then faults, then the earliest violation.
+
+    Candidates: the prefix up to any decision, then the default (no further preemption);
+    each injected fault dropped. A candidate is kept when it still breaks a rule of the same
+    kind and is smaller; repeat until nothing improves (or ``limit`` runs).
+    """
+    kinds = {v.kind for v in res.violations}
+    best = res
+    runs = 0
+    improved = True
+    while improved and runs < limit:
+        improved = False
+        cands: list[tuple[list[int], frozenset[int]]] = []
+        for k in range(len(best.choices)):
+            cands.append((best.choices[:k], frozenset(best.fail_nth)))
+        for f in best.fail_nth:
+            cands.append((best.choices, frozenset(best.fail_nth) - {f}))
+        for prefix, faults in cands:
+            runs += 1
+            cand = run_once(sc, profile, design, ReplayChooser(prefix), fail_nth=faults,
+                            log=False)
+            if cand.violated and {v.kind for v in cand.violations} & kinds \
+                    and cand.size() < best.size():
+                best = cand
+                improved = True
+                break
+            if runs >= limit:
+                break
+    return best
+
+
 def check(
     sc: Scenario,
     profile: str,
@@ -132,49 +176,69 @@ def check(
     bound: int = 2,
     budget: int = 20000,
     seed: int = 0,
+    time_limit: float | None = None,
+    faults: bool = False,
+    shrink_cx: bool = True,
 ) -> Verdict:
-    """Explore ``sc`` until a violation or the budget; a safe scenario is explored fully."""
+    """Explore ``sc`` until a violation, the budget or the time limit; a safe scenario is
+    explored fully. ``faults``: then sweep "fail the Nth fault point" for every N the run
+    reaches (the kernel's fail_nth), each under the same exploration."""
     v = Verdict(sc, profile, design)
     t0 = time.perf_counter()
+    deadline = None if time_limit is None else t0 + time_limit
     results: list[RunResult] = []
+    v.complete = True
 
-    def run(ch: Any) -> None:
-        results.append(run_once(sc, profile, design, ch, log=False))
+    def explore(fail: frozenset[int]) -> RunResult | None:
+        def run(ch: Any) -> None:
+            results.append(run_once(sc, profile, design, ch, fail_nth=fail, log=False))
 
-    if strategy in ("dfs", "dpor"):
-        gen = (DfsExplorer(bound).schedules(run) if strategy == "dfs"
-               else DporExplorer().schedules(run))
-        v.complete = True
-        for _ in gen:
-            res = results.pop()
-            v.schedules += 1
-            v.steps += res.steps
-            if res.violated:
-                v.counterexample = res
-                v.violations = res.violations
-                v.complete = False
-                break
-            if v.schedules >= budget:
-                v.complete = False
-                break
-    elif strategy in ("random", "pct"):
-        # PCT places its change points among the steps a run actually takes, and cycles the
-        # bug depth it targets through 2, 3 and 4.
-        horizon = run_once(sc, profile, design, ReplayChooser([]), log=False).steps
-        for i in range(budget):
-            ch = (RandomChooser(seed + i) if strategy == "random"
-                  else PctChooser(seed + i, depth=2 + i % 3, horizon=max(horizon, 4)))
-            res = run_once(sc, profile, design, ch, log=False)
-            v.schedules += 1
-            v.steps += res.steps
-            if res.violated:
-                v.counterexample = res
-                v.violations = res.violations
-                break
-    else:
+        if strategy in ("dfs", "dpor"):
+            gen = (DfsExplorer(bound).schedules(run) if strategy == "dfs"
+                   else DporExplorer().schedules(run))
+            for _ in gen:
+                res = results.pop()
+                v.schedules += 1
+                v.steps += res.steps
+                if res.violated:
+                    return res
+                if v.schedules >= budget or (deadline and time.perf_counter() > deadline):
+                    v.complete = False
+                    return None
+            return None
+        if strategy in ("random", "pct"):
+            # PCT places its change points among the steps a run actually takes, and cycles
+            # the bug depth it targets through 2, 3 and 4.
+            horizon = run_once(sc, profile, design, ReplayChooser([]), fail_nth=fail,
+                               log=False).steps
+            v.complete = False  # sampling never proves anything
+            for i in range(budget):
+                ch = (RandomChooser(seed + i) if strategy == "random"
+                      else PctChooser(seed + i, depth=2 + i % 3, horizon=max(horizon, 4)))
+                res = run_once(sc, profile, design, ch, fail_nth=fail, log=False)
+                v.schedules += 1
+                v.steps += res.steps
+                if res.violated:
+                    return res
+                if deadline and time.perf_counter() > deadline:
+                    return None
+            return None
         raise ValueError(f"unknown strategy {strategy!r} (dfs, dpor, pct, random)")
-    if v.counterexample is not None:
+
+    found = explore(frozenset())
+    if found is None and faults:
+        n_points = run_once(sc, profile, design, ReplayChooser([]), log=False).faults_seen
+        for n in range(1, n_points + 1):
+            found = explore(frozenset({n}))
+            if found is not None or (deadline and time.perf_counter() > deadline):
+                break
+    if found is not None:
+        v.complete = False
+        if shrink_cx:
+            found = shrink(sc, profile, design, found)
         # Re-run the counterexample with the event log on, for the report.
-        v.counterexample = run_once(sc, profile, design, ReplayChooser(v.counterexample.choices))
+        v.counterexample = run_once(sc, profile, design, ReplayChooser(found.choices),
+                                    fail_nth=frozenset(found.fail_nth))
+        v.violations = v.counterexample.violations
     v.elapsed = time.perf_counter() - t0
     return v
