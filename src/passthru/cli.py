@@ -18,7 +18,7 @@ from rich.table import Table
 
 from .check.discover import builtin, from_paths
 from .check.explore import ReplayChooser
-from .check.runner import SCHEDULE_VERSION, ScenarioError, check, run_once
+from .check.runner import SCHEDULE_VERSION, ScenarioError, Verdict, run_once
 from .check.scenario import Scenario
 from .kernel.profile import PROFILES
 
@@ -55,57 +55,157 @@ def list_cmd(paths: tuple[str, ...]) -> None:
     console.print(t)
 
 
+def _variants(scenarios: list[Scenario], profile: str | None,
+              design: str | None) -> list[tuple[Scenario, str, str | None]]:
+    out: list[tuple[Scenario, str, str | None]] = []
+    for sc in scenarios:
+        seen = set()
+        for prof, des in sc.variants():
+            prof = profile or prof
+            if design is not None:
+                if sc.designs and design not in sc.designs:
+                    continue
+                des = design if sc.designs else None
+            if (prof, des) not in seen:
+                seen.add((prof, des))
+                out.append((sc, prof, des))
+    return out
+
+
+STRATEGIES = ["dfs", "dpor", "pct", "random"]
+
+
 @main.command("check")
 @click.argument("paths", nargs=-1)
 @click.option("--profile", help="Run every scenario under this profile only.")
+@click.option("--design", help="Run every scenario that has designs under this one only.")
 @click.option("--scenario", "-k", "only", help="Only scenarios whose name contains this.")
-@click.option("--strategy", type=click.Choice(["dfs", "random"]), default="dfs", show_default=True)
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="dfs", show_default=True)
 @click.option("--budget", type=click.IntRange(min=1), default=20000, show_default=True,
               help="Most schedules per scenario variant.")
+@click.option("--time", "time_limit", type=click.FloatRange(min=0.0), default=None,
+              help="Seconds per scenario variant (default: no limit).")
 @click.option("--preemptions", type=click.IntRange(min=0), default=2, show_default=True,
               help="Preemption bound of the DFS.")
+@click.option("--faults/--no-faults", default=False, show_default=True,
+              help="Also fail the Nth fault point, for every N (the kernel's fail_nth).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes (variants, or seed ranges of random/pct).")
 @click.option("--save", type=click.Path(file_okay=False), help="Write counterexamples here.")
-def check_cmd(paths: tuple[str, ...], profile: str | None, only: str | None, strategy: str,
-              budget: int, preemptions: int, seed: int, save: str | None) -> None:
+@click.option("--report", type=click.Path(file_okay=False),
+              help="Write an HTML + JSON report here.")
+def check_cmd(paths: tuple[str, ...], profile: str | None, design: str | None,
+              only: str | None, strategy: str, budget: int, time_limit: float | None,
+              preemptions: int, faults: bool, seed: int, jobs: int, save: str | None,
+              report: str | None) -> None:
     """Explore every scenario's schedules and print a verdict table."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .check.parallel import check_many, check_seeds_parallel
+
     _check_profile(profile)
     scenarios = [sc for sc in _load(paths) if not only or only in sc.name]
     if not scenarios:
         raise click.UsageError("no scenarios found")
+    tasks = _variants(scenarios, profile, design)
+    if not tasks:
+        raise click.UsageError(f"no scenario has design {design!r}")
+    kw = dict(strategy=strategy, bound=preemptions, budget=budget, seed=seed,
+              time_limit=time_limit, faults=faults)
     t = Table("scenario", "profile", "expect", "verdict", "schedules", "steps", "time", "")
     bad = 0
     findings: list[str] = []
-    for sc in scenarios:
-        for prof, design in sc.variants():
-            if profile is not None:
-                prof = profile
-            try:
-                v = check(sc, prof, design, strategy=strategy, bound=preemptions,
-                          budget=budget, seed=seed)
-            except ScenarioError as e:
-                console.print(f"[red]error[/red] {escape(str(e))}")
-                bad += 1
-                continue
-            verdict = "violation" if v.found else ("safe" if v.complete else "none found")
-            mark = "[green]as expected[/green]" if v.ok else "[red]UNEXPECTED[/red]"
-            bad += not v.ok
-            label = sc.name + (f" [{design}]" if design else "")
-            t.add_row(label, prof, sc.expect, verdict, str(v.schedules), str(v.steps),
-                      f"{v.elapsed:.2f}s", mark)
-            if v.found:
-                findings.append(f"{label} @ {prof}: {v.violations[0].text()}")
-                if save:
-                    out = Path(save)
-                    out.mkdir(parents=True, exist_ok=True)
-                    f = out / f"{sc.name}-{prof}{'-' + design if design else ''}.json"
-                    f.write_text(json.dumps(v.schedule_json(), indent=1) + "\n")
-            if profile is not None:
-                break
+    verdicts: list[Verdict] = []
+    progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                        TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                        console=console, transient=True, disable=not console.is_terminal)
+    with progress:
+        bar = progress.add_task("exploring", total=len(tasks))
+
+        def tick() -> None:
+            progress.advance(bar)
+
+        if jobs > 1 and strategy in ("random", "pct") and len(tasks) == 1:
+            sc0, p0, d0 = tasks[0]
+            results: list[Verdict | ScenarioError] = [
+                check_seeds_parallel(sc0, p0, d0, jobs, **kw)]
+        else:
+            results = list(check_many(tasks, jobs, on_done=tick, **kw))
+    for (sc, prof, des), v in zip(tasks, results, strict=True):
+        if isinstance(v, ScenarioError):
+            console.print(f"[red]error[/red] {escape(str(v))}")
+            bad += 1
+            continue
+        verdicts.append(v)
+        verdict = "violation" if v.found else ("safe" if v.complete else "none found")
+        mark = "[green]as expected[/green]" if v.ok else "[red]UNEXPECTED[/red]"
+        bad += not v.ok
+        label = sc.name + (f" [{des}]" if des else "")
+        t.add_row(label, prof, sc.expect, verdict, str(v.schedules), str(v.steps),
+                  f"{v.elapsed:.2f}s", mark)
+        if v.found:
+            findings.append(f"{label} @ {prof}: {v.violations[0].text()}")
+            if save:
+                out = Path(save)
+                out.mkdir(parents=True, exist_ok=True)
+                f = out / f"{sc.name}-{prof}{'-' + des if des else ''}.json"
+                f.write_text(json.dumps(v.schedule_json(), indent=1) + "\n")
     console.print(t)
     for line in findings:
         console.print("  " + escape(line))
+    if report:
+        from .report import write_report
+
+        index = write_report(Path(report), verdicts)
+        console.print(f"report: {index}")
     console.print(f"{bad} unexpected verdict(s)" if bad else "all verdicts as expected")
+    sys.exit(1 if bad else 0)
+
+
+@main.command("compare")
+@click.argument("paths", nargs=-1)
+@click.option("--profile", "profiles", multiple=True, help="Profiles (default: each "
+              "scenario's own).")
+@click.option("--scenario", "-k", "only", help="Only scenarios whose name contains this.")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="dfs", show_default=True)
+@click.option("--budget", type=click.IntRange(min=1), default=20000, show_default=True)
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True)
+def compare_cmd(paths: tuple[str, ...], profiles: tuple[str, ...], only: str | None,
+                strategy: str, budget: int, jobs: int) -> None:
+    """Scenarios × profiles/designs: one verdict per cell."""
+    from .check.parallel import check_many
+
+    for p in profiles:
+        _check_profile(p)
+    scenarios = [sc for sc in _load(paths) if not only or only in sc.name]
+    if not scenarios:
+        raise click.UsageError("no scenarios found")
+    tasks: list[tuple[Scenario, str, str | None]] = []
+    for sc in scenarios:
+        for prof, des in sc.variants():
+            for p in (profiles or (prof,)):
+                if (sc, p, des) not in tasks:
+                    tasks.append((sc, p, des))
+    cols = sorted({f"{p}{'/' + d if d else ''}" for _, p, d in tasks})
+    cells: dict[tuple[str, str], str] = {}
+    bad = 0
+    for (sc, p, d), v in zip(tasks, check_many(tasks, jobs, strategy=strategy,
+                                               budget=budget), strict=True):
+        col = f"{p}{'/' + d if d else ''}"
+        if isinstance(v, ScenarioError):
+            cells[(sc.name, col)] = "[red]error[/red]"
+            bad += 1
+            continue
+        word = "violation" if v.found else ("safe" if v.complete else "none found")
+        bad += not v.ok
+        cells[(sc.name, col)] = word if v.ok else f"[red]{word}![/red]"
+    t = Table("scenario", "expect", *cols)
+    for sc in scenarios:
+        t.add_row(sc.name, sc.expect, *(cells.get((sc.name, c), "-") for c in cols))
+    console.print(t)
+    console.print("'!' marks a verdict the scenario does not expect" if bad else
+                  "all verdicts as expected")
     sys.exit(1 if bad else 0)
 
 

@@ -128,7 +128,7 @@ class DfsExplorer:
             yield ch
             trace = ch.trace
             pre = preemptions(trace[: len(prefix)])
-            branches: list[tuple[list[int], frozenset[int]]] = []
+            branches: list[tuple[int, list[int], frozenset[int]]] = []
             for i in range(max(len(prefix), floor), len(trace)):
                 d = trace[i]
                 explored = set(d.sleep) | {d.chosen}
