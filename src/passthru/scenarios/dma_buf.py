@@ -247,3 +247,64 @@ def udmabuf_is_the_pinnable_alternative(s: Sandbox) -> None:
 
     s.final("pinnable-and-shared", check)
     _watch(s)
+
+
+def _memory_lock_vs_resv(s: Sandbox, map_takes_memory_lock: bool) -> None:
+    """vfio-pci's order is memory_lock (rw) -> dma-buf resv -> importer's lock: revoke takes
+    memory_lock for write and then the resv. An exporter whose map op (called by importers
+    with the resv held) takes memory_lock inverts it."""
+    from ..kernel.dma_buf.core import DmaBufAttachment, DmaMapping
+    from ..sim.locks import RwSem
+
+    k = s.host.kernel
+    buf = mock_dmabuf(k, PAGE)
+    exp = cast(MockRevocableExporter, buf.ops)
+    memory_lock = RwSem(k.sched, "vdev.memory_lock", "vfio_pci_core_device.memory_lock")
+    plain_map = exp.map_dma_buf
+
+    def map_dma_buf(attach: DmaBufAttachment, direction: int) -> DmaMapping:
+        if not map_takes_memory_lock:
+            return plain_map(attach, direction)
+        memory_lock.down_read()  # resv held by the caller: resv -> memory_lock
+        try:
+            return plain_map(attach, direction)
+        finally:
+            memory_lock.up_read()
+
+    exp.map_dma_buf = map_dma_buf  # type: ignore[method-assign]
+    imp = DeviceImporter("iommufd")
+    imp.attach(buf)
+
+    def importer() -> None:
+        try:
+            imp.map()
+        except OSError:
+            pass
+
+    def reset() -> None:  # VFIO_DEVICE_RESET: memory_lock for write, then revoke
+        memory_lock.down_write()
+        try:
+            exp.revoke(buf)
+        finally:
+            memory_lock.up_write()
+
+    s.spawn("importer", importer)
+    s.spawn("reset", reset)
+
+    def teardown() -> None:
+        imp.teardown()
+        buf.put()
+
+    s.final("teardown", lambda: teardown())  # type: ignore[func-returns-value]
+
+
+@scenario(profiles=("linux-6.19", "linux-7.1"), expect="safe")
+def memory_lock_then_resv(s: Sandbox) -> None:
+    """The kernel's order (memory_lock -> resv): reset and an importer's map never deadlock."""
+    _memory_lock_vs_resv(s, map_takes_memory_lock=False)
+
+
+@scenario(profiles=("linux-6.19", "linux-7.1"), expect="violation")
+def resv_then_memory_lock_abba(s: Sandbox) -> None:
+    """An exporter's map op takes memory_lock under the resv: ABBA with a reset's revoke."""
+    _memory_lock_vs_resv(s, map_takes_memory_lock=True)
