@@ -113,3 +113,21 @@ def memslot_delete_vs_vcpu(s: Sandbox) -> None:
 def memslot_delete_vs_vcpu_buggy(s: Sandbox) -> None:
     """The same race with synchronize_srcu removed from the delete: use-after-free."""
     _delete_vs_vcpu(s)
+
+
+@scenario(profiles=("linux-7.1",), expect="safe")
+def gmem_punch_hole_vs_two_vcpus(s: Sandbox) -> None:
+    """Two vCPUs fault different pages of one guest_memfd while the VMM punches a hole over
+    both: a larger space, where partial-order reduction pays."""
+    host = s.host
+    vm, gmem, vcpu_fd = _vm_with_gmem(host)
+    cpus = [host.vcpu(vcpu_fd), host.vcpu(host.ioctl(vm, K.KVM_CREATE_VCPU, 1))]
+
+    def guest(cpu: object, gpa: int) -> None:
+        cpu.access(gpa, data=b"\x5a" * 8)  # type: ignore[attr-defined]
+
+    s.spawn("vcpu0", guest, cpus[0], 0x1000)
+    s.spawn("vcpu1", guest, cpus[1], 0x3000)
+    s.spawn("punch", lambda: host.fallocate(
+        gmem, L.FALLOC_FL_PUNCH_HOLE | L.FALLOC_FL_KEEP_SIZE, 0, 4 * PAGE))
+    s.invariant("stale-spte", lambda: _sptes_backed(s))
