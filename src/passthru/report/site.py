@@ -1,0 +1,113 @@
+"""The report directory: an index of verdicts, a page per counterexample, schedules, JSON.
+
+:func:`write_report` writes into ``out_dir``:
+
+- ``index.html``: one table row per verdict — scenario (with its doc), profile, design,
+  expect, verdict, schedules, steps, time, ok/UNEXPECTED, and a link to the counterexample's
+  page with its first violation;
+- ``<scenario>-<profile>[-<design>].html`` per counterexample (:func:`~.html.render_run`);
+- ``<scenario>-<profile>[-<design>].json``: its schedule, exactly ``Verdict.schedule_json()``
+  as ``passthru check --save`` writes it, for ``passthru replay``;
+- ``report.json``: :func:`~.json.verdicts_json`.
+
+Every file is self-contained (no network); links between them are relative, so the directory
+can be moved or archived whole. Leaves out: verdicts that found nothing get a row but no page.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+from ..check.runner import Verdict
+from . import json as report_json
+from .html import render_run
+
+INDEX_CSS = """
+body{font:14px/1.4 sans-serif;color:#222;margin:16px 20px;background:#fff}
+h1{font-size:20px;margin:0 0 6px}
+p.summary{margin:0 0 10px;color:#555}
+table{border-collapse:collapse;font-size:13px}
+th,td{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#f2f2f2}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+td .doc{color:#666;font-size:12px}
+td{white-space:nowrap}
+td.wrap{white-space:normal;min-width:16em}
+tr.unexpected td{background:#fdecec}
+.ok{color:#2a7d2a}
+.bad{color:#c00000;font-weight:bold}
+.finding{color:#a00000;font-size:12px}
+"""
+
+
+def _e(s: object) -> str:
+    return html.escape(str(s), quote=True)
+
+
+def _subtitle(v: Verdict) -> str:
+    how = "explored completely" if v.complete else "explored"
+    parts = [
+        f"profile {v.profile}",
+        f"design {v.design}" if v.design else "",
+        f"expect {v.scenario.expect}",
+        f"{v.schedules} schedule{'s' if v.schedules != 1 else ''} {how} in {v.elapsed:.2f}s",
+    ]
+    meta = " \u00b7 ".join(p for p in parts if p)
+    return f"{v.scenario.doc} \u2014 {meta}" if v.scenario.doc else meta
+
+
+def index_html(verdicts: list[Verdict], stems: list[str | None]) -> str:
+    bad = sum(not v.ok for v in verdicts)
+    o: list[str] = []
+    w = o.append
+    w("<!DOCTYPE html>")
+    w('<html lang="en"><head><meta charset="utf-8"><title>passthru check report</title>')
+    w(f"<style>{INDEX_CSS}</style></head><body>")
+    w("<h1>passthru check report</h1>")
+    summary = f"{bad} unexpected verdict(s)" if bad else "all verdicts as expected"
+    w(f'<p class="summary">{len(verdicts)} verdict(s): {summary}. Machine-readable: '
+      '<a href="report.json">report.json</a>.</p>')
+    w("<table><thead><tr><th>scenario</th><th>profile</th><th>design</th><th>expect</th>"
+      "<th>verdict</th><th>schedules</th><th>steps</th><th>time</th><th></th>"
+      "<th>counterexample</th></tr></thead><tbody>")
+    for v, stem in zip(verdicts, stems, strict=True):
+        doc = f'<div class="doc">{_e(v.scenario.doc)}</div>' if v.scenario.doc else ""
+        mark = '<span class="ok">ok</span>' if v.ok else '<span class="bad">UNEXPECTED</span>'
+        link = ""
+        if stem is not None:
+            first = _e(v.violations[0].text()) if v.violations else ""
+            link = (f'<a href="{_e(stem)}.html">{_e(stem)}</a> '
+                    f'(<a href="{_e(stem)}.json">schedule</a>)'
+                    f'<div class="finding">{first}</div>')
+        w(f'<tr class="{"expected" if v.ok else "unexpected"}">'
+          f'<td class="wrap">{_e(v.scenario.name)}{doc}</td><td>{_e(v.profile)}</td>'
+          f"<td>{_e(v.design or '')}</td><td>{_e(v.scenario.expect)}</td>"
+          f"<td>{_e(report_json.verdict_word(v))}</td><td class=\"num\">{v.schedules}</td>"
+          f'<td class="num">{v.steps}</td><td class="num">{v.elapsed:.2f}s</td>'
+          f'<td>{mark}</td><td class="wrap">{link}</td></tr>')
+    w("</tbody></table></body></html>")
+    return "\n".join(o) + "\n"
+
+
+def write_report(out_dir: Path, verdicts: list[Verdict]) -> Path:
+    """Write the report for ``verdicts`` into ``out_dir`` (created); return index.html's path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stems = report_json.file_names(verdicts)
+    for v, stem in zip(verdicts, stems, strict=True):
+        cx = v.counterexample
+        if stem is None or cx is None:
+            continue
+        sched = v.schedule_json()
+        title = f"{v.scenario.name} @ {v.profile}" + (f" [{v.design}]" if v.design else "")
+        page = render_run(cx, title, _subtitle(v), sched, index_href="index.html",
+                          schedule_file=f"{stem}.json")
+        (out / f"{stem}.html").write_text(page, encoding="utf-8")
+        (out / f"{stem}.json").write_text(json.dumps(sched, indent=1) + "\n", encoding="utf-8")
+    data = report_json.verdicts_json(verdicts)
+    (out / "report.json").write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    index = out / "index.html"
+    index.write_text(index_html(verdicts, stems), encoding="utf-8")
+    return index

@@ -1,0 +1,118 @@
+"""The HTML page of a run, the report directory and report.json."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from passthru.check.runner import RunResult, Verdict
+from passthru.cli import main
+from passthru.report import write_report
+from passthru.report.html import render_run
+from passthru.report.json import verdicts_json
+
+from .conftest import scenario
+
+
+def cx(v: Verdict) -> RunResult:
+    assert v.counterexample is not None
+    return v.counterexample
+
+
+def assert_self_contained(page: str) -> None:
+    assert "http://" not in page and "https://" not in page
+    assert "<script" not in page.lower()
+    assert "<link" not in page.lower()
+    assert not re.search(r"\ssrc\s*=", page)
+    assert not re.search(r"url\((?!#)", page)  # only in-document references
+
+
+def test_page_is_self_contained(abba: Verdict, gmem: Verdict) -> None:
+    for v in (abba, gmem):
+        page = render_run(cx(v), v.scenario.name, "sub", v.schedule_json())
+        assert_self_contained(page)
+        assert page.startswith("<!DOCTYPE html>")
+
+
+def test_page_contents(gmem: Verdict) -> None:
+    res = cx(gmem)
+    page = render_run(res, "gmem & co", "a <subtitle>", gmem.schedule_json(),
+                      index_href="index.html", schedule_file="x.json")
+    assert "<h1>gmem &amp; co</h1>" in page and "a &lt;subtitle&gt;" in page
+    assert '<svg class="passthru-seq"' in page
+    assert page.count('class="violation"') == len(res.violations)
+    for v in res.violations:
+        assert f"<b>{v.kind}</b> at step {v.step}" in page
+    # The trace is the log's text, line for line; violation lines and steps highlighted.
+    trace = re.search(r'<pre class="trace">(.*?)</pre>', page, re.S)
+    assert trace is not None
+    lines = re.findall(r'<span class="line( [a-z]+)?" data-step="\d+">', trace.group(1))
+    assert len(lines) == len(res.log.events)
+    assert lines.count(" viol") == sum(e.subsystem == "VIOLATION" for e in res.log.events)
+    assert " vstep" in lines
+    sched = re.search(r'<pre class="schedule">(.*?)</pre>', page, re.S)
+    assert sched is not None
+    assert json.loads(sched.group(1).replace("&quot;", '"')) == gmem.schedule_json()
+    assert "passthru replay x.json" in page
+
+
+def test_page_without_violation_or_schedule(abba: Verdict) -> None:
+    res = cx(abba)
+    clean = RunResult([], res.log, res.choices, res.steps, res.preemptions)
+    page = render_run(clean, "t")
+    assert "No violation" in page and '"choices"' in page.replace("&quot;", '"')
+
+
+def verdicts(abba: Verdict, gmem: Verdict) -> list[Verdict]:
+    safe = Verdict(scenario("abba_fixed"), "linux-7.1", None, schedules=7, steps=60,
+                   complete=True)
+    missed = Verdict(scenario("abba"), "linux-7.1", None, schedules=3, steps=9)
+    return [abba, safe, gmem, missed, abba]
+
+
+def test_write_report(tmp_path: Path, abba: Verdict, gmem: Verdict) -> None:
+    vs = verdicts(abba, gmem)
+    index = write_report(tmp_path / "out", vs)
+    out = tmp_path / "out"
+    assert index == out / "index.html"
+    names = sorted(p.name for p in out.iterdir())
+    a = f"abba-{abba.profile}"
+    g = f"gmem_punch_hole_vs_vcpu_buggy-{gmem.profile}"
+    assert names == sorted([f"{a}.html", f"{a}.json", f"{a}-2.html", f"{a}-2.json", f"{g}.html",
+                            f"{g}.json", "index.html", "report.json"])
+    for p in out.glob("*.html"):
+        assert_self_contained(p.read_text())
+    # Schedules: exactly what `passthru check --save` writes.
+    assert (out / f"{g}.json").read_text() == json.dumps(gmem.schedule_json(), indent=1) + "\n"
+    # The index: a row per verdict, links to every page, the missed bug flagged.
+    html = index.read_text()
+    assert html.count("<tr class=") == len(vs)
+    assert html.count("UNEXPECTED") == 1 and 'class="unexpected"' in html
+    for link in re.findall(r'href="([^"]+)"', html):
+        assert (out / link).exists(), link
+    assert f'href="{g}.html"' in html
+    # report.json round-trips and agrees with verdicts_json.
+    data = json.loads((out / "report.json").read_text())
+    assert data == verdicts_json(vs)
+    assert json.loads(json.dumps(verdicts_json(vs))) == verdicts_json(vs)
+    assert data["summary"] == {"verdicts": 5, "unexpected": 1, "found": 3}
+    row = data["verdicts"][2]
+    assert row["scenario"] == "gmem_punch_hole_vs_vcpu_buggy" and row["verdict"] == "violation"
+    assert row["ok"] is True and row["page"] == f"{g}.html"
+    assert row["schedule"] == gmem.schedule_json()
+    assert row["violations"][0]["kind"] == gmem.violations[0].kind
+    assert len(row["counterexample"]["events"]) == len(cx(gmem).log.events)
+    assert data["verdicts"][1]["verdict"] == "safe" and data["verdicts"][1]["page"] is None
+    assert data["verdicts"][3]["verdict"] == "none found"
+    assert data["verdicts"][3]["ok"] is False
+
+
+def test_saved_schedule_replays(tmp_path: Path, gmem: Verdict) -> None:
+    write_report(tmp_path, [gmem])
+    f = tmp_path / f"gmem_punch_hole_vs_vcpu_buggy-{gmem.profile}.json"
+    r = CliRunner().invoke(main, ["replay", str(f)])
+    assert r.exit_code == 1  # the violation again
+    assert cx(gmem).log.text() in r.output
