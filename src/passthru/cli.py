@@ -247,16 +247,33 @@ def _print_run(res: Any) -> None:
 @click.option("--design", help="Coordination design.")
 @click.option("--schedule", "schedule", type=click.Path(exists=True, dir_okay=False),
               help="A schedule JSON file (from check --save).")
+@click.option("--trace", type=click.Choice(["text", "html"]), default="text", show_default=True,
+              help="Print the event log, or write an HTML page with the sequence diagram.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Where --trace html writes (default: NAME.html).")
 def run_cmd(name: str, paths: tuple[str, ...], profile: str | None, design: str | None,
-            schedule: str | None) -> None:
-    """Run one scenario under one schedule and print its event log."""
+            schedule: str | None, trace: str, out: str | None) -> None:
+    """Run one scenario under one schedule and print its event log (or draw it)."""
     _check_profile(profile)
     sc = _find(name, paths)
     choices: list[int] = []
+    fail: frozenset[int] = frozenset()
     if schedule:
-        choices = _read_schedule(schedule)["choices"]
-    res = run_once(sc, profile or sc.profiles[0], design, ReplayChooser(choices))
-    _print_run(res)
+        data = _read_schedule(schedule)
+        choices = data["choices"]
+        fail = frozenset(data.get("fail_nth", []))
+    prof = profile or sc.profiles[0]
+    res = run_once(sc, prof, design, ReplayChooser(choices), fail_nth=fail)
+    if trace == "html":
+        from .report.html import render_run
+
+        path = Path(out or f"{sc.name}.html")
+        sched = {"version": SCHEDULE_VERSION, "scenario": sc.name, "profile": prof,
+                 "design": design, "choices": res.choices, "fail_nth": list(res.fail_nth)}
+        path.write_text(render_run(res, sc.name, f"{prof} · {sc.doc}", schedule=sched))
+        console.print(f"wrote {path}")
+    else:
+        _print_run(res)
     sys.exit(1 if res.violated else 0)
 
 
