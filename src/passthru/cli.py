@@ -142,7 +142,7 @@ def check_cmd(paths: tuple[str, ...], profile: str | None, design: str | None,
         mark = "[green]as expected[/green]" if v.ok else "[red]UNEXPECTED[/red]"
         bad += not v.ok
         label = sc.name + (f" [{des}]" if des else "")
-        t.add_row(label, prof, sc.expect, verdict, str(v.schedules), str(v.steps),
+        t.add_row(escape(label), prof, sc.expect, verdict, str(v.schedules), str(v.steps),
                   f"{v.elapsed:.2f}s", mark)
         if v.found:
             findings.append(f"{label} @ {prof}: {v.violations[0].text()}")

@@ -46,7 +46,11 @@ class PinnedExporter(DmaBufOps):
 
 def _pinned(k: Kernel) -> DmaBuf:
     ops = PinnedExporter(k)
-    return core.dma_buf_export(k, ops, PAGE, priv=ops)
+    try:
+        return core.dma_buf_export(k, ops, PAGE, priv=ops)
+    except OSError:
+        ops.release(None)  # type: ignore[arg-type]
+        raise
 
 
 EXPORTERS: dict[str, Callable[[Kernel], DmaBuf]] = {

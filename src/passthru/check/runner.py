@@ -139,9 +139,11 @@ def shrink(sc: Scenario, profile: str, design: str | None, res: RunResult,
            limit: int = 200) -> RunResult:
     """Shrink a counterexample: fewest preemptions, then faults, then the earliest violation.
 
-    Candidates: the prefix up to any decision, then the default (no further preemption);
-    each injected fault dropped. A candidate is kept when it still breaks a rule of the same
-    kind and is smaller; repeat until nothing improves (or ``limit`` runs).
+    Candidates: at each preemption, let the running task take one more step first (the rest
+    of the schedule kept as far as it still applies) or run on from there by default; the
+    prefix up to any decision, then the default; each injected fault dropped. A candidate is
+    kept when it still breaks a rule of the same kind and is smaller; repeat until nothing
+    improves (or ``limit`` runs).
     """
     kinds = {v.kind for v in res.violations}
     best = res
@@ -150,8 +152,13 @@ def shrink(sc: Scenario, profile: str, design: str | None, res: RunResult,
     while improved and runs < limit:
         improved = False
         cands: list[tuple[list[int], frozenset[int]]] = []
-        for k in range(len(best.choices)):
-            cands.append((best.choices[:k], frozenset(best.fail_nth)))
+        ch, fl = best.choices, frozenset(best.fail_nth)
+        for i, d in enumerate(best.decisions):
+            if d.current is not None and d.chosen != d.current:
+                cands.append((ch[:i] + [d.current] + ch[i:], fl))
+                cands.append((ch[:i] + [d.current], fl))
+        for k in range(len(ch)):
+            cands.append((ch[:k], fl))
         for f in best.fail_nth:
             cands.append((best.choices, frozenset(best.fail_nth) - {f}))
         for prefix, faults in cands:

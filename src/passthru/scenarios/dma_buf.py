@@ -130,7 +130,7 @@ def pinned_importer_vs_revocable_exporter(s: Sandbox) -> None:
         got = next(iter(outcome.items()), None)
         imp.teardown()
         buf.put()
-        if got != want:
+        if got != want and not s.sched.faults_failed:
             return f"expected {want[0]} to fail with EOPNOTSUPP, got {got}"
         return None
 
@@ -241,6 +241,8 @@ def udmabuf_is_the_pinnable_alternative(s: Sandbox) -> None:
             p.unpin()  # type: ignore[attr-defined]
         nic.teardown()
         buf.put()
+        if s.sched.faults_failed:
+            return None  # an injected failure: only the teardown (leaks) is checked
         if not pins:
             return "pin_user_pages of the memfd mapping failed"
         return None if seen == b"from-the-nic" else f"guest sees {seen!r}, not the DMA"

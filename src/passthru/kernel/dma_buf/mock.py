@@ -99,6 +99,10 @@ class MockRevocableExporter(DmaBufOps):
 
 def mock_dmabuf(kernel: Kernel, size: int, **kw: Any) -> DmaBuf:
     exp = MockRevocableExporter(kernel, size, **kw)
-    buf = core.dma_buf_export(kernel, exp, exp.size, priv=exp)
+    try:
+        buf = core.dma_buf_export(kernel, exp, exp.size, priv=exp)
+    except OSError:
+        exp.reclaim()  # the error path gives the memory back (found by the fail_nth sweep)
+        raise
     exp.buf_name = buf.name
     return buf

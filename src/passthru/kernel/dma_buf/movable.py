@@ -119,4 +119,9 @@ class MovableExporter(DmaBufOps):
 def movable_dmabuf(kernel: Kernel, size: int, placement: str = "vram",
                    dmem: DmemRegion | None = None) -> DmaBuf:
     exp = MovableExporter(kernel, size, placement, dmem)
-    return core.dma_buf_export(kernel, exp, exp.size, priv=exp)
+    try:
+        return core.dma_buf_export(kernel, exp, exp.size, priv=exp)
+    except OSError:
+        for s, e in exp.extents:  # the error path frees the VRAM (found by fail_nth)
+            kernel.phys.release(s, e)
+        raise
