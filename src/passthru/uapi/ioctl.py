@@ -7,6 +7,7 @@ A request packs direction (2 bits), size (14 bits), type (8 bits) and number (8 
 from __future__ import annotations
 
 import ctypes
+import functools
 from typing import Any
 
 _IOC_NRBITS = 8
@@ -74,3 +75,25 @@ def _IOC_NR(request: int) -> int:
 
 def _IOC_SIZE(request: int) -> int:
     return (request >> _IOC_SIZESHIFT) & ((1 << _IOC_SIZEBITS) - 1)
+
+
+def with_entries(struct: type[ctypes.Structure], n: int) -> type[ctypes.Structure]:
+    """``struct`` with its trailing flexible array (a zero-length last field) sized for ``n``
+    entries: a new ctypes type (cached per struct and n) whose sizeof is a valid argsz."""
+    return _with_entries(struct, n)
+
+
+@functools.cache
+def _with_entries(struct: type[ctypes.Structure], n: int) -> type[ctypes.Structure]:
+    fields: list[Any] = list(struct._fields_)
+    name, array = fields[-1][0], fields[-1][1]
+    if not (isinstance(array, type) and issubclass(array, ctypes.Array) and array._length_ == 0):
+        raise TypeError(f"struct {struct.__name__} has no trailing flexible array")
+    if n < 0:
+        raise ValueError(f"negative entry count {n}")
+    elem: Any = array._type_
+    fields[-1] = (name, elem * n)
+    attrs: dict[str, Any] = {"_fields_": fields}
+    if hasattr(struct, "_anonymous_"):
+        attrs["_anonymous_"] = struct._anonymous_
+    return type(f"{struct.__name__}[{n}]", (ctypes.Structure,), attrs)

@@ -11,7 +11,7 @@ import ctypes
 import functools
 from collections.abc import Iterable
 
-from .ioctl import _IOW
+from .ioctl import _IOW, with_entries
 
 _u32 = ctypes.c_uint32
 _u64 = ctypes.c_uint64
@@ -52,13 +52,7 @@ UDMABUF_CREATE_LIST = _IOW("u", 0x43, udmabuf_create_list)
 @functools.cache
 def udmabuf_create_list_n(n: int) -> type[ctypes.Structure]:
     """struct udmabuf_create_list with room for ``n`` items in ``list``."""
-    if n < 0:
-        raise ValueError(f"negative item count {n}")
-    return type(
-        f"udmabuf_create_list[{n}]",
-        (ctypes.Structure,),
-        {"_fields_": [*udmabuf_create_list._fields_[:-1], ("list", udmabuf_create_item * n)]},
-    )
+    return with_entries(udmabuf_create_list, n)
 
 
 def create_list(items: Iterable[tuple[int, int, int]], flags: int = 0) -> bytearray:

@@ -27,11 +27,9 @@ read from vfio_region_info.offset instead of assuming.
 from __future__ import annotations
 
 import ctypes
-import functools
 from collections.abc import Iterable
-from typing import Any
 
-from .ioctl import _IO
+from .ioctl import _IO, with_entries
 
 _u8 = ctypes.c_uint8
 _u16 = ctypes.c_uint16
@@ -54,31 +52,6 @@ VFIO_UPDATE_VADDR = 10
 
 VFIO_TYPE = ord(";")
 VFIO_BASE = 100
-
-
-def with_entries(struct: type[ctypes.Structure], n: int) -> type[ctypes.Structure]:
-    """``struct`` with its trailing flexible array sized for ``n`` entries.
-
-    The result is a new ctypes type (cached per struct and n) with the same fields, the
-    last one an array of n elements; ``ctypes.sizeof`` of it is a valid ``argsz``.
-    """
-    return _with_entries(struct, n)
-
-
-@functools.cache
-def _with_entries(struct: type[ctypes.Structure], n: int) -> type[ctypes.Structure]:
-    fields: list[Any] = list(struct._fields_)
-    name, array = fields[-1][0], fields[-1][1]
-    if not (isinstance(array, type) and issubclass(array, ctypes.Array) and array._length_ == 0):
-        raise TypeError(f"struct {struct.__name__} has no trailing flexible array")
-    if n < 0:
-        raise ValueError(f"negative entry count {n}")
-    elem: Any = array._type_
-    fields[-1] = (name, elem * n)
-    attrs: dict[str, Any] = {"_fields_": fields}
-    if hasattr(struct, "_anonymous_"):
-        attrs["_anonymous_"] = struct._anonymous_
-    return type(f"{struct.__name__}[{n}]", (ctypes.Structure,), attrs)
 
 
 class vfio_info_cap_header(ctypes.Structure):
