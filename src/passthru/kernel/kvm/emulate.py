@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 
 KVM_EXIT_INTERNAL_ERROR = 17
 KVM_EXIT_INTR = 10
-RUN_EXIT_REASON = 8
-RUN_UNION = 32
+RUN_EXIT_REASON = K.kvm_run.exit_reason.offset  # the kernel's layout, from the uAPI mirror
+RUN_UNION = K.kvm_run.mmio.offset
 PIO_OFFSET = 4096
 MAX_STEPS = 100_000
 REG8 = ["al", "cl", "dl", "bl", "ah", "ch", "dh", "bh"]

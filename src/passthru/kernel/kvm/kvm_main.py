@@ -290,13 +290,15 @@ class Vcpu:
         return out, None
 
     def _report(self, ex: KvmExit) -> None:
-        self.run_write(8, struct.pack("<I", ex.reason))
+        from .emulate import RUN_EXIT_REASON, RUN_UNION
+
+        self.run_write(RUN_EXIT_REASON, struct.pack("<I", ex.reason))
         if ex.reason == K.KVM_EXIT_MMIO:
             body = struct.pack("<Q8sIB", ex.gpa, ex.data[:8].ljust(8, b"\0"), ex.size,
                                int(ex.is_write))
         else:
             body = struct.pack("<QQQ", ex.flags, ex.gpa, ex.size)
-        self.run_write(32, body)
+        self.run_write(RUN_UNION, body)
         self.kvm.sched.emit("kvm", "exit", vcpu=self.vcpu_id, reason=ex.name, gpa=ex.gpa)
 
     def free(self) -> None:
