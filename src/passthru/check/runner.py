@@ -114,6 +114,34 @@ class Verdict:
     complete: bool = False  # the whole bounded space was explored
     counterexample: RunResult | None = None
     violations: list[Violation] = field(default_factory=list)
+    # How the verdict was reached: what "safe" or "none found" is relative to.
+    strategy: str = "dfs"
+    bound: int | None = 2  # preemption bound (dfs; None: unbounded)
+    budget: int = 20000
+    seed: int = 0
+    time_limit: float | None = None
+    faults: bool = False
+    stopped: str | None = None  # "budget" or "time" when exploration was cut short
+
+    def bound_text(self) -> str:
+        """The verdict with its bound, e.g. "safe (all schedules with ≤ 2 preemptions)"."""
+        if self.found:
+            cx = self.counterexample
+            n = cx.preemptions if cx else 0
+            return f"violation (after {self.schedules} schedule(s); {n} preemption(s))"
+        faults = " and every single fault" if self.faults else ""
+        if self.complete:
+            if self.strategy == "dfs" and self.bound is not None:
+                return f"safe (all schedules with ≤ {self.bound} preemptions{faults})"
+            if self.strategy == "dfs":
+                return f"safe (all schedules{faults})"
+            if self.strategy == "dpor":
+                return f"safe (all schedules up to DPOR equivalence{faults})"
+            if self.strategy == "full":
+                return f"safe (all schedules, no reduction{faults})"
+        why = {"time": "time limit", "budget": "budget"}.get(self.stopped or "", "sampled")
+        return (f"none found ({self.schedules} {self.strategy} schedule(s) in "
+                f"{self.elapsed:.2f} s, {why})")
 
     @property
     def found(self) -> bool:
@@ -190,7 +218,9 @@ def check(
     """Explore ``sc`` until a violation, the budget or the time limit; a safe scenario is
     explored fully. ``faults``: then sweep "fail the Nth fault point" for every N the run
     reaches (the kernel's fail_nth), each under the same exploration."""
-    v = Verdict(sc, profile, design)
+    v = Verdict(sc, profile, design, strategy=strategy,
+                bound=bound if strategy == "dfs" else None, budget=budget, seed=seed,
+                time_limit=time_limit, faults=faults)
     t0 = time.perf_counter()
     deadline = None if time_limit is None else t0 + time_limit
     results: list[RunResult] = []
@@ -211,6 +241,7 @@ def check(
                     return res
                 if v.schedules >= budget or (deadline and time.perf_counter() > deadline):
                     v.complete = False
+                    v.stopped = "budget" if v.schedules >= budget else "time"
                     return None
             return None
         if strategy in ("random", "pct"):
@@ -228,7 +259,9 @@ def check(
                 if res.violated:
                     return res
                 if deadline and time.perf_counter() > deadline:
+                    v.stopped = "time"
                     return None
+            v.stopped = "budget"
             return None
         raise ValueError(f"unknown strategy {strategy!r} (dfs, dpor, pct, random)")
 
