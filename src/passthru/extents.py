@@ -18,6 +18,8 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
 from typing import Any, Generic, TypeVar
 
+from .sim import track as _track
+
 V = TypeVar("V")
 
 
@@ -28,33 +30,50 @@ class RangeMap(Generic[V]):
     ``start + d`` has value ``base + d``, and neighbours whose bases continue merge.
     """
 
-    __slots__ = ("_s", "_e", "_v", "linear")
+    # Every query and update is a tracked access over its range (sim/track.py): the map is
+    # one location, so the checker sees page-table, page-cache and physical-memory accesses
+    # as extents. ``label`` names the map in data-race reports.
+    __slots__ = ("_s", "_e", "_v", "linear", "_uid", "_atomic", "label")
 
-    def __init__(self, linear: bool = False) -> None:
+    def __init__(self, linear: bool = False, label: str = "", atomic: bool = False) -> None:
         self._s: list[int] = []  # starts, sorted
         self._e: list[int] = []  # ends, sorted too (extents do not overlap)
         self._v: list[Any] = []
         self.linear = linear
+        self.label = label
+        self._atomic = atomic
+        tr = _track._ACTIVE
+        self._uid: str | None = tr.new_uid(label) if tr is not None else None
 
     # ----- queries ---------------------------------------------------------------------
     def __len__(self) -> int:
+        if _track._ACTIVE is not None:
+            _track.read(self)
         return len(self._s)
 
     def __bool__(self) -> bool:
+        if _track._ACTIVE is not None:
+            _track.read(self)
         return bool(self._s)
 
     def __iter__(self) -> Iterator[tuple[int, int, V]]:
         # Lazy: do not mutate the map while iterating it (wrap in list() to do so).
+        if _track._ACTIVE is not None:
+            _track.read(self)
         return zip(self._s, self._e, self._v, strict=True)
 
     def get(self, addr: int) -> tuple[int, int, V] | None:
         """The extent containing ``addr``."""
+        if _track._ACTIVE is not None:
+            _track.read(self, addr, addr + 1)
         i = bisect_right(self._s, addr) - 1
         if i >= 0 and addr < self._e[i]:
             return self._s[i], self._e[i], self._v[i]
         return None
 
     def lookup(self, addr: int) -> V | None:
+        if _track._ACTIVE is not None:
+            _track.read(self, addr, addr + 1)
         i = bisect_right(self._s, addr) - 1
         if i >= 0 and addr < self._e[i]:
             v = self._v[i]
@@ -63,6 +82,8 @@ class RangeMap(Generic[V]):
 
     def overlapping(self, start: int, end: int) -> list[tuple[int, int, V]]:
         """Extents overlapping ``[start, end)``, clipped to it (linear values adjusted)."""
+        if _track._ACTIVE is not None:
+            _track.read(self, start, end)
         if start >= end or not self._s:
             return []
         ss, ee, vv = self._s, self._e, self._v
@@ -98,6 +119,8 @@ class RangeMap(Generic[V]):
         return out
 
     def any_in(self, start: int, end: int) -> bool:
+        if _track._ACTIVE is not None:
+            _track.read(self, start, end)
         if start >= end or not self._s:
             return False
         return bisect_right(self._e, start) < bisect_left(self._s, end)
@@ -105,6 +128,8 @@ class RangeMap(Generic[V]):
     # ----- updates ---------------------------------------------------------------------
     def remove(self, start: int, end: int) -> list[tuple[int, int, V]]:
         """Remove ``[start, end)``; return the removed pieces."""
+        if _track._ACTIVE is not None:
+            _track.write(self, start, end)
         if start >= end or not self._s:
             return []
         ss, ee, vv = self._s, self._e, self._v
@@ -139,6 +164,9 @@ class RangeMap(Generic[V]):
         """Map ``[start, end)`` to ``value``, replacing what was there; merges neighbours."""
         if start >= end:
             return
+        if _track._ACTIVE is not None:
+            # The merge with a neighbour rewrites its extent too: widen by one on each side.
+            _track.write(self, start - 1, end + 1)
         self.remove(start, end)
         ss, ee, vv = self._s, self._e, self._v
         k = bisect_left(ss, start)
@@ -159,11 +187,15 @@ class RangeMap(Generic[V]):
         vv.insert(k, value)
 
     def clear(self) -> None:
+        if _track._ACTIVE is not None:
+            _track.write(self)
         self._s.clear()
         self._e.clear()
         self._v.clear()
 
     def total(self) -> int:
+        if _track._ACTIVE is not None:
+            _track.read(self)
         return sum(self._e) - sum(self._s)
 
 
@@ -172,8 +204,8 @@ class RangeCounter:
 
     __slots__ = ("_m",)
 
-    def __init__(self) -> None:
-        self._m: RangeMap[int] = RangeMap()
+    def __init__(self, label: str = "", atomic: bool = False) -> None:
+        self._m: RangeMap[int] = RangeMap(label=label, atomic=atomic)
 
     def add(self, start: int, end: int, delta: int) -> None:
         pieces = list(self._m.overlapping(start, end))
@@ -211,11 +243,15 @@ class RangeCounter:
 class ByteStore:
     """Sparse byte contents: written runs as extents; unwritten bytes read as zero."""
 
-    __slots__ = ("_s", "_b")
+    __slots__ = ("_s", "_b", "_uid", "_atomic", "label")
 
-    def __init__(self) -> None:
+    def __init__(self, label: str = "") -> None:
         self._s: list[int] = []  # run starts, sorted; runs never overlap
         self._b: list[bytearray] = []
+        self.label = label
+        self._atomic = False
+        tr = _track._ACTIVE
+        self._uid: str | None = tr.new_uid(label) if tr is not None else None
 
     def _range(self, start: int, end: int) -> tuple[int, int]:
         """Indexes [i, j) of the runs overlapping ``[start, end)``."""
@@ -227,6 +263,8 @@ class ByteStore:
 
     def read(self, start: int, n: int) -> bytes:
         end = start + n
+        if _track._ACTIVE is not None:
+            _track.read(self, start, end)
         i, j = self._range(start, end)
         if j == i + 1:
             s, b = self._s[i], self._b[i]
@@ -240,6 +278,8 @@ class ByteStore:
         return bytes(out)
 
     def zero(self, start: int, end: int) -> None:
+        if _track._ACTIVE is not None:
+            _track.write(self, start, end)
         if not self._s or start >= end:
             return
         i, j = self._range(start, end)
@@ -261,6 +301,8 @@ class ByteStore:
         if not data:
             return
         end = start + len(data)
+        if _track._ACTIVE is not None:
+            _track.write(self, start, end)
         # Runs touching [start - 1, end + 1) merge with the new data into one run.
         i, j = self._range(start - 1, end + 1)
         if j == i + 1:

@@ -2,23 +2,28 @@
 
 The model is deterministic, so a schedule is the list of task choices at each decision and
 exploring replays the scenario from scratch for each one. Every decision records the enabled
-tasks and the resource each is about to touch (the scheduling point's annotation), which is
-what the reductions below reason about. Two accesses are *dependent* when they name the same
-resource and are not both reads.
+tasks, the task chosen and — once it has run — the chosen step's *footprint*: every tracked
+location it read or wrote, as ranges (sim/track.py). Two steps are *dependent* when their
+footprints conflict (a common location, overlapping ranges, one a write); that is all the
+reductions below reason about. Scheduling points only say where a switch may happen.
 
 - :class:`DfsExplorer` — depth-first over choices with a preemption bound (switching away from
   a task that could have continued costs one), optionally iterative deepening (bound 0, 1, ...)
-  and sleep sets (an alternative already explored at a node is not tried again below a sibling
-  that is independent of it).
+  and sleep sets: a task already explored at a node sleeps, with the footprint its step had
+  there, in the sibling subtrees, until a step dependent on that footprint runs. The sleeping
+  footprints of siblings are learnt as the siblings run (a registry per branching node).
+  ``sleep_sets=False`` and ``bound=None`` give the plain enumeration that cross-checks both
+  reductions (``--strategy full``).
 - :class:`DporExplorer` — dynamic partial-order reduction (Flanagan & Godefroid, POPL 2005)
-  over the annotations: after each run, for every step find the last earlier step of another
-  task that is dependent and not ordered before it by happens-before (vector clocks) and add a
-  backtrack point there; only those points are explored.
+  over footprints, with sleep sets: after each run, for every step find the last earlier
+  step of another task that is dependent and not ordered before it by happens-before (vector
+  clocks over dependence) and add a backtrack point there.
 - :class:`RandomChooser` (uniform, seeded) and :class:`PctChooser` (probabilistic concurrency
   testing: random task priorities and d-1 priority change points; Burckhardt et al., 2010).
 
-DPOR is sound only for what the annotations cover: a step's shared accesses beyond its first
-scheduling point must be protected by a lock that is itself a point (docs/fidelity.md).
+What the reductions assume is in docs/fidelity.md ("The checker"): all state two tasks share
+is tracked, a task's step is a deterministic function of the state it reads, and only the
+running task's own step disables it (blocking).
 """
 
 from __future__ import annotations
@@ -29,14 +34,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from ..sim.scheduler import Scheduler, Task
+from ..sim.track import Footprint, conflict
 
-Access = tuple[str, str]
-
-
-def dependent(a: Access | None, b: Access | None) -> bool:
-    if a is None or b is None:
-        return False
-    return a[0] == b[0] and not (a[1] == "r" and b[1] == "r")
+Sleep = dict[int, Footprint]
 
 
 @dataclass
@@ -44,49 +44,61 @@ class Decision:
     enabled: tuple[int, ...]
     current: int | None  # the task that ran last, if it could continue
     chosen: int
-    access: dict[int, Access | None] = field(default_factory=dict)
-    sleep: frozenset[int] = frozenset()
+    fp: Footprint | None = None  # the chosen step's footprint, once it ran
+    sleep: Sleep = field(default_factory=dict)  # tasks asleep here, with their footprints
 
 
 @dataclass
 class ReplayChooser:
-    """Follows ``prefix`` (task ids), then keeps the current task (no preemption); past the
-    prefix, tasks in the sleep set are avoided while another is enabled."""
+    """Follows ``prefix`` (task ids), then keeps the current task (no preemption).
+
+    Past the prefix, tasks asleep are avoided while another is enabled. ``pending`` are the
+    candidates for the sleep set at the first node past the prefix: the siblings explored at
+    the prefix's last node, kept if the step taken there is independent of them."""
 
     prefix: list[int] = field(default_factory=list)
     trace: list[Decision] = field(default_factory=list)
     diverged: bool = False
-    sleep: frozenset[int] = frozenset()  # the sleep set at the first node past the prefix
+    pending: Sleep = field(default_factory=dict)
+    sched: Scheduler | None = None
+
+    def _fp(self, i: int) -> Footprint | None:
+        d = self.trace[i]
+        if d.fp is None and self.sched is not None and i < len(self.sched.step_fps):
+            d.fp = self.sched.step_fps[i]
+        return d.fp
 
     def choose(self, sched: Scheduler, enabled: list[Task], current: Task | None) -> Task:
+        self.sched = sched
         i = len(self.trace)
         ids = tuple(t.tid for t in enabled)
         cur = current.tid if current is not None and current in enabled else None
-        access = {t.tid: t.next_access for t in enabled}
         pick: Task | None = None
-        sleep: frozenset[int] = frozenset()
+        sleep: Sleep = {}
         if i < len(self.prefix):
             want = self.prefix[i]
             pick = next((t for t in enabled if t.tid == want), None)
             if pick is None:
                 self.diverged = True
-        else:
-            if i == len(self.prefix):
-                sleep = self.sleep
-            elif self.trace:
-                prev = self.trace[-1]
-                pa = prev.access.get(prev.chosen)
-                sleep = frozenset(q for q in prev.sleep if q != prev.chosen
-                                  and not dependent(prev.access.get(q), pa))
-            sleep = frozenset(q for q in sleep if q in ids)
+        if i >= len(self.prefix) and i > 0:
+            prev = self.trace[i - 1]
+            pfp = self._fp(i - 1)
+            cands = self.pending if i == len(self.prefix) else prev.sleep
+            sleep = {q: f for q, f in cands.items()
+                     if q != prev.chosen and not conflict(f, pfp)}
         if pick is None:
             awake = [t for t in enabled if t.tid not in sleep] or enabled
             if current is not None and cur is not None and current in awake:
                 pick = current
             else:
                 pick = awake[0]
-        self.trace.append(Decision(ids, cur, pick.tid, access, sleep))
+        self.trace.append(Decision(ids, cur, pick.tid, None, sleep))
         return pick
+
+    def finish(self) -> None:
+        """Fill in the footprints of the steps taken (after the run)."""
+        for i in range(len(self.trace)):
+            self._fp(i)
 
     @property
     def choices(self) -> list[int]:
@@ -100,55 +112,78 @@ def preemptions(trace: list[Decision]) -> int:
 Run = Callable[[ReplayChooser], None]
 
 
-class DfsExplorer:
-    """Enumerate schedules with at most ``bound`` preemptions (each exactly once)."""
+class _Siblings:
+    """The footprints learnt at one branching node: task -> its step's footprint there."""
 
-    def __init__(self, bound: int = 2, sleep_sets: bool = True, deepening: bool = True) -> None:
+    __slots__ = ("fps",)
+
+    def __init__(self, fps: Sleep) -> None:
+        self.fps = fps
+
+
+class DfsExplorer:
+    """Enumerate schedules with at most ``bound`` preemptions (``None``: unbounded).
+
+    With ``deepening`` the frontier is ordered by preemptions, depth-first within a level:
+    every schedule with 0 preemptions runs before any with 1, and so on — iterative deepening
+    without re-running the shallower levels."""
+
+    def __init__(self, bound: int | None = 2, sleep_sets: bool = True,
+                 deepening: bool = True) -> None:
         self.bound = bound
         self.sleep_sets = sleep_sets
         self.deepening = deepening
 
     def schedules(self, run: Run, root: list[int] | None = None) -> Iterator[ReplayChooser]:
-        """All schedules extending ``root`` (branching only past it: for --jobs).
-
-        With ``deepening`` the frontier is ordered by preemptions, depth-first within a
-        level: every schedule with 0 preemptions runs before any with 1, and so on — iterative
-        deepening without re-running the shallower levels."""
-        frontier: list[tuple[int, int, list[int], frozenset[int]]] = [
-            (0, 0, list(root or []), frozenset())]
+        """All schedules extending ``root`` (branching only past it: for --jobs)."""
+        # frontier item: (preemptions, -counter, prefix, inherited sleep, siblings, before)
+        Item = tuple[int, int, list[int], Sleep, "_Siblings | None", tuple[int, ...]]
+        frontier: list[Item] = [(0, 0, list(root or []), {}, None, ())]
         floor = len(root or [])
         counter = 0
+        bound = self.bound
         while frontier:
             if self.deepening:
-                _, _, prefix, sleep = heapq.heappop(frontier)
+                _, _, prefix, inherited, sib, before = heapq.heappop(frontier)
             else:
-                _, _, prefix, sleep = frontier.pop()
-            ch = ReplayChooser(prefix, sleep=sleep if self.sleep_sets else frozenset())
+                _, _, prefix, inherited, sib, before = frontier.pop()
+            pending: Sleep = {}
+            if self.sleep_sets:
+                pending = dict(inherited)
+                if sib is not None:
+                    for q in before:
+                        f = sib.fps.get(q)
+                        if f is not None:
+                            pending[q] = f
+            ch = ReplayChooser(prefix, pending=pending)
             run(ch)
+            ch.finish()
             yield ch
             trace = ch.trace
+            if sib is not None and len(prefix) <= len(trace):
+                fp = trace[len(prefix) - 1].fp
+                if fp is not None:
+                    sib.fps[prefix[-1]] = fp
             pre = preemptions(trace[: len(prefix)])
-            branches: list[tuple[int, list[int], frozenset[int]]] = []
+            branches: list[Item] = []
             for i in range(max(len(prefix), floor), len(trace)):
                 d = trace[i]
-                explored = set(d.sleep) | {d.chosen}
+                sleeping = d.sleep if self.sleep_sets else {}
+                explored = [d.chosen]
+                node = _Siblings({d.chosen: d.fp or {}}) if self.sleep_sets else None
                 for alt in d.enabled:
-                    if alt in explored:
+                    if alt in sleeping or alt == d.chosen:
                         continue
                     extra = 1 if d.current is not None and alt != d.current else 0
-                    if pre + extra <= self.bound:
-                        a = d.access.get(alt)
-                        child = frozenset(q for q in explored if q != alt
-                                          and not dependent(d.access.get(q), a))
-                        branches.append((pre + extra, [x.chosen for x in trace[:i]] + [alt],
-                                         child))
-                        explored.add(alt)
+                    if bound is None or pre + extra <= bound:
+                        counter += 1
+                        branches.append((pre + extra, -counter,
+                                         [x.chosen for x in trace[:i]] + [alt],
+                                         dict(sleeping), node, tuple(explored)))
+                        explored.append(alt)
                 if d.current is not None and d.chosen != d.current:
                     pre += 1
-            for npre, p, sl in reversed(branches):
-                counter += 1
-                # Deeper branches later in the list get smaller keys: depth-first per level.
-                item = (npre, -counter, p, sl)
+            for item in reversed(branches):
                 if self.deepening:
                     heapq.heappush(frontier, item)
                 else:
@@ -158,57 +193,67 @@ class DfsExplorer:
 @dataclass
 class _Node:
     enabled: tuple[int, ...]
-    access: dict[int, Access | None]
+    fp: Footprint
     chosen: int
     current: int | None
     backtrack: set[int]
     done: set[int]
+    sleep: Sleep
+    explored: Sleep  # the alternatives run here so far, with their steps' footprints
 
 
 class DporExplorer:
-    """Classic stateless DPOR over the scheduling points' resource annotations."""
+    """Stateless DPOR over footprints, with sleep sets."""
 
-    def __init__(self, bound: int | None = None) -> None:
+    def __init__(self, bound: int | None = None, sleep_sets: bool = True) -> None:
         self.bound = bound  # optional preemption bound on backtrack points
+        self.sleep_sets = sleep_sets
 
     def schedules(self, run: Run) -> Iterator[ReplayChooser]:
         nodes: list[_Node] = []
         prefix: list[int] = []
+        pending: Sleep = {}
         while True:
-            ch = ReplayChooser(prefix)
+            ch = ReplayChooser(prefix, pending=pending if self.sleep_sets else {})
             run(ch)
+            ch.finish()
             yield ch
             trace = ch.trace
+            if prefix and len(prefix) <= len(trace):
+                n = nodes[len(prefix) - 1]
+                n.fp = trace[len(prefix) - 1].fp or {}
+                n.explored[n.chosen] = n.fp
             for i in range(len(prefix), len(trace)):
                 d = trace[i]
-                nodes.append(_Node(d.enabled, d.access, d.chosen, d.current,
-                                   {d.chosen}, {d.chosen}))
+                fp = d.fp or {}
+                nodes.append(_Node(d.enabled, fp, d.chosen, d.current, {d.chosen},
+                                   {d.chosen} | set(d.sleep), d.sleep, {d.chosen: fp}))
             del nodes[len(trace):]
             self._add_backtracks(nodes)
             nxt = self._next(nodes)
             if nxt is None:
                 return
-            i, p = nxt
-            nodes[i].done.add(p)
-            nodes[i].chosen = p
+            i, p, pending = nxt
             del nodes[i + 1:]
-            prefix = [n.chosen for n in nodes]
+            prefix = [n.chosen for n in nodes[:i]] + [p]
+            nodes[i].chosen = p
+            nodes[i].done.add(p)
 
     def _add_backtracks(self, nodes: list[_Node]) -> None:
         clocks: list[dict[int, int]] = []
         task_clock: dict[int, dict[int, int]] = {}
         for j, n in enumerate(nodes):
             p = n.chosen
-            aj = n.access.get(p)
+            fj = n.fp
             before = task_clock.get(p, {})
             # the last earlier step of another task, dependent and not ordered before p
             for i in range(j - 1, -1, -1):
                 m = nodes[i]
                 q = m.chosen
-                if q == p or not dependent(m.access.get(q), aj):
+                if q == p or not conflict(m.fp, fj):
                     continue
                 if before.get(q, 0) >= clocks[i].get(q, 0):
-                    continue  # already happens-before p's state
+                    continue  # already happens-before p's step
                 if p in m.enabled:
                     m.backtrack.add(p)
                 else:
@@ -217,7 +262,7 @@ class DporExplorer:
             vc = dict(before)
             for i in range(j):
                 m = nodes[i]
-                if m.chosen != p and dependent(m.access.get(m.chosen), aj):
+                if m.chosen != p and conflict(m.fp, fj):
                     for k, v in clocks[i].items():
                         if vc.get(k, 0) < v:
                             vc[k] = v
@@ -225,7 +270,7 @@ class DporExplorer:
             clocks.append(vc)
             task_clock[p] = vc
 
-    def _next(self, nodes: list[_Node]) -> tuple[int, int] | None:
+    def _next(self, nodes: list[_Node]) -> tuple[int, int, Sleep] | None:
         for i in range(len(nodes) - 1, -1, -1):
             n = nodes[i]
             for p in sorted(n.backtrack - n.done):
@@ -238,7 +283,10 @@ class DporExplorer:
                     if pre + (1 if n.current is not None and p != n.current else 0) > self.bound:
                         n.done.add(p)
                         continue
-                return i, p
+                # Sleep set for the new branch: what slept here plus the siblings already
+                # explored here (the chosen one's footprint is known from the last run).
+                sleep: Sleep = {**n.sleep, **n.explored}
+                return i, p, {q: f for q, f in sleep.items() if q != p}
         return None
 
 
@@ -253,6 +301,9 @@ class RandomChooser:
         pick = enabled[self.rng.randrange(len(enabled))]
         self.inner.prefix.append(pick.tid)
         return self.inner.choose(sched, enabled, current)
+
+    def finish(self) -> None:
+        self.inner.finish()
 
     @property
     def trace(self) -> list[Decision]:

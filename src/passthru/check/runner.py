@@ -44,6 +44,7 @@ class RunResult:
     fail_nth: tuple[int, ...] = ()
     faults_seen: int = 0
     decisions: list[Decision] = field(default_factory=list)
+    final_state: tuple[Any, ...] = ()  # what the run left observable (Sandbox.final_state)
 
     @property
     def first_violation_step(self) -> int:
@@ -65,42 +66,98 @@ def run_once(
     chooser: Chooser | None,
     fail_nth: frozenset[int] = frozenset(),
     log: bool = True,
+    races: bool = True,
 ) -> RunResult:
+    """One run under ``chooser``, with footprints tracked (and data races detected unless
+    ``races`` is False). Never raises for what the scenario's tasks, final checks or
+    teardown do: a deadlock, a crash or an unexpected error is a violation in the result."""
     prof = get_profile(profile).with_bugs(*sc.bugs)
     if design:
         prof = prof.with_design(design)
-    sched = Scheduler(chooser=chooser, fail_nth=fail_nth, log=log)
-    host = SimHost(profile=prof, sched=sched, name="vmm")
-    sb = Sandbox(prof, design, sched, host, hosts=[host])
+    sched = Scheduler(chooser=chooser, fail_nth=fail_nth, log=log, track=True, races=races)
+    tracker = sched.tracker
+    assert tracker is not None
+    tracker.activate()
     try:
-        sc.fn(sb)
-    except (OSError, Fault) as e:
-        if not fail_nth:
-            raise ScenarioError(f"{sc.name}: set-up failed: {e}") from e
-    sched.run()
-    for t in sched.tasks:
-        err = t.error
-        if err is not None and not isinstance(err, (OSError, Fault, SimDeadlock)):
-            sched.violation("crash", f"task {t.name} raised {type(err).__name__}: {err}")
-    for name, check in sb.finals:
-        msg = check()
-        if msg:
-            sched.violation(name, msg)
-    if sc.teardown:
+        host = SimHost(profile=prof, sched=sched, name="vmm")
+        sb = Sandbox(prof, design, sched, host, hosts=[host])
         try:
+            try:
+                sc.fn(sb)
+            except (OSError, Fault) as e:
+                if not fail_nth:
+                    raise ScenarioError(f"{sc.name}: set-up failed: {e}") from e
+            sched.run()
+        except BaseException:
+            for undo in reversed(sb.undo):
+                undo()
+            raise
+    finally:
+        tracker.deactivate()
+    finish = getattr(chooser, "finish", None)
+    if finish is not None:
+        finish()
+    observed = sb.final_state()[:3]  # before final checks and teardown change anything
+    _task_errors(sched, sb)
+    for name, check in sb.finals:
+        _guarded(sched, f"final check {name}", lambda c=check, n=name: _final(sched, n, c))
+    if sc.teardown:
+        def teardown() -> None:
             for h in reversed(sb.hosts):
                 h.exit()
             leaks = host.leaks()
             if leaks:
                 sched.violation("leak", "after teardown: " + "; ".join(leaks))
-        except SimDeadlock:
-            pass  # already reported: a deadlocked task still holds what teardown needs
+        _guarded(sched, "teardown", teardown)
+    for undo in reversed(sb.undo):
+        undo()
     trace = getattr(chooser, "trace", [])
     choices = list(getattr(chooser, "choices", []))
     return RunResult(
         list(sched.violations), sched.log, choices, sched.step, preemptions(trace),
         tuple(sorted(fail_nth)), sched.faults_seen, list(trace),
+        observed + (tuple(sorted({v.kind for v in sched.violations})),),
     )
+
+
+def _final(sched: Scheduler, name: str, check: Any) -> None:
+    msg = check()
+    if msg:
+        sched.violation(name, msg)
+
+
+def _guarded(sched: Scheduler, what: str, fn: Any) -> None:
+    """Run a final check or the teardown from main; what blocks forever or raises is
+    reported, never propagated (a deadlocked task may still hold what it needs)."""
+    try:
+        fn()
+    except SimDeadlock:
+        if not any(v.kind == "deadlock" for v in sched.violations):
+            sched.violation("deadlock", f"{what} would sleep forever")
+    except (OSError, Fault) as e:
+        if not sched.faults_failed:
+            sched.violation("crash", f"{what} failed: {type(e).__name__}: {e}")
+    except Exception as e:  # noqa: BLE001 - a crash in the model is a finding, not a traceback
+        sched.violation("crash", f"{what} raised {type(e).__name__}: {e}")
+
+
+def _task_errors(sched: Scheduler, sb: Sandbox) -> None:
+    """An exception escaping a task is reported, unless the scenario expects it (an errno
+    or exception type given to ``spawn(..., expect_errors=...)``) or it is the error path
+    of an injected fault."""
+    for t in sched.tasks:
+        err = t.error
+        if err is None or isinstance(err, SimDeadlock):
+            continue
+        if isinstance(err, (OSError, Fault)):
+            if sched.faults_failed:
+                continue
+            if isinstance(err, OSError) and err.errno in t.expect_errors:
+                continue
+        if any(isinstance(x, type) and isinstance(err, x) for x in t.expect_errors):
+            continue
+        kind = "task-error" if isinstance(err, (OSError, Fault)) else "crash"
+        sched.violation(kind, f"task {t.name} raised {type(err).__name__}: {err}")
 
 
 @dataclass
@@ -152,19 +209,38 @@ class Verdict:
         return self.found == (self.scenario.expect == "violation")
 
     def schedule_json(self) -> dict[str, Any]:
+        """The counterexample as a schedule file (:mod:`passthru.check.schedfile`)."""
+        from .schedfile import schedule_json
+
         cx = self.counterexample
-        return {
-            "version": SCHEDULE_VERSION,
-            "scenario": self.scenario.name,
-            "profile": self.profile,
-            "design": self.design,
-            "choices": cx.choices if cx else [],
-            "fail_nth": list(cx.fail_nth) if cx else [],
-        }
+        return schedule_json(self.scenario, self.profile, self.design,
+                             cx.choices if cx else [], cx.fail_nth if cx else ())
+
+
+def _fewest_preemptions(sc: Scenario, profile: str, design: str | None, res: RunResult,
+                        kinds: set[str], races: bool, limit: int = 3000) -> RunResult:
+    """Whatever strategy found ``res``, look for the same kind of violation with fewer
+    preemptions: DFS with iterative deepening (every schedule with 0 preemptions first, then
+    1, ...) below ``res``'s count, up to ``limit`` runs; the first hit has the fewest."""
+    if res.preemptions == 0:
+        return res
+    found: list[RunResult] = []
+
+    def run(ch: Any) -> None:
+        found.append(run_once(sc, profile, design, ch, fail_nth=frozenset(res.fail_nth),
+                              log=False, races=races))
+
+    for n, _ in enumerate(DfsExplorer(res.preemptions - 1).schedules(run)):
+        cand = found.pop()
+        if cand.violated and {v.kind for v in cand.violations} & kinds:
+            return cand if cand.size() < res.size() else res
+        if n + 1 >= limit:
+            break
+    return res
 
 
 def shrink(sc: Scenario, profile: str, design: str | None, res: RunResult,
-           limit: int = 200) -> RunResult:
+           limit: int = 200, races: bool = True) -> RunResult:
     """Shrink a counterexample: fewest preemptions, then faults, then the earliest violation.
 
     Candidates: at each preemption, let the running task take one more step first (the rest
@@ -174,7 +250,7 @@ def shrink(sc: Scenario, profile: str, design: str | None, res: RunResult,
     improves (or ``limit`` runs).
     """
     kinds = {v.kind for v in res.violations}
-    best = res
+    best = _fewest_preemptions(sc, profile, design, res, kinds, races)
     runs = 0
     improved = True
     while improved and runs < limit:
@@ -192,7 +268,7 @@ def shrink(sc: Scenario, profile: str, design: str | None, res: RunResult,
         for prefix, faults in cands:
             runs += 1
             cand = run_once(sc, profile, design, ReplayChooser(prefix), fail_nth=faults,
-                            log=False)
+                            log=False, races=races)
             if cand.violated and {v.kind for v in cand.violations} & kinds \
                     and cand.size() < best.size():
                 best = cand
@@ -203,37 +279,64 @@ def shrink(sc: Scenario, profile: str, design: str | None, res: RunResult,
     return best
 
 
+STRATEGIES = ("dfs", "dpor", "full", "pct", "random")
+
+
+def explorer(strategy: str, bound: int | None) -> DfsExplorer | DporExplorer:
+    """The systematic explorers: dfs (bounded, sleep sets), dpor, and full (no reduction at
+    all, unbounded unless a bound is given: the cross-check of the other two)."""
+    if strategy == "dfs":
+        return DfsExplorer(bound)
+    if strategy == "dpor":
+        return DporExplorer()
+    if strategy == "full":
+        return DfsExplorer(bound, sleep_sets=False, deepening=False)
+    raise ValueError(f"unknown strategy {strategy!r} ({', '.join(STRATEGIES)})")
+
+
 def check(
     sc: Scenario,
     profile: str,
     design: str | None = None,
     strategy: str = "dfs",
-    bound: int = 2,
+    bound: int | None = 2,
     budget: int = 20000,
     seed: int = 0,
     time_limit: float | None = None,
     faults: bool = False,
     shrink_cx: bool = True,
+    races: bool = True,
+    on_run: Any = None,
 ) -> Verdict:
     """Explore ``sc`` until a violation, the budget or the time limit; a safe scenario is
     explored fully. ``faults``: then sweep "fail the Nth fault point" for every N the run
-    reaches (the kernel's fail_nth), each under the same exploration."""
+    reaches (the kernel's fail_nth), each under the same exploration. ``races=False`` turns
+    the data-race detector off (footprints still drive the reductions). ``on_run(result)``
+    sees every run (the cross-checks collect final states with it)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r} ({', '.join(STRATEGIES)})")
+    if strategy == "full" and bound == 2:
+        bound = None  # "full" means every schedule unless a bound is asked for explicitly
     v = Verdict(sc, profile, design, strategy=strategy,
-                bound=bound if strategy == "dfs" else None, budget=budget, seed=seed,
-                time_limit=time_limit, faults=faults)
+                bound=bound if strategy in ("dfs", "full") else None, budget=budget,
+                seed=seed, time_limit=time_limit, faults=faults)
     t0 = time.perf_counter()
     deadline = None if time_limit is None else t0 + time_limit
     results: list[RunResult] = []
     v.complete = True
 
+    def one(ch: Any, fail: frozenset[int]) -> RunResult:
+        res = run_once(sc, profile, design, ch, fail_nth=fail, log=False, races=races)
+        if on_run is not None:
+            on_run(res)
+        return res
+
     def explore(fail: frozenset[int]) -> RunResult | None:
         def run(ch: Any) -> None:
-            results.append(run_once(sc, profile, design, ch, fail_nth=fail, log=False))
+            results.append(one(ch, fail))
 
-        if strategy in ("dfs", "dpor"):
-            gen = (DfsExplorer(bound).schedules(run) if strategy == "dfs"
-                   else DporExplorer().schedules(run))
-            for _ in gen:
+        if strategy in ("dfs", "dpor", "full"):
+            for _ in explorer(strategy, bound).schedules(run):
                 res = results.pop()
                 v.schedules += 1
                 v.steps += res.steps
@@ -244,41 +347,43 @@ def check(
                     v.stopped = "budget" if v.schedules >= budget else "time"
                     return None
             return None
-        if strategy in ("random", "pct"):
-            # PCT places its change points among the steps a run actually takes, and cycles
-            # the bug depth it targets through 2, 3 and 4.
-            horizon = run_once(sc, profile, design, ReplayChooser([]), fail_nth=fail,
-                               log=False).steps
-            v.complete = False  # sampling never proves anything
-            for i in range(budget):
-                ch = (RandomChooser(seed + i) if strategy == "random"
-                      else PctChooser(seed + i, depth=2 + i % 3, horizon=max(horizon, 4)))
-                res = run_once(sc, profile, design, ch, fail_nth=fail, log=False)
-                v.schedules += 1
-                v.steps += res.steps
-                if res.violated:
-                    return res
-                if deadline and time.perf_counter() > deadline:
-                    v.stopped = "time"
-                    return None
-            v.stopped = "budget"
-            return None
-        raise ValueError(f"unknown strategy {strategy!r} (dfs, dpor, pct, random)")
+        # PCT places its change points among the steps a run actually takes, and cycles
+        # the bug depth it targets through 2, 3 and 4.
+        horizon = run_once(sc, profile, design, ReplayChooser([]), fail_nth=fail,
+                           log=False, races=races).steps
+        v.complete = False  # sampling never proves anything
+        for i in range(budget):
+            ch = (RandomChooser(seed + i) if strategy == "random"
+                  else PctChooser(seed + i, depth=2 + i % 3, horizon=max(horizon, 4)))
+            res = one(ch, fail)
+            v.schedules += 1
+            v.steps += res.steps
+            if res.violated:
+                return res
+            if deadline and time.perf_counter() > deadline:
+                v.stopped = "time"
+                return None
+        v.stopped = "budget"
+        return None
 
     found = explore(frozenset())
     if found is None and faults:
-        n_points = run_once(sc, profile, design, ReplayChooser([]), log=False).faults_seen
+        n_points = run_once(sc, profile, design, ReplayChooser([]), log=False,
+                            races=races).faults_seen
         for n in range(1, n_points + 1):
             found = explore(frozenset({n}))
             if found is not None or (deadline and time.perf_counter() > deadline):
+                if found is None:
+                    v.complete = False
+                    v.stopped = v.stopped or "time"
                 break
     if found is not None:
         v.complete = False
         if shrink_cx:
-            found = shrink(sc, profile, design, found)
+            found = shrink(sc, profile, design, found, races=races)
         # Re-run the counterexample with the event log on, for the report.
         v.counterexample = run_once(sc, profile, design, ReplayChooser(found.choices),
-                                    fail_nth=frozenset(found.fail_nth))
+                                    fail_nth=frozenset(found.fail_nth), races=races)
         v.violations = v.counterexample.violations
     v.elapsed = time.perf_counter() - t0
     return v

@@ -21,6 +21,7 @@ from typing import Any
 from ..host.sim import SimHost
 from ..kernel.profile import Profile
 from ..sim.scheduler import Scheduler, Task
+from ..sim.track import Cell
 
 REGISTRY: dict[str, Scenario] = {}
 
@@ -82,9 +83,45 @@ class Sandbox:
     hosts: list[SimHost] = field(default_factory=list)
     finals: list[tuple[str, Callable[[], str | None]]] = field(default_factory=list)
     state: dict[str, Any] = field(default_factory=dict)
+    cells: list[Cell[Any]] = field(default_factory=list)
+    observers: list[tuple[str, Callable[[], Any]]] = field(default_factory=list)
+    undo: list[Callable[[], None]] = field(default_factory=list)
 
-    def spawn(self, name: str, fn: Callable[..., Any], *args: Any) -> Task:
-        return self.sched.spawn(name, fn, *args)
+    def spawn(self, name: str, fn: Callable[..., Any], *args: Any,
+              expect_errors: tuple[Any, ...] = ()) -> Task:
+        """A task running ``fn(*args)``. An exception escaping it is reported as a violation
+        unless it is an OSError whose errno, or an exception of a type, in ``expect_errors``."""
+        return self.sched.spawn(name, fn, *args, expect_errors=expect_errors)
+
+    def shared(self, value: Any, name: str = "") -> Cell[Any]:
+        """State the scenario's tasks share, in a tracked cell: ``.get()`` and ``.set(v)``
+        are accesses the checker sees (footprints, data races); ``.peek()`` is not one."""
+        c: Cell[Any] = Cell(value, label=name or f"shared{len(self.cells)}")
+        self.cells.append(c)
+        return c
+
+    def observe(self, name: str, fn: Callable[[], Any]) -> None:
+        """Add ``fn()`` (taken when every task is done) to the run's observable final state,
+        which the cross-checks of the explorer compare across schedules."""
+        self.observers.append((name, fn))
+
+    def patch(self, target: Any, name: str, replacement: Any) -> Any:
+        """Replace ``target.name`` (a kernel function in its module, or a method on its
+        class) for this run only; returns the original so the patch can call it. Patch the
+        name where callers look it up (see passthru.kapi.PATCHABLE)."""
+        original = getattr(target, name)
+        setattr(target, name, replacement)
+        self.undo.append(lambda: setattr(target, name, original))
+        return original
+
+    def final_state(self) -> tuple[Any, ...]:
+        """What a run leaves observable: each task's outcome, the shared cells, the
+        observers' values and the kinds of violation seen."""
+        tasks = tuple((t.name, _outcome(t)) for t in self.sched.tasks)
+        cells = tuple(_plain(c.peek()) for c in self.cells)
+        obs = tuple((n, _plain(_safe(fn))) for n, fn in self.observers)
+        kinds = tuple(sorted({v.kind for v in self.sched.violations}))
+        return (tasks, cells, obs, kinds)
 
     def process(self, name: str) -> SimHost:
         h = self.host.process(name)
@@ -107,3 +144,28 @@ class Sandbox:
 
     def point(self, resource: str, access: str = "w") -> None:
         self.sched.point(resource, access)
+
+
+def _plain(v: Any) -> Any:
+    """A deterministic rendering of a value (no object addresses)."""
+    if v is None or isinstance(v, (bool, int, str, bytes, float)):
+        return v
+    if isinstance(v, (list, tuple)):
+        return tuple(_plain(x) for x in v)
+    if isinstance(v, dict):
+        return tuple(sorted((repr(k), _plain(x)) for k, x in v.items()))
+    return type(v).__name__
+
+
+def _safe(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001 - an observer failing is part of the state
+        return f"{type(e).__name__}: {e}"
+
+
+def _outcome(t: Task) -> Any:
+    if t.error is not None:
+        e = t.error
+        return ("error", type(e).__name__, getattr(e, "errno", None))
+    return ("ok", _plain(t.result))

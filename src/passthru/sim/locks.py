@@ -14,27 +14,59 @@ import errno
 from collections.abc import Callable
 from typing import Any
 
+from . import track
 from .scheduler import Scheduler, SimDeadlock, Task
 
 
-class Mutex:
+def _sync(obj: Any, write: bool = True) -> None:
+    """The lock's own state changes: in the footprint (DPOR orders it), never a data race."""
+    if track._ACTIVE is not None:
+        if write:
+            track.sync_access(obj)
+        else:
+            uid = obj._uid or track.uid_of(obj)
+            if uid is not None:
+                track._ACTIVE.access(uid, track.LO, track.HI, False, True)
+
+
+def _acq(obj: Any, suffix: str = "") -> None:
+    tr = track._ACTIVE
+    if tr is not None:
+        uid = obj._uid or track.uid_of(obj)
+        if uid is not None:
+            tr.acquire(uid + suffix)
+
+
+def _rel(obj: Any, suffix: str = "") -> None:
+    tr = track._ACTIVE
+    if tr is not None:
+        uid = obj._uid or track.uid_of(obj)
+        if uid is not None:
+            tr.release(uid + suffix)
+
+
+class Mutex(track.Tracked):
     def __init__(self, sched: Scheduler, name: str, cls: str | None = None) -> None:
         self.sched = sched
         self.name = name
         self.cls = cls or name
         self.owner: Task | None = None
+        self.track_init(name)
 
     def lock(self) -> None:
         s = self.sched
         s.point(self.name, "acquire")
         s.lockdep.acquire(self)
+        _sync(self)
         while self.owner is not None:
             if self.owner is s.current:
                 msg = f"recursive locking of {self.name} by {s.current.name}"
                 s.violation("deadlock", msg)
                 raise SimDeadlock(msg)
             s.block(self)
+            _sync(self)
         self.owner = s.current
+        _acq(self)
         s.lockdep.acquired(self)
 
     def unlock(self) -> None:
@@ -42,6 +74,8 @@ class Mutex:
         if self.owner is not s.current:
             s.violation("lock", f"{s.current.name} unlocks {self.name} it does not hold")
             return
+        _sync(self)
+        _rel(self)
         self.owner = None
         s.lockdep.release(self)
         s.wake(self)
@@ -60,26 +94,32 @@ class Mutex:
         self.unlock()
 
 
-class RwSem:
+class RwSem(track.Tracked):
     """rw_semaphore: many readers or one writer."""
 
+    # Happens-before: readers acquire what writers released ("@w"); a writer acquires what
+    # writers and readers released ("@r" too). Readers do not order each other.
     def __init__(self, sched: Scheduler, name: str, cls: str | None = None) -> None:
         self.sched = sched
         self.name = name
         self.cls = cls or name
         self.writer: Task | None = None
         self.readers: dict[int, int] = {}
+        self.track_init(name)
 
     def down_read(self) -> None:
         s = self.sched
         s.point(self.name, "r")
         s.lockdep.acquire(self)
+        _sync(self, write=False)
         while self.writer is not None:
             if self.writer is s.current:
                 s.violation("deadlock", f"{s.current.name} read-locks {self.name} it holds")
                 raise SimDeadlock(self.name)
             s.block(self)
+            _sync(self, write=False)
         self.readers[s.current.tid] = self.readers.get(s.current.tid, 0) + 1
+        _acq(self, "@w")
         s.lockdep.acquired(self)
 
     def up_read(self) -> None:
@@ -88,6 +128,8 @@ class RwSem:
         if n == 0:
             s.violation("lock", f"{s.current.name} up_read on {self.name} it does not hold")
             return
+        _sync(self, write=False)
+        _rel(self, "@r")
         if n == 1:
             del self.readers[s.current.tid]
         else:
@@ -99,12 +141,16 @@ class RwSem:
         s = self.sched
         s.point(self.name, "w")
         s.lockdep.acquire(self)
+        _sync(self)
         while self.writer is not None or self.readers:
             if self.writer is s.current or s.current.tid in self.readers:
                 s.violation("deadlock", f"{s.current.name} write-locks {self.name} it holds")
                 raise SimDeadlock(self.name)
             s.block(self)
+            _sync(self)
         self.writer = s.current
+        _acq(self, "@w")
+        _acq(self, "@r")
         s.lockdep.acquired(self)
 
     def up_write(self) -> None:
@@ -112,6 +158,8 @@ class RwSem:
         if self.writer is not s.current:
             s.violation("lock", f"{s.current.name} up_write on {self.name} it does not hold")
             return
+        _sync(self)
+        _rel(self, "@w")
         self.writer = None
         s.lockdep.release(self)
         s.wake(self)
@@ -135,7 +183,7 @@ class WwAcquireCtx:
         self.wounded = False
 
 
-class WwMutex:
+class WwMutex(track.Tracked):
     """ww_mutex of a wound-wait class (dma_resv's reservation_ww_class).
 
     An older context that finds the lock held by a younger one wounds it; the wounded context
@@ -148,11 +196,13 @@ class WwMutex:
         self.cls = cls
         self.owner: Task | None = None
         self.ctx: WwAcquireCtx | None = None
+        self.track_init(name)
 
     def lock(self, ctx: WwAcquireCtx | None = None) -> int:
         s = self.sched
         s.point(self.name, "acquire")
         s.lockdep.acquire(self)
+        _sync(self)
         while self.owner is not None:
             if self.owner is s.current:
                 if ctx is not None and self.ctx is ctx:
@@ -169,10 +219,12 @@ class WwMutex:
                     # A wounded holder asleep on another ww lock must wake to see it.
                     s.wake(holder.task.waiting_on) if holder.task.waiting_on else None
             s.block(self)
+            _sync(self)
         self.owner = s.current
         self.ctx = ctx
         if ctx is not None:
             ctx.acquired += 1
+        _acq(self)
         s.lockdep.acquired(self)
         return 0
 
@@ -188,6 +240,8 @@ class WwMutex:
             return
         if self.ctx is not None:
             self.ctx.acquired -= 1
+        _sync(self)
+        _rel(self)
         self.owner = None
         self.ctx = None
         s.lockdep.release(self)
@@ -200,8 +254,11 @@ class WwMutex:
         return self.owner is self.sched.current
 
 
-class Srcu:
-    """Sleepable RCU: synchronize() waits for the readers that started before it."""
+class Srcu(track.Tracked):
+    """Sleepable RCU: synchronize() waits for the readers that started before it.
+
+    Happens-before: a read-side section's end is released into the SRCU ("@r") and
+    synchronize() acquires it once its readers are gone."""
 
     def __init__(self, sched: Scheduler, name: str) -> None:
         self.sched = sched
@@ -209,37 +266,47 @@ class Srcu:
         self.gen = 0
         self.readers: dict[int, int] = {}  # reader token -> generation it started in
         self._next = 0
+        self.track_init(name)
 
     def read_lock(self) -> int:
         self.sched.point(self.name, "r")
+        _sync(self, write=False)
         self._next += 1
         self.readers[self._next] = self.gen
         return self._next
 
     def read_unlock(self, idx: int) -> None:
+        _sync(self, write=False)
+        _rel(self, "@r")
         del self.readers[idx]
         self.sched.wake(self)
 
     def synchronize(self) -> None:
         s = self.sched
         s.point(self.name, "sync")
+        _sync(self)
         self.gen += 1
         target = self.gen
         while any(g < target for g in self.readers.values()):
             s.block(self)
+            _sync(self)
+        _acq(self, "@r")
 
 
-class Completion:
+class Completion(track.Tracked):
     def __init__(self, sched: Scheduler, name: str) -> None:
         self.sched = sched
         self.name = name
         self.done = 0
+        self.track_init(name)
 
     def complete(self) -> None:
+        _sync(self)
         self.done += 1
-        self.sched.wake(self)
+        self.sched.wake(self)  # releases into the completion
 
     def complete_all(self) -> None:
+        _sync(self)
         self.done = 1 << 30
         self.sched.wake(self)
 
@@ -247,31 +314,42 @@ class Completion:
         """wait_for_completion(_timeout): False when the model-time timeout expired."""
         s = self.sched
         s.point(self.name, "wait")
+        _sync(self)
         deadline = None if timeout_ns is None else s.now + timeout_ns
         while self.done == 0:
             if deadline is not None and s.now >= deadline:
                 return False
             s.current.deadline = deadline
             s.block(self)
+            _sync(self)
         self.done -= 1
+        _acq(self)
         return True
 
 
-class WaitQueue:
+class WaitQueue(track.Tracked):
+    """wait_event/wake_up. The condition reads tracked state itself; a wait that returns
+    true acquires what every wake_up released (the wait-queue head's spinlock)."""
+
     def __init__(self, sched: Scheduler, name: str) -> None:
         self.sched = sched
         self.name = name
+        self.track_init(name)
 
     def wait_event(self, cond: Callable[[], bool], timeout_ns: int | None = None) -> bool:
         s = self.sched
         s.point(self.name, "wait")
+        _sync(self, write=False)
         deadline = None if timeout_ns is None else s.now + timeout_ns
         while not cond():
             if deadline is not None and s.now >= deadline:
                 return False
             s.current.deadline = deadline
             s.block(self)
+            _sync(self, write=False)
+        _acq(self)
         return True
 
     def wake_up(self) -> None:
+        _sync(self)
         self.sched.wake(self)

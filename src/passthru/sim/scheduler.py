@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import greenlet
 
+from . import track as _trk
 from .log import Event, EventLog
 
 RUNNABLE = "runnable"
@@ -58,6 +59,7 @@ class Task:
     error: BaseException | None = None
     deadline: int | None = None  # model-time wake-up for timed waits
     yielding: bool = False  # gave the CPU up (a retry loop): others go first
+    expect_errors: tuple[Any, ...] = ()  # errnos or exception types the scenario expects
 
     def __repr__(self) -> str:
         return f"<Task {self.tid} {self.name} {self.state}>"
@@ -74,6 +76,8 @@ class Scheduler:
         fail_nth: frozenset[int] | set[int] = frozenset(),
         seed: int = 0,
         log: bool = True,
+        track: bool = False,
+        races: bool = True,
     ) -> None:
         self.chooser = chooser
         self.fail_nth = frozenset(fail_nth)
@@ -91,6 +95,10 @@ class Scheduler:
         self._running = False
         self._sched_glet: greenlet.greenlet | None = None
         self._stamp = 0
+        self._unwinding = False  # a deadlock is being unwound: nothing may block or switch
+        # Footprint tracking and race detection (sim/track.py), when asked for: the checker.
+        self.tracker: _trk.Tracker | None = _trk.Tracker(self, races) if track else None
+        self.step_fps: list[_trk.Footprint] = []
         from .lockdep import LockDep  # local: lockdep reports through this scheduler
 
         self.lockdep = LockDep(self)
@@ -114,10 +122,13 @@ class Scheduler:
         return self._stamp
 
     # ----- tasks ----------------------------------------------------------------------------
-    def spawn(self, name: str, fn: Callable[..., Any], *args: Any) -> Task:
-        t = Task(len(self.tasks) + 1, name, fn, args)
+    def spawn(self, name: str, fn: Callable[..., Any], *args: Any,
+              expect_errors: tuple[Any, ...] = ()) -> Task:
+        t = Task(len(self.tasks) + 1, name, fn, args, expect_errors=expect_errors)
         t.next_access = (f"task:{name}", "start")
         self.tasks.append(t)
+        if self.tracker is not None:
+            self.tracker.spawn(t.tid)  # spawn happens-before the child's first step
         self.emit("sched", "spawn", task=name)
         return t
 
@@ -126,8 +137,9 @@ class Scheduler:
         return self.current is not self.main
 
     def point(self, resource: str, access: str = "w") -> None:
-        """A scheduling point before touching ``resource`` (``access`` 'r' or 'w' or a verb)."""
-        if self.current is self.main or self._sched_glet is None:
+        """A place where the scheduler may switch tasks. ``resource`` and ``access`` label the
+        event log only: which steps conflict is decided from footprints (sim/track.py)."""
+        if self.current is self.main or self._sched_glet is None or self._unwinding:
             return
         self.current.next_access = (resource, access)
         self._sched_glet.switch()
@@ -142,16 +154,22 @@ class Scheduler:
     def block(self, on: Any) -> None:
         """Put the running task to sleep until :meth:`wake` is called for ``on``."""
         cur = self.current
-        if cur is self.main or self._sched_glet is None:
+        if cur is self.main or self._sched_glet is None or self._unwinding:
             msg = f"{cur.name} would sleep forever on {_name(on)} (nothing else can run)"
-            self.violation("deadlock", msg)
+            if not self._unwinding:
+                self.violation("deadlock", msg)
             raise SimDeadlock(msg)
         cur.state = BLOCKED
         cur.waiting_on = on
         cur.next_access = (_name(on), "wait")
         self._sched_glet.switch()
+        # Woken: whatever the waker did before wake() happens-before what this task does now.
+        if self.tracker is not None:
+            _trk.acquire(on)
 
     def wake(self, on: Any) -> None:
+        if self.tracker is not None:
+            _trk.release(on)
         for t in self.tasks:
             if t.state == BLOCKED and t.waiting_on is on:
                 t.state = RUNNABLE
@@ -216,18 +234,33 @@ class Scheduler:
                     res, acc = t.next_access
                     args = (("at", res), ("op", acc))
                     self.log.add(Event(self.step, t.name, "sched", "run", args))
+                tr = self.tracker
+                if tr is not None:
+                    tr.begin_step()
                 if t.glet is None:
                     t.glet = greenlet.greenlet(self._body, parent=self._sched_glet)
                     t.glet.switch(t)
                 else:
                     t.glet.switch()
                 self.current = self.main
+                if tr is not None:
+                    self.step_fps.append(tr.end_step())
                 for o in self.tasks:
                     if o is not t:
                         o.yielding = False
                 prev = t
-                for check in self.step_checks:
-                    check()
+                if self.step_checks:
+                    # Invariants look at the state from outside: they are not accesses.
+                    if tr is not None:
+                        tr.deactivate()
+                    try:
+                        for check in self.step_checks:
+                            check()
+                    finally:
+                        if tr is not None:
+                            tr.activate()
+            if self.tracker is not None:
+                self.tracker.join_all()  # the end of the run: main joins every task
         finally:
             self._running = False
             self._sched_glet = None
@@ -249,10 +282,21 @@ class Scheduler:
             held = ",".join(_name(h) for h in t.held) or "-"
             parts.append(f"{t.name} holds [{held}] waits {_name(t.waiting_on)}")
         self.violation("deadlock", "; ".join(parts))
-        # Unwind the stuck greenlets so nothing dangles: they end with SimDeadlock.
-        for t in blocked:
-            if t.glet is not None and not t.glet.dead:
-                t.glet.throw(SimDeadlock("deadlocked"))
+        # Unwind the stuck greenlets so nothing dangles: they end with SimDeadlock. Each runs
+        # as itself (its unlocks in finally blocks must find it the owner), and while
+        # unwinding nothing may block or switch: a lock it still wants raises at once.
+        self._unwinding = True
+        try:
+            for t in blocked:
+                if t.glet is not None and not t.glet.dead:
+                    self.current = t
+                    t.state = RUNNABLE
+                    t.waiting_on = None
+                    t.glet.throw(SimDeadlock("deadlocked"))
+                    t.state = DONE
+        finally:
+            self.current = self.main
+            self._unwinding = False
 
 
 def _name(obj: Any) -> str:
