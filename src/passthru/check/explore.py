@@ -9,7 +9,7 @@ reductions below reason about. Scheduling points only say where a switch may hap
 
 - :class:`DfsExplorer` — depth-first over choices with a preemption bound (switching away from
   a task that could have continued costs one), optionally iterative deepening (bound 0, 1, ...)
-  and sleep sets: a task already explored at a node sleeps, with the footprint its step had
+  and, when unbounded, sleep sets: a task already explored at a node sleeps, with the footprint its step had
   there, in the sibling subtrees, until a step dependent on that footprint runs. The sleeping
   footprints of siblings are learnt as the siblings run (a registry per branching node).
   ``sleep_sets=False`` and ``bound=None`` give the plain enumeration that cross-checks both
@@ -128,10 +128,14 @@ class DfsExplorer:
     every schedule with 0 preemptions runs before any with 1, and so on — iterative deepening
     without re-running the shallower levels."""
 
-    def __init__(self, bound: int | None = 2, sleep_sets: bool = True,
+    def __init__(self, bound: int | None = 2, sleep_sets: bool | None = None,
                  deepening: bool = True) -> None:
         self.bound = bound
-        self.sleep_sets = sleep_sets
+        # Sleep sets are unsound under a preemption bound (Coons, Musuvathi and McKinley,
+        # "Bounded partial-order reduction", OOPSLA 2013): the schedule they keep for an
+        # equivalence class may need more preemptions than the one they prune, and fall
+        # outside the bound. So by default they are used only when the search is unbounded.
+        self.sleep_sets = (bound is None) if sleep_sets is None else sleep_sets
         self.deepening = deepening
 
     def schedules(self, run: Run, root: list[int] | None = None) -> Iterator[ReplayChooser]:

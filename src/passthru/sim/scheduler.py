@@ -159,6 +159,8 @@ class Scheduler:
             if not self._unwinding:
                 self.violation("deadlock", msg)
             raise SimDeadlock(msg)
+        if self.tracker is not None:
+            _trk.sync_access(on)  # going to sleep on ``on`` conflicts with waking it
         cur.state = BLOCKED
         cur.waiting_on = on
         cur.next_access = (_name(on), "wait")
@@ -169,6 +171,7 @@ class Scheduler:
 
     def wake(self, on: Any) -> None:
         if self.tracker is not None:
+            _trk.sync_access(on)
             _trk.release(on)
         for t in self.tasks:
             if t.state == BLOCKED and t.waiting_on is on:

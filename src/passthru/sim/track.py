@@ -255,7 +255,9 @@ def uid_of(obj: Any, label: str = "") -> str | None:
         try:
             obj._uid = uid
         except AttributeError:
-            return None
+            # An object that cannot carry a name (a bare object() used as a wait channel):
+            # every such object of a type is one location. Over-approximate, deterministic.
+            return f"{type(obj).__name__}@untrackable"
     return uid
 
 
