@@ -1,7 +1,9 @@
-"""The command line: ``passthru check | list | run | replay``.
+"""The command line: ``passthru check | compare | list | run | replay | matrix``.
 
-Exit status: 0 when every verdict is what the scenario expects, 1 when one is not (an
-unexpected violation, or a known bug the checker failed to find), 2 on usage errors.
+Exit status: 0 when no verdict contradicts what the scenario expects, 1 when one does (an
+unexpected violation, or a known bug the checker failed to find), 2 on usage errors. A
+scenario expected safe whose exploration was cut short (budget, time limit, sampling) and
+found nothing is reported as "unproven", not as a pass — but exits 0: nothing contradicted.
 """
 
 from __future__ import annotations
@@ -9,18 +11,19 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .check import schedfile
 from .check.discover import builtin, from_paths
 from .check.explore import ReplayChooser
-from .check.runner import SCHEDULE_VERSION, ScenarioError, Verdict, run_once
+from .check.runner import RunResult, ScenarioError, Verdict, run_once
 from .check.scenario import Scenario
 from .kernel.profile import PROFILES
+from .report.json import UNEXPECTED, UNPROVEN, outcome, short_text
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
 
@@ -72,7 +75,9 @@ def _variants(scenarios: list[Scenario], profile: str | None,
     return out
 
 
-STRATEGIES = ["dfs", "dpor", "pct", "random"]
+STRATEGIES = ["dfs", "dpor", "full", "pct", "random"]
+
+OUTCOME_MARK = {UNEXPECTED: "[red]UNEXPECTED[/red]", UNPROVEN: "[yellow]unproven[/yellow]"}
 
 
 @main.command("check")
@@ -80,7 +85,9 @@ STRATEGIES = ["dfs", "dpor", "pct", "random"]
 @click.option("--profile", help="Run every scenario under this profile only.")
 @click.option("--design", help="Run every scenario that has designs under this one only.")
 @click.option("--scenario", "-k", "only", help="Only scenarios whose name contains this.")
-@click.option("--strategy", type=click.Choice(STRATEGIES), default="dfs", show_default=True)
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="dfs", show_default=True,
+              help="dfs: preemption-bounded with sleep sets; dpor; full: every schedule, no "
+              "reduction, no bound; pct and random sample (never prove safety).")
 @click.option("--budget", type=click.IntRange(min=1), default=20000, show_default=True,
               help="Most schedules per scenario variant.")
 @click.option("--time", "time_limit", type=click.FloatRange(min=0.0), default=None,
@@ -113,8 +120,9 @@ def check_cmd(paths: tuple[str, ...], profile: str | None, design: str | None,
         raise click.UsageError(f"no scenario has design {design!r}")
     kw = dict(strategy=strategy, bound=preemptions, budget=budget, seed=seed,
               time_limit=time_limit, faults=faults)
-    t = Table("scenario", "profile", "expect", "verdict", "schedules", "steps", "time", "")
-    bad = 0
+    t = Table("scenario", "profile", "expect", "verdict", "schedules", "steps", "time",
+              "outcome")
+    bad = unproven = 0
     findings: list[str] = []
     verdicts: list[Verdict] = []
     progress = Progress(TextColumn("{task.description}"), BarColumn(),
@@ -138,28 +146,40 @@ def check_cmd(paths: tuple[str, ...], profile: str | None, design: str | None,
             bad += 1
             continue
         verdicts.append(v)
-        verdict = "violation" if v.found else ("safe" if v.complete else "none found")
-        mark = "[green]as expected[/green]" if v.ok else "[red]UNEXPECTED[/red]"
-        bad += not v.ok
+        out_come = outcome(v)
+        mark = OUTCOME_MARK.get(out_come, "[green]as expected[/green]")
+        bad += out_come == UNEXPECTED
+        unproven += out_come == UNPROVEN
         label = sc.name + (f" [{des}]" if des else "")
-        t.add_row(escape(label), prof, sc.expect, verdict, str(v.schedules), str(v.steps),
-                  f"{v.elapsed:.2f}s", mark)
+        t.add_row(escape(label), prof, sc.expect, escape(v.bound_text()), str(v.schedules),
+                  str(v.steps), f"{v.elapsed:.2f}s", mark)
         if v.found:
             findings.append(f"{label} @ {prof}: {v.violations[0].text()}")
             if save:
+                from .report.json import variant_name
+
                 out = Path(save)
                 out.mkdir(parents=True, exist_ok=True)
-                f = out / f"{sc.name}-{prof}{'-' + des if des else ''}.json"
-                f.write_text(json.dumps(v.schedule_json(), indent=1) + "\n")
+                (out / f"{variant_name(v)}.json").write_text(
+                    schedfile.dumps(v.schedule_json()))
     console.print(t)
     for line in findings:
         console.print("  " + escape(line))
     if report:
         from .report import write_report
 
-        index = write_report(Path(report), verdicts)
+        options = {"paths": list(paths), "profile": profile, "design": design,
+                   "scenario": only, "strategy": strategy, "budget": budget,
+                   "time": time_limit, "preemptions": preemptions, "faults": faults,
+                   "seed": seed, "jobs": jobs}
+        index = write_report(Path(report), verdicts, options)
         console.print(f"report: {index}")
-    console.print(f"{bad} unexpected verdict(s)" if bad else "all verdicts as expected")
+    parts = [f"{bad} unexpected verdict(s)"] if bad else []
+    if unproven:
+        parts.append(f"[yellow]{unproven} unproven[/yellow] (expected safe and none found, "
+                     "but the exploration was cut short by its budget or time limit, or only "
+                     "sampled: not a proof)")
+    console.print(", ".join(parts) if parts else "all verdicts as expected")
     sys.exit(1 if bad else 0)
 
 
@@ -189,7 +209,7 @@ def compare_cmd(paths: tuple[str, ...], profiles: tuple[str, ...], only: str | N
                     tasks.append((sc, p, des))
     cols = sorted({f"{p}{'/' + d if d else ''}" for _, p, d in tasks})
     cells: dict[tuple[str, str], str] = {}
-    bad = 0
+    bad = unproven = 0
     for (sc, p, d), v in zip(tasks, check_many(tasks, jobs, strategy=strategy,
                                                budget=budget), strict=True):
         col = f"{p}{'/' + d if d else ''}"
@@ -197,16 +217,31 @@ def compare_cmd(paths: tuple[str, ...], profiles: tuple[str, ...], only: str | N
             cells[(sc.name, col)] = "[red]error[/red]"
             bad += 1
             continue
-        word = "violation" if v.found else ("safe" if v.complete else "none found")
-        bad += not v.ok
-        cells[(sc.name, col)] = word if v.ok else f"[red]{word}![/red]"
+        word = escape(short_text(v))
+        out_come = outcome(v)
+        bad += out_come == UNEXPECTED
+        unproven += out_come == UNPROVEN
+        cells[(sc.name, col)] = {UNEXPECTED: f"[red]{word}![/red]",
+                                 UNPROVEN: f"[yellow]{word}?[/yellow]"}.get(out_come, word)
     t = Table("scenario", "expect", *cols)
     for sc in scenarios:
         t.add_row(sc.name, sc.expect, *(cells.get((sc.name, c), "-") for c in cols))
     console.print(t)
-    console.print("'!' marks a verdict the scenario does not expect" if bad else
-                  "all verdicts as expected")
+    console.print(escape(_compare_legend(strategy)))
+    notes = ["'!' marks a verdict the scenario does not expect"] if bad else []
+    if unproven:
+        notes.append("'?' marks an unproven one (expected safe, none found, exploration cut "
+                     "short)")
+    console.print("; ".join(notes) if notes else "all verdicts as expected")
     sys.exit(1 if bad else 0)
+
+
+def _compare_legend(strategy: str) -> str:
+    if strategy == "dfs":
+        return "safe \u2264N: no violation in any schedule with at most N preemptions; " \
+            "none found: exploration cut short (budget, time) or sampled, not a proof"
+    return f"safe ({strategy}): every schedule explored; none found: exploration cut " \
+        "short (budget, time) or sampled, not a proof"
 
 
 @main.command("matrix")
@@ -233,74 +268,135 @@ def _find(name: str, paths: tuple[str, ...]) -> Scenario:
     raise click.UsageError(f"no scenario named {name!r} (see `passthru list`)")
 
 
-def _print_run(res: Any) -> None:
+def _print_run(res: RunResult) -> None:
     sys.stdout.write(res.log.text())
     for v in res.violations:
         console.print(f"[red]{escape(v.text())}[/red]")
     console.print(f"schedule: {json.dumps(res.choices)}")
 
 
-@main.command("run")
-@click.argument("name")
-@click.argument("paths", nargs=-1)
-@click.option("--profile", help="Profile (default: the scenario's first).")
-@click.option("--design", help="Coordination design.")
-@click.option("--schedule", "schedule", type=click.Path(exists=True, dir_okay=False),
-              help="A schedule JSON file (from check --save).")
-@click.option("--trace", type=click.Choice(["text", "html"]), default="text", show_default=True,
-              help="Print the event log, or write an HTML page with the sequence diagram.")
-@click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="Where --trace html writes (default: NAME.html).")
-def run_cmd(name: str, paths: tuple[str, ...], profile: str | None, design: str | None,
-            schedule: str | None, trace: str, out: str | None) -> None:
-    """Run one scenario under one schedule and print its event log (or draw it)."""
-    _check_profile(profile)
-    sc = _find(name, paths)
-    choices: list[int] = []
-    fail: frozenset[int] = frozenset()
-    if schedule:
-        data = _read_schedule(schedule)
-        choices = data["choices"]
-        fail = frozenset(data.get("fail_nth", []))
-    prof = profile or sc.profiles[0]
-    res = run_once(sc, prof, design, ReplayChooser(choices), fail_nth=fail)
+def _warn(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def _read_schedule(path: str) -> schedfile.Schedule:
+    try:
+        sched = schedfile.load(path)
+    except schedfile.ScheduleError as e:
+        raise click.UsageError(str(e)) from e
+    if sched.profile not in PROFILES:
+        raise click.UsageError(f"{path}: unknown profile {sched.profile!r}; known: "
+                               f"{', '.join(sorted(PROFILES))}")
+    return sched
+
+
+def _scenario_of(file: str, sched: schedfile.Schedule, paths: tuple[str, ...]) -> Scenario:
+    """The scenario ``file`` was saved for: from PATHS when given, else the built-in one of
+    that name, else the one its recorded source file defines."""
+    if paths:
+        return _find(sched.scenario, paths)
+    sc = next((b for b in _load(()) if b.name == sched.scenario), None)
+    if sc is not None:
+        return sc  # (a user scenario shadowing a built-in one: pass PATHS)
+    src = sched.source
+    if src is None:
+        raise click.UsageError(
+            f"{file}: scenario {sched.scenario!r} is not built-in and the file names no "
+            f"source file; pass it: passthru replay {file} SCENARIO_FILE.py")
+    if not Path(src).is_file():
+        raise click.UsageError(
+            f"{file}: scenario {sched.scenario!r} is not built-in and its source file {src} "
+            f"is gone; pass it: passthru replay {file} SCENARIO_FILE.py")
+    found = [x for x in _load((src,)) if x.name == sched.scenario]
+    if not found:
+        raise click.UsageError(f"{file}: {src} no longer defines a scenario named "
+                               f"{sched.scenario!r}")
+    return found[0]
+
+
+def _run_and_show(sc: Scenario, prof: str, design: str | None, choices: list[int],
+                  fail: frozenset[int], trace: str, out: str | None) -> None:
+    """Run ``sc`` under ``choices``; print its log or draw it; exit 1 on a violation."""
+    if design is not None and sc.designs and design not in sc.designs:
+        raise click.UsageError(f"scenario {sc.name!r} has no design {design!r} (its designs: "
+                               f"{', '.join(sc.designs)})")
+    try:
+        res = run_once(sc, prof, design, ReplayChooser(choices), fail_nth=fail)
+    except ScenarioError as e:
+        console.print(f"[red]error[/red] {escape(str(e))}")
+        sys.exit(1)
     if trace == "html":
         from .report.html import render_run
 
         path = Path(out or f"{sc.name}.html")
-        sched = {"version": SCHEDULE_VERSION, "scenario": sc.name, "profile": prof,
-                 "design": design, "choices": res.choices, "fail_nth": list(res.fail_nth)}
-        path.write_text(render_run(res, sc.name, f"{prof} · {sc.doc}", schedule=sched))
+        sched = schedfile.schedule_json(sc, prof, design, res.choices, res.fail_nth)
+        where = " \u00b7 ".join(x for x in (prof, design, sc.doc) if x)
+        path.write_text(render_run(res, sc.name, where, schedule=sched), encoding="utf-8")
         console.print(f"wrote {path}")
     else:
         _print_run(res)
     sys.exit(1 if res.violated else 0)
 
 
-def _read_schedule(path: str) -> dict[str, Any]:
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise click.UsageError(f"{path}: not a schedule file: {e}") from e
-    if not isinstance(data, dict) or data.get("version") != SCHEDULE_VERSION or not isinstance(
-            data.get("choices"), list) or "scenario" not in data or "profile" not in data:
-        raise click.UsageError(f"{path}: malformed schedule (want version {SCHEDULE_VERSION} "
-                               "with scenario, profile and choices)")
-    return data
+TRACE = click.option("--trace", type=click.Choice(["text", "html"]), default="text",
+                     show_default=True, help="Print the event log, or write an HTML page "
+                     "with the sequence diagram.")
+OUT = click.option("--out", type=click.Path(dir_okay=False), default=None,
+                   help="Where --trace html writes (default: NAME.html).")
+
+
+@main.command("run")
+@click.argument("name")
+@click.argument("paths", nargs=-1)
+@click.option("--profile", help="Profile (default: the schedule file's, else the scenario's "
+              "first).")
+@click.option("--design", help="Coordination design (default: the schedule file's).")
+@click.option("--schedule", "schedule", type=click.Path(exists=True, dir_okay=False),
+              help="A schedule JSON file (from check --save) saved for this scenario.")
+@TRACE
+@OUT
+def run_cmd(name: str, paths: tuple[str, ...], profile: str | None, design: str | None,
+            schedule: str | None, trace: str, out: str | None) -> None:
+    """Run one scenario under one schedule and print its event log (or draw it)."""
+    _check_profile(profile)
+    choices: list[int] = []
+    fail: frozenset[int] = frozenset()
+    sched = _read_schedule(schedule) if schedule else None
+    if schedule and sched is not None:
+        if sched.scenario != name:
+            raise click.UsageError(
+                f"{schedule} was saved for scenario {sched.scenario!r}, not {name!r} "
+                f"(replay it with `passthru replay {schedule}`)")
+        choices, fail = list(sched.choices), sched.fail_nth
+    sc = _find(name, paths)
+    if sched is not None:
+        if profile is not None and profile != sched.profile:
+            _warn(f"note: {schedule} was saved under {sched.profile}; running under {profile}")
+        profile = profile or sched.profile
+        design = design if design is not None else sched.design
+        msg = schedfile.source_warning(sched, sc)
+        if msg:
+            _warn(msg)
+    _run_and_show(sc, profile or sc.profiles[0], design, choices, fail, trace, out)
 
 
 @main.command("replay")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.argument("paths", nargs=-1)
-def replay_cmd(file: str, paths: tuple[str, ...]) -> None:
-    """Replay a saved counterexample and print its event log."""
-    data = _read_schedule(file)
-    _check_profile(data["profile"])
-    sc = _find(data["scenario"], paths)
-    res = run_once(sc, data["profile"], data.get("design"), ReplayChooser(data["choices"]),
-                   fail_nth=frozenset(data.get("fail_nth", [])))
-    _print_run(res)
-    sys.exit(1 if res.violated else 0)
+@TRACE
+@OUT
+def replay_cmd(file: str, paths: tuple[str, ...], trace: str, out: str | None) -> None:
+    """Replay a saved counterexample and print its event log (or draw it).
+
+    The scenario is found in PATHS when given, else among the built-in ones, else in the
+    source file the counterexample names; a warning says when that file changed since."""
+    sched = _read_schedule(file)
+    sc = _scenario_of(file, sched, paths)
+    msg = schedfile.source_warning(sched, sc)
+    if msg:
+        _warn(msg)
+    _run_and_show(sc, sched.profile, sched.design, list(sched.choices), sched.fail_nth,
+                  trace, out)
 
 
 if __name__ == "__main__":

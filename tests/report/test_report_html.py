@@ -75,7 +75,8 @@ def verdicts(abba: Verdict, gmem: Verdict) -> list[Verdict]:
 
 def test_write_report(tmp_path: Path, abba: Verdict, gmem: Verdict) -> None:
     vs = verdicts(abba, gmem)
-    index = write_report(tmp_path / "out", vs)
+    opts = {"strategy": "dfs", "budget": 20000}
+    index = write_report(tmp_path / "out", vs, opts, date="2026-01-02T03:04:05+00:00")
     out = tmp_path / "out"
     assert index == out / "index.html"
     names = sorted(p.name for p in out.iterdir())
@@ -96,9 +97,12 @@ def test_write_report(tmp_path: Path, abba: Verdict, gmem: Verdict) -> None:
     assert f'href="{g}.html"' in html
     # report.json round-trips and agrees with verdicts_json.
     data = json.loads((out / "report.json").read_text())
-    assert data == verdicts_json(vs)
+    assert data == verdicts_json(vs, opts, "2026-01-02T03:04:05+00:00")
     assert json.loads(json.dumps(verdicts_json(vs))) == verdicts_json(vs)
-    assert data["summary"] == {"verdicts": 5, "unexpected": 1, "found": 3}
+    assert verdicts_json(vs)["run"]["date"] is None  # the date only when given
+    assert data["run"]["options"] == opts and data["run"]["profiles"] == ["linux-7.1"]
+    assert "2026-01-02T03:04:05+00:00" in html and "strategy=dfs" in html
+    assert data["summary"] == {"verdicts": 5, "unexpected": 1, "unproven": 0, "found": 3}
     row = data["verdicts"][2]
     assert row["scenario"] == "gmem_punch_hole_vs_vcpu_buggy" and row["verdict"] == "violation"
     assert row["ok"] is True and row["page"] == f"{g}.html"
@@ -106,8 +110,30 @@ def test_write_report(tmp_path: Path, abba: Verdict, gmem: Verdict) -> None:
     assert row["violations"][0]["kind"] == gmem.violations[0].kind
     assert len(row["counterexample"]["events"]) == len(cx(gmem).log.events)
     assert data["verdicts"][1]["verdict"] == "safe" and data["verdicts"][1]["page"] is None
+    assert data["verdicts"][1]["bound_text"] == "safe (all schedules with ≤ 2 preemptions)"
     assert data["verdicts"][3]["verdict"] == "none found"
-    assert data["verdicts"][3]["ok"] is False
+    assert data["verdicts"][3]["ok"] is False and data["verdicts"][3]["outcome"] == "unexpected"
+    for row in data["verdicts"]:
+        assert {"bound_text", "strategy", "bound", "budget", "seed", "stopped"} <= row.keys()
+
+
+def test_index_marks_unproven_verdicts(tmp_path: Path) -> None:
+    sc = scenario("abba_fixed")
+    cut = Verdict(sc, "linux-7.1", None, schedules=5, steps=50, budget=5, stopped="budget")
+    sampled = Verdict(sc, "linux-6.19", None, schedules=9, strategy="pct", bound=None,
+                      stopped="budget", seed=4)
+    proven = Verdict(sc, "linux-7.1", "vmm", schedules=7, complete=True, strategy="dpor",
+                     bound=None)
+    index = write_report(tmp_path, [cut, sampled, proven]).read_text()
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert [v["outcome"] for v in data["verdicts"]] == ["unproven", "unproven", "as expected"]
+    assert data["summary"]["unproven"] == 2 and data["summary"]["unexpected"] == 0
+    assert index.count('<tr class="unproven">') == 2 and index.count("<tr class=") == 3
+    assert "2 unproven" in index and "all verdicts as expected" not in index
+    assert "none found (5 dfs schedule(s) in 0.00 s, budget)" in index
+    assert "safe (all schedules up to DPOR equivalence)" in index
+    assert data["run"]["strategies"] == ["dfs", "dpor", "pct"]
+    assert data["verdicts"][1]["seed"] == 4 and data["verdicts"][1]["strategy"] == "pct"
 
 
 def test_saved_schedule_replays(tmp_path: Path, gmem: Verdict) -> None:

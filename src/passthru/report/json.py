@@ -1,11 +1,19 @@
 """Verdicts as JSON, for tools: what ``report.json`` holds.
 
-:func:`verdicts_json` gives, for every verdict, its fields (scenario, doc, profile, design,
-expect, verdict, ok, found, complete, schedules, steps, elapsed), its violations, the
-replayable schedule (``Verdict.schedule_json()``, or null when nothing was found), the names
-of the files :func:`passthru.report.write_report` writes for it, and the counterexample's run
-(size, choices and every event as ``Event.to_json()``). Only JSON types: the dict survives
-``json.dumps``/``json.loads`` unchanged. Leaves out the schedules explored without a finding.
+:func:`verdicts_json` gives the run's metadata (``run``: the profiles and designs checked, the
+passthru version, the command's options and the date — the only wall-clock value besides
+elapsed times, and absent unless given), then, for every verdict, its fields (scenario, doc,
+profile, design, expect, verdict, bound_text, outcome, ok, found, complete, how it was
+reached: strategy, bound, budget, seed, time_limit, faults, stopped; schedules, steps,
+elapsed), its violations, the replayable schedule (``Verdict.schedule_json()``, or null when
+nothing was found), the names of the files :func:`passthru.report.write_report` writes for it,
+and the counterexample's run (size, choices and every event as ``Event.to_json()``). Only JSON
+types: the dict survives ``json.dumps``/``json.loads`` unchanged. Leaves out the schedules
+explored without a finding.
+
+``outcome`` is "as expected", "unexpected" (the verdict contradicts the scenario's
+``expect``) or "unproven": nothing was found in a scenario expected safe, but the exploration
+was cut short (budget, time limit, or sampling by random/pct) — not a proof.
 """
 
 from __future__ import annotations
@@ -16,12 +24,37 @@ from typing import Any
 from ..check.runner import RunResult, Verdict
 from ..sim.scheduler import Violation
 
-REPORT_VERSION = 1
+REPORT_VERSION = 1  # fields are only ever added
+
+AS_EXPECTED, UNPROVEN, UNEXPECTED = "as expected", "unproven", "unexpected"
 
 
 def verdict_word(v: Verdict) -> str:
     """What the checker concluded, in the words of ``passthru check``."""
     return "violation" if v.found else ("safe" if v.complete else "none found")
+
+
+def outcome(v: Verdict) -> str:
+    """"as expected", "unproven" (expected safe, nothing found, not explored completely) or
+    "unexpected"."""
+    if not v.ok:
+        return UNEXPECTED
+    if not v.found and not v.complete:
+        return UNPROVEN
+    return AS_EXPECTED
+
+
+def short_text(v: Verdict) -> str:
+    """The verdict with its bound, short enough for a table cell: "safe ≤2", "safe (dpor)",
+    "none found (time)", "violation"."""
+    if v.found:
+        return "violation"
+    if v.complete:
+        if v.strategy == "dfs" and v.bound is not None:
+            return f"safe ≤{v.bound}"
+        return f"safe ({v.strategy})"
+    why = {"time": "time", "budget": "budget"}.get(v.stopped or "", "sampled")
+    return f"none found ({why})"
 
 
 def variant_name(v: Verdict) -> str:
@@ -60,8 +93,25 @@ def run_json(res: RunResult) -> dict[str, Any]:
     }
 
 
-def verdicts_json(verdicts: list[Verdict]) -> dict[str, Any]:
-    """Every verdict, machine-readable (see the module's docstring)."""
+def meta_json(verdicts: list[Verdict], options: dict[str, Any] | None = None,
+              date: str | None = None) -> dict[str, Any]:
+    """The run's metadata: profiles, designs, passthru version, options and (given) date."""
+    from ..check.schedfile import passthru_version
+
+    return {
+        "passthru": passthru_version(),
+        "date": date,
+        "profiles": sorted({v.profile for v in verdicts}),
+        "designs": sorted({v.design for v in verdicts if v.design}),
+        "strategies": sorted({v.strategy for v in verdicts}),
+        "options": dict(options or {}),
+    }
+
+
+def verdicts_json(verdicts: list[Verdict], options: dict[str, Any] | None = None,
+                  date: str | None = None) -> dict[str, Any]:
+    """Every verdict, machine-readable (see the module's docstring). ``options``: the
+    command's options; ``date``: when it ran (UTC ISO 8601), left null when not given."""
     items: list[dict[str, Any]] = []
     for v, stem in zip(verdicts, file_names(verdicts), strict=True):
         cx = v.counterexample
@@ -72,9 +122,18 @@ def verdicts_json(verdicts: list[Verdict]) -> dict[str, Any]:
             "design": v.design,
             "expect": v.scenario.expect,
             "verdict": verdict_word(v),
+            "bound_text": v.bound_text(),
+            "outcome": outcome(v),
             "ok": v.ok,
             "found": v.found,
             "complete": v.complete,
+            "strategy": v.strategy,
+            "bound": v.bound,
+            "budget": v.budget,
+            "seed": v.seed,
+            "time_limit": v.time_limit,
+            "faults": v.faults,
+            "stopped": v.stopped,
             "schedules": v.schedules,
             "steps": v.steps,
             "elapsed": round(v.elapsed, 6),
@@ -86,9 +145,11 @@ def verdicts_json(verdicts: list[Verdict]) -> dict[str, Any]:
         })
     return {
         "version": REPORT_VERSION,
+        "run": meta_json(verdicts, options, date),
         "summary": {
             "verdicts": len(verdicts),
             "unexpected": sum(not v.ok for v in verdicts),
+            "unproven": sum(outcome(v) == UNPROVEN for v in verdicts),
             "found": sum(v.found for v in verdicts),
         },
         "verdicts": items,
