@@ -1,0 +1,275 @@
+"""passthru.kapi — the public API for scenario writers (docs/tutorial.md).
+
+Everything an outside engineer needs to write a scenario against the model, without private
+names: the scenario decorator and sandbox, tracked shared state, the sleeping locks, reaching
+a kernel object from a file descriptor, writing a dma-buf exporter or importer as a static ops
+table plus private data (as ``dma_buf_export(exp_info)`` and ``dma_buf_dynamic_attach(...,
+importer_ops, importer_priv)`` take them), device DMA through a mapping, and substituting one
+kernel function for a patched version within one scenario (:func:`patch`).
+
+What it models is what the functions it calls model (kernel/dma_buf/core.py for dma-buf,
+drivers/dma-buf/dma-buf.c); this module only gives them stable, typed names. Leaves out:
+anything a scenario can do through the uAPI already (use ``s.host`` and passthru.uapi).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .check.scenario import Sandbox, scenario
+from .errors import Fault, kerr
+from .hw.physmem import Owner
+from .kernel.dma_buf import core as _dmabuf
+from .kernel.dma_buf.core import MEMORY_MODELS, MOVABLE, PINNED, REVOCABLE
+from .kernel.dma_buf.core import DmaBuf as DmaBuf
+from .kernel.dma_buf.core import DmaBufAttachment as Attachment
+from .kernel.dma_buf.core import DmaMapping as Mapping
+from .sim.locks import Completion, Mutex, RwSem, WaitQueue
+from .sim.track import Cell, read, read_once, write, write_once
+
+if TYPE_CHECKING:
+    from .host.sim import SimHost
+    from .kernel.core import Kernel
+    from .kernel.fs.file import File
+
+__all__ = [
+    "MEMORY_MODELS", "MOVABLE", "PATCHABLE", "PINNED", "REVOCABLE", "Attachment", "Cell",
+    "Completion", "DmaBuf", "ExporterOps", "Fault", "ImporterOps", "Mapping", "Mutex",
+    "RwSem", "Sandbox", "WaitQueue", "alloc_ram", "attach", "detach", "dma_read", "dma_write",
+    "dmabuf_of", "export", "file_of", "free_ram", "gmem_of", "invalidate_mappings",
+    "kernel_of", "kerr", "lockdep_assert_held", "map_attachment", "patch", "read",
+    "read_once", "resv_locked", "revoke", "scenario", "unmap_attachment", "vm_of", "write",
+    "write_once",
+]
+
+
+# ----- reaching kernel objects -------------------------------------------------------------
+
+
+def kernel_of(host: SimHost) -> Kernel:
+    """The simulated kernel behind a SimHost (profile, scheduler, physical memory)."""
+    return host.kernel
+
+
+def file_of(host: SimHost, fd: int) -> File:
+    """The open file behind ``fd`` in ``host``'s process (EBADF if none), like fget()."""
+    return host.proc.fget(fd, "kapi.file_of")
+
+
+def dmabuf_of(host: SimHost, fd: int) -> DmaBuf:
+    """The dma-buf behind ``fd`` (EINVAL if it is another kind of file), without taking a
+    reference: the fd keeps it alive."""
+    f = file_of(host, fd)
+    if not isinstance(f, DmaBuf):
+        raise kerr(22, f"kapi.dmabuf_of: fd {fd} is a {f.kind}, not a dma-buf")
+    return f
+
+
+def vm_of(host: SimHost, fd: int) -> Any:
+    """The struct kvm behind a VM fd (from KVM_CREATE_VM)."""
+    from .kernel.kvm.kvm_main import KvmVmFile
+
+    f = file_of(host, fd)
+    if not isinstance(f, KvmVmFile):
+        raise kerr(22, f"kapi.vm_of: fd {fd} is a {f.kind}, not a KVM VM")
+    return f.kvm
+
+
+def gmem_of(host: SimHost, fd: int) -> Any:
+    """The guest_memfd behind ``fd`` (from KVM_CREATE_GUEST_MEMFD)."""
+    from .kernel.kvm.guest_memfd import GuestMemfd
+
+    f = file_of(host, fd)
+    if not isinstance(f, GuestMemfd):
+        raise kerr(22, f"kapi.gmem_of: fd {fd} is a {f.kind}, not a guest_memfd")
+    return f
+
+
+# ----- physical memory ---------------------------------------------------------------------
+
+
+def alloc_ram(host: SimHost, size: int, owner: str) -> list[tuple[int, int]]:
+    """Allocate ``size`` bytes of RAM (page-rounded) for ``owner``: extents (start, end)."""
+    return host.kernel.phys.alloc(size, Owner(owner))
+
+
+def free_ram(host: SimHost, extents: list[tuple[int, int]]) -> None:
+    """Give RAM back: afterwards any access to it is a physical-truth violation."""
+    for s, e in extents:
+        host.kernel.phys.release(s, e)
+
+
+# ----- dma-buf: exporters ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExporterOps:
+    """A static dma_buf_ops table. Each op gets the exporter's private data first.
+
+    ``map(priv, attach) -> Mapping`` and ``release(priv, buf)`` are mandatory; ``pin`` and
+    ``unpin`` come together (a dynamic exporter) or not at all; ``attach`` may refuse an
+    importer by raising ``kerr(errno, "why")``. ``memory_model`` is PINNED, REVOCABLE or
+    MOVABLE (what importers negotiate against)."""
+
+    map: Callable[[Any, Attachment], Mapping]
+    release: Callable[[Any, DmaBuf], None]
+    unmap: Callable[[Any, Attachment, Mapping], None] | None = None
+    attach: Callable[[Any, DmaBuf, Attachment], None] | None = None
+    detach: Callable[[Any, DmaBuf, Attachment], None] | None = None
+    pin: Callable[[Any, Attachment], None] | None = None
+    unpin: Callable[[Any, Attachment], None] | None = None
+    memory_model: str = PINNED
+    can_unrevoke: bool = False
+    name: str = "exporter"
+
+
+class _Exporter(_dmabuf.DmaBufOps):
+    """The core's ops object for a kapi exporter: binds the static table to its priv."""
+
+    def __init__(self, ops: ExporterOps, priv: Any) -> None:
+        self.memory_model = ops.memory_model
+        self.can_unrevoke = ops.can_unrevoke
+        self.exp_name = ops.name
+        self.map_dma_buf = lambda a, d: ops.map(priv, a)
+        unmap = ops.unmap
+        self.unmap_dma_buf = (lambda a, m, d: unmap(priv, a, m)) if unmap else (
+            lambda a, m, d: None)
+        self.release = lambda b: ops.release(priv, b)
+        if ops.attach is not None:
+            att = ops.attach
+            self.attach = lambda b, a: att(priv, b, a)
+        if ops.detach is not None:
+            det = ops.detach
+            self.detach = lambda b, a: det(priv, b, a)
+        if ops.pin is not None:
+            pin = ops.pin
+            self.pin = lambda a: pin(priv, a)
+        if ops.unpin is not None:
+            unpin = ops.unpin
+            self.unpin = lambda a: unpin(priv, a)
+
+
+def export(host: SimHost, ops: ExporterOps, priv: Any, size: int,
+           fd_flags: int = 0o2000000) -> int:
+    """dma_buf_export + dma_buf_fd: a new dma-buf of ``size`` bytes in ``host``'s process;
+    returns its fd (O_CLOEXEC by default)."""
+    buf = _dmabuf.dma_buf_export(host.kernel, _Exporter(ops, priv), size, priv)
+    return _dmabuf.dma_buf_fd(host.proc, buf, fd_flags)
+
+
+def mapping(ranges: list[tuple[int, int, int]]) -> Mapping:
+    """What an exporter's ``map`` returns: (dma_address, length, phys) per range."""
+    return Mapping(list(ranges))
+
+
+@contextmanager
+def resv_locked(buf: DmaBuf) -> Iterator[None]:
+    """dma_resv_lock / dma_resv_unlock around a block."""
+    buf.resv.lock_ctx()
+    try:
+        yield
+    finally:
+        buf.resv.unlock()
+
+
+def invalidate_mappings(buf: DmaBuf) -> None:
+    """Exporter side (resv held): tell every dynamic importer its mapping is going away
+    (move_notify, ``invalidate_mappings`` in 7.1)."""
+    _dmabuf.dma_buf_invalidate_mappings(buf)
+
+
+def revoke(buf: DmaBuf, mark: Callable[[], None]) -> None:
+    """The revoke contract of the running profile: under the resv lock call ``mark`` (the
+    exporter's "revoked" state) and invalidate importers, then wait as the profile says."""
+    _dmabuf.revoke(buf, mark)
+
+
+# ----- dma-buf: importers ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImporterOps:
+    """A static dma_buf_attach_ops table. ``invalidate(attach)`` is called with the resv
+    lock held when the exporter moves or revokes the buffer (None: a static importer, which
+    pins on map). The importer's private data travels as ``attach.importer_priv``."""
+
+    invalidate: Callable[[Attachment], None] | None = None
+    allow_peer2peer: bool = True
+    tolerates: frozenset[str] = field(default_factory=lambda: frozenset(MEMORY_MODELS))
+    name: str = "importer"
+
+
+def attach(buf: DmaBuf, dev: str, ops: ImporterOps | None, priv: Any = None) -> Attachment:
+    """dma_buf_dynamic_attach (``ops`` None: dma_buf_attach, a static importer)."""
+    if ops is None:
+        return _dmabuf.dma_buf_attach(buf, dev)
+    core_ops = _dmabuf.DmaBufAttachOps(allow_peer2peer=ops.allow_peer2peer,
+                                       invalidate=ops.invalidate, tolerates=ops.tolerates,
+                                       name=ops.name)
+    return _dmabuf.dma_buf_dynamic_attach(buf, dev, core_ops, priv)
+
+
+def detach(attach: Attachment) -> None:
+    _dmabuf.dma_buf_detach(attach.dmabuf, attach)
+
+
+def map_attachment(attach: Attachment) -> Mapping:
+    """dma_buf_map_attachment: the caller holds the resv lock (see :func:`resv_locked`)."""
+    return _dmabuf.dma_buf_map_attachment(attach)
+
+
+def unmap_attachment(attach: Attachment) -> None:
+    """dma_buf_unmap_attachment: the caller holds the resv lock."""
+    _dmabuf.dma_buf_unmap_attachment(attach)
+
+
+def dma_read(attach: Attachment, offset: int, n: int) -> bytes:
+    """The importing device reads through its current mapping (judged by physical truth
+    and the revoke contract)."""
+    return attach.dma_access(offset, n, write=False)
+
+
+def dma_write(attach: Attachment, offset: int, data: bytes) -> None:
+    """The importing device writes through its current mapping."""
+    attach.dma_access(offset, len(data), write=True, data=data)
+
+
+# ----- lock rules ---------------------------------------------------------------------------
+
+
+def lockdep_assert_held(lock: Mutex | RwSem | Any, what: str) -> None:
+    """lockdep_assert_held: a ``lockdep`` violation naming ``what`` unless the running task
+    holds ``lock`` (a Mutex, an RwSem in either mode, or a dma_resv's ww_mutex)."""
+    held = lock.held() if isinstance(lock, RwSem) else lock.held_by_current()
+    if not held:
+        lock.sched.violation("lockdep", f"{what}: lockdep_assert_held({lock.name}) failed")
+
+
+# ----- patching one kernel function --------------------------------------------------------
+
+# The kernel functions a scenario may substitute, by their kernel names: where callers look
+# them up (module, attribute). A patch lasts for one run of the scenario.
+PATCHABLE: dict[str, tuple[str, str]] = {
+    "dma_buf_invalidate_mappings": ("passthru.kernel.dma_buf.core",
+                                    "dma_buf_invalidate_mappings"),
+    "dma_buf_map_attachment": ("passthru.kernel.dma_buf.core", "dma_buf_map_attachment"),
+    "dma_buf_unmap_attachment": ("passthru.kernel.dma_buf.core", "dma_buf_unmap_attachment"),
+    "dma_buf_revoke": ("passthru.kernel.dma_buf.core", "revoke"),
+    "wait_for_unmaps": ("passthru.kernel.dma_buf.core", "wait_for_unmaps"),
+}
+
+
+def patch(s: Sandbox, name: str, replacement: Callable[..., Any]) -> Callable[..., Any]:
+    """Substitute the kernel function ``name`` (a key of :data:`PATCHABLE`) with
+    ``replacement`` for this run of the scenario; returns the original, so a patch can wrap
+    it. "Does my patch break anything?": run the scenario with and without it."""
+    if name not in PATCHABLE:
+        raise KeyError(f"{name!r} is not patchable; known: {', '.join(sorted(PATCHABLE))}")
+    modname, attr = PATCHABLE[name]
+    mod = importlib.import_module(modname)
+    original: Callable[..., Any] = s.patch(mod, attr, replacement)
+    return original
