@@ -1,37 +1,37 @@
 """Two textbook bugs that show the checker works: a lost update and an ABBA deadlock.
 
-Each comes buggy and fixed. They use the scheduler's primitives directly (no kernel): the
-lost update is two tasks doing read-modify-write on a shared counter; the ABBA is two tasks
-taking two mutexes in opposite orders — lockdep flags the inversion in any schedule where both
-orders happen, and some schedules deadlock outright.
+Each comes buggy and fixed. They use only the public scenario API (passthru.kapi), no
+kernel: the lost update is two tasks doing read-modify-write on a shared counter held in a
+tracked cell (so the checker sees the accesses — and the race detector flags the unlocked
+variant too); the ABBA is two tasks taking two mutexes in opposite orders — lockdep flags the
+inversion in any schedule where both orders happen, and some schedules deadlock outright.
 """
 
 from __future__ import annotations
 
-from ..check.scenario import Sandbox, scenario
-from ..sim.locks import Mutex
+from ..kapi import Mutex, Sandbox, scenario
 
 PROFILES = ("linux-7.1",)
 
 
 def _counter(s: Sandbox, locked: bool) -> None:
-    s.state["counter"] = 0
+    counter = s.shared(0, "counter")
     lock = Mutex(s.sched, "counter_lock")
 
     def incr() -> None:
         if locked:
             lock.lock()
         s.point("counter", "r")
-        v = s.state["counter"]
+        v = counter.get()
         s.point("counter", "w")
-        s.state["counter"] = v + 1
+        counter.set(v + 1)
         if locked:
             lock.unlock()
 
     s.spawn("t1", incr)
     s.spawn("t2", incr)
-    s.final("lost-update", lambda: None if s.state["counter"] == 2
-            else f"counter is {s.state['counter']} after two increments")
+    s.final("lost-update", lambda: None if counter.peek() == 2
+            else f"counter is {counter.peek()} after two increments")
 
 
 @scenario(profiles=PROFILES, expect="violation", teardown=False)
@@ -49,11 +49,12 @@ def lost_update_fixed(s: Sandbox) -> None:
 def _abba(s: Sandbox, same_order: bool) -> None:
     a = Mutex(s.sched, "lock_a")
     b = Mutex(s.sched, "lock_b")
+    shared = s.shared(0, "shared")
 
     def take(first: Mutex, second: Mutex) -> None:
         first.lock()
         second.lock()
-        s.point("shared", "w")
+        shared.set(shared.get() + 1)
         second.unlock()
         first.unlock()
 
