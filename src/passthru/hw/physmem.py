@@ -9,17 +9,79 @@ dropped.
 Invariants: ``owners`` and ``free`` partition the RAM; contents live in a sparse ByteStore and
 are zeroed when a range is allocated (the kernel's clear_page on a fresh shmem/gmem folio).
 Nothing is per page. Leaves out: NUMA, zones, caches, ECC.
+
+Locking and tracking (sim/track.py): ``owners``, ``free`` and ``pins`` are the page
+allocator's state, guarded in the kernel by zone->lock and by atomic page reference counts —
+locks the model leaves implicit, so they are ``atomic`` (each update is its own critical
+section, still in the footprint). ``regions`` is written at boot only. ``data`` (memory
+contents) is not kernel state: a vCPU, a device or a user CPU writes it through its own page
+tables, and the kernel's clear_page/copy touch a page nobody else may yet see; every access
+to it is marked — contents never race, ownership is what physical truth judges. The check
+every access makes (:meth:`PhysMem.check`) is the oracle, not kernel code: it records the
+ranges it looks at (so the explorer orders an access against the free of its memory) with no
+happens-before and no race check.
 """
 
 from __future__ import annotations
 
 import errno
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import kerr
 from ..extents import ByteStore, RangeCounter, RangeMap
+from ..sim import track
 from ..sim.scheduler import Scheduler
 from .machine import Machine
+
+
+@contextmanager
+def _marked() -> Iterator[None]:
+    """Accesses inside are marked: footprint only, never a data race."""
+    tr = track.active()
+    if tr is None or not tr.races:
+        yield
+        return
+    tr.races = False
+    try:
+        yield
+    finally:
+        tr.races = True
+
+
+def _observe(obj: Any, lo: int, hi: int) -> None:
+    """The oracle looks at ``[lo, hi)`` of ``obj``: a footprint read, no happens-before."""
+    tr = track.active()
+    if tr is not None:
+        uid = getattr(obj, "_uid", None) or track.uid_of(obj, getattr(obj, "label", ""))
+        if uid is not None:
+            tr.access(uid, lo, hi, False, True)
+
+
+class Contents(ByteStore):
+    """Physical memory contents: every access marked (see the module docstring)."""
+
+    __slots__ = ()
+
+    def read(self, start: int, n: int) -> bytes:
+        with _marked():
+            return super().read(start, n)
+
+    def write(self, start: int, data: bytes) -> None:
+        with _marked():
+            super().write(start, data)
+
+    def zero(self, start: int, end: int) -> None:
+        with _marked():
+            super().zero(start, end)
+
+    def copy(self, src: int, dst: int, n: int) -> None:
+        with _marked():
+            if track.active() is not None:
+                track.read(self, src, src + n)  # ByteStore.copy reads its runs untracked
+            super().copy(src, dst, n)
 
 
 @dataclass(frozen=True)
@@ -35,19 +97,19 @@ class PhysMem:
     def __init__(self, sched: Scheduler, machine: Machine) -> None:
         self.sched = sched
         self.machine = machine
-        self.regions: RangeMap[str] = RangeMap()
+        self.regions: RangeMap[str] = RangeMap(label="physmem.regions")
         for s, e in machine.ram:
             self.regions.set(s, e, "ram")
         for s, e in machine.mmio:
             self.regions.set(s, e, "mmio")
-        self.owners: RangeMap[Owner] = RangeMap()
-        self.free: RangeMap[bool] = RangeMap()  # free RAM, coalesced
+        self.owners: RangeMap[Owner] = RangeMap(label="physmem.owners", atomic=True)
+        self.free: RangeMap[bool] = RangeMap(label="physmem.free", atomic=True)  # coalesced
         for s, e in machine.ram:
             self._insert_free(s, e)
-        self.data = ByteStore()
+        self.data: ByteStore = Contents(label="physmem.data")
         # Pins hold physical ranges alive: a pinned range that its owner frees becomes an
         # orphan (the folio's last reference is the pin) and is freed on the last unpin.
-        self.pins = RangeCounter()
+        self.pins = RangeCounter(label="physmem.pins", atomic=True)
 
     # ----- allocation ------------------------------------------------------------------
     def _insert_free(self, s: int, e: int) -> None:
@@ -118,6 +180,19 @@ class PhysMem:
 
     # ----- access: where physical truth is checked ---------------------------------------
     def check(self, start: int, n: int, who: str, write: bool) -> bool:
+        end = start + n
+        tr = track.active()
+        if tr is None:
+            return self._check(start, n, who, write)
+        _observe(self.regions, start, end)
+        _observe(self.owners, start, end)
+        tr.deactivate()
+        try:
+            return self._check(start, n, who, write)
+        finally:
+            tr.activate()
+
+    def _check(self, start: int, n: int, who: str, write: bool) -> bool:
         end = start + n
         # Fast path: one RAM region and one allocated owner extent cover the whole access.
         hit = self.owners.get(start)

@@ -2,8 +2,12 @@
 
 - revoke racing an importer that unmaps lazily: under 6.19 revoke returns at once and the
   exporter reclaims memory the importer still reads (violation); 7.1 waits for the unmap;
+- revoke racing an importer whose DMA is in flight: an importer that drains it inside its
+  invalidate callback is safe; one whose callback returns first writes after invalidation;
 - a buffer move racing a dynamic importer's DMA: an importer that publishes a fence for its
   job is safe (the exporter waits); one that DMAs without a fence loses its memory mid-job;
+- a move racing a static importer's map (pin on map, or wait for the move's fence; with
+  ``--faults``, a move whose allocation fails must not leave the map waiting forever);
 - a pinned (static) importer attaching to a revocable exporter: refused under 6.19 (at map:
   vfio's pin op) and 7.1 (at attach: dma_buf_attach_revocable) — "refused, as designed";
 - a compositor importing a client's revocable buffer: a compositor that refuses revocable
@@ -16,7 +20,7 @@ import errno
 from typing import cast
 
 from ..check.scenario import Sandbox, scenario
-from ..kernel.dma_buf.importers import CompositorImporter, DeviceImporter
+from ..kernel.dma_buf.importers import CompositorImporter, DeviceImporter, QuiescingImporter
 from ..kernel.dma_buf.invariants import dma_buf_mappings_backed
 from ..kernel.dma_buf.mock import MockRevocableExporter, mock_dmabuf
 from ..kernel.dma_buf.movable import MovableExporter, movable_dmabuf
@@ -69,6 +73,47 @@ def revoke_vs_lazy_importer(s: Sandbox) -> None:
     _revoke_vs_lazy(s)
 
 
+def _revoke_vs_quiescing(s: Sandbox, drain: bool) -> None:
+    k = s.host.kernel
+    buf = mock_dmabuf(k, 2 * PAGE)
+    imp = QuiescingImporter("nic", drain=drain)
+    imp.attach(buf)
+
+    def device() -> None:
+        try:
+            imp.dma_burst(0, [b"first-half", b"second-half"])  # one job, two writes
+        except OSError:
+            return  # revoked before the job started: mapping again is ENODEV, as designed
+
+    def exporter() -> None:
+        exp = cast(MockRevocableExporter, buf.ops)
+        exp.revoke(buf)
+        exp.reclaim()
+
+    s.spawn("device", device)
+    s.spawn("exporter", exporter)
+
+    def teardown() -> None:
+        imp.teardown()
+        buf.put()
+
+    s.final("teardown", lambda: teardown())  # type: ignore[func-returns-value]
+    _watch(s)
+
+
+@scenario(profiles=("linux-7.1",), expect="safe")
+def revoke_vs_quiescing_importer(s: Sandbox) -> None:
+    """7.1: the importer's invalidate callback drains its in-flight DMA, then unmaps, before
+    returning — DMA finishing inside the callback is legal."""
+    _revoke_vs_quiescing(s, drain=True)
+
+
+@scenario(profiles=("linux-7.1",), expect="violation")
+def revoke_vs_importer_not_quiescing(s: Sandbox) -> None:
+    """7.1: the callback returns with DMA still in flight; the job writes after invalidation."""
+    _revoke_vs_quiescing(s, drain=False)
+
+
 def _move_vs_importer(s: Sandbox, fenced: bool) -> None:
     k = s.host.kernel
     buf = movable_dmabuf(k, 2 * PAGE)
@@ -102,6 +147,49 @@ def move_vs_dynamic_importer(s: Sandbox) -> None:
 def move_vs_unfenced_importer(s: Sandbox) -> None:
     """The importer DMAs without publishing a fence: the move frees memory under the job."""
     _move_vs_importer(s, fenced=False)
+
+
+@scenario(profiles=("linux-6.19", "linux-7.1"), expect="safe")
+def move_vs_static_importer(s: Sandbox) -> None:
+    """A move races a static importer's map: whichever wins, the other copes (the map pins, so
+    the move is EBUSY; or the map waits for the move's fence). Under ``--faults`` the move's
+    allocation fails: its fence must not be left unsignaled, or the map waits forever."""
+    k = s.host.kernel
+    buf = movable_dmabuf(k, 2 * PAGE)
+    imp = DeviceImporter("scanout", dynamic=False)
+    imp.attach(buf)
+    imp.map()
+    imp.dma_write(0, b"frame")
+    imp.teardown()  # unpinned again: the buffer may move
+    imp.attach(buf)
+    seen: list[bytes] = []
+
+    def importer() -> None:
+        try:
+            seen.append(imp.dma_read(0, 5))  # maps (pin on map) under the resv lock
+        except OSError:
+            pass
+
+    def mover() -> None:
+        try:
+            cast(MovableExporter, buf.ops).migrate(buf, "system")
+        except OSError:
+            pass  # pinned (EBUSY), or the new placement could not be allocated (ENOMEM)
+
+    s.spawn("migrate", mover)  # first: the default schedule reaches the move's fault points
+    s.spawn("importer", importer)
+
+    def check() -> str | None:
+        if buf.resv.lock.is_locked():  # a task never finished (deadlock already reported)
+            return f"{buf.name}'s resv lock is still held after every task ended"
+        imp.teardown()
+        buf.put()
+        if seen not in ([b"frame"], []) or (not seen and not s.sched.faults_failed):
+            return f"the static importer read {seen!r}, not the frame"
+        return None
+
+    s.final("data-follows", check)
+    _watch(s)
 
 
 @scenario(profiles=("linux-6.19", "linux-7.1"), expect="safe")

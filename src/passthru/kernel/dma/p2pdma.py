@@ -32,10 +32,14 @@ enum has PCI_P2PDMA_MAP_NONE ("not a P2P transfer") at 1, so NOT_SUPPORTED is 2,
 THRU_HOST_BRIDGE 4 (read in include/linux/pci-p2pdma.h of the 6.19 dma-buf series); older
 kernels, and shared/spec/KERNEL.md §1, number them 0-3 without NONE. Code uses the names only.
 
+Accesses (sim/track.py): the ``map_types`` cache (``<bdf>.p2pdma.map_types``) is an xarray —
+xa_load under RCU, xa_store under the xarray's spinlock — so an atomic structure; two clients
+mapping at once may both compute and store the same answer, as in the kernel.
+
 Model deviations: ``pci_p2pdma_map_type(None, dev)`` returns NOT_SUPPORTED where the kernel
 would dereference NULL (its callers check first). Leaves out: the p2pmem pool (gen_pool,
 ZONE_DEVICE pages, pci_alloc_p2pmem, sysfs), pci_p2pdma_distance_many's client lists, warnings,
-RCU (the model's scheduler runs one task at a time), the provider's dma_mapping_flags.
+the provider's dma_mapping_flags.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from ...hw.pci import (
     pci_find_host_bridge,
     upstream_chain,
 )
+from ...sim.track import TrackedDict
 
 
 class PciP2pdmaMapType(enum.IntEnum):
@@ -95,7 +100,8 @@ class pci_p2pdma:  # noqa: N801 - kernel name
     def __init__(self, pdev: PciFunction, topology: Topology) -> None:
         self.pdev = pdev
         self.topology = topology
-        self.map_types: dict[str, PciP2pdmaMapType] = {}
+        self.map_types: TrackedDict[str, PciP2pdmaMapType] = TrackedDict(
+            label=f"{pdev.bdf}.p2pdma.map_types", atomic=True)
         self.mem: list[p2pdma_provider | None] = [None] * PCI_STD_NUM_BARS
         for i, bar in pdev.bars.items():
             if bar.p2p:

@@ -28,6 +28,8 @@ The IOVA allocator is :class:`IovaBump`, a bump allocator standing in for dma-io
 iommufd and the IOMMU model arrive; it records IOVA -> physical as extents so the checker
 can translate DMA addresses back (:meth:`DmaBufSgt.phys_extents`). Without one, the device
 uses dma-direct and a DMA address is the physical address (no DMA offset, no mask check).
+Its state (``iova``: the next address and the IOVA -> physical map) is guarded in the kernel
+by the IOVA domain's and the IOMMU page table's spinlocks: atomic here (sim/track.py).
 
 Leaves out: dma_resv_assert_held (the caller's business: kernel/dma_buf), DMA direction,
 dma_iova_sync, swiotlb, DMA masks, -EINTR, the IOVA granule alignment rules of
@@ -42,6 +44,7 @@ from typing import Any, NamedTuple
 
 from ...errors import kerr
 from ...extents import RangeMap
+from ...sim import track
 from .p2pdma import (
     PCI_P2PDMA_MAP_BUS_ADDR,
     PCI_P2PDMA_MAP_THRU_HOST_BRIDGE,
@@ -75,7 +78,7 @@ def phys_vec_bytes(nr_ranges: int) -> int:
     return PHYS_VEC_SIZE * nr_ranges
 
 
-class IovaBump:
+class IovaBump(track.Tracked):
     """A trivial IOVA allocator: addresses handed out upward from ``base``, page aligned,
     never reused. An allocation fails (None) past ``limit`` or above ``max_size`` (a stand-in
     for a fragmented IOVA space with no hole that large). ``map`` holds IOVA -> physical."""
@@ -86,12 +89,14 @@ class IovaBump:
         self.next = base
         self.limit = limit
         self.max_size = max_size
-        self.map: RangeMap[int] = RangeMap(linear=True)
+        self.map: RangeMap[int] = RangeMap(linear=True, label="iova.map", atomic=True)
+        self.track_init("iova", atomic=True)
 
     def alloc(self, size: int) -> int | None:
         size = -(-size // PAGE_SIZE) * PAGE_SIZE
         if size <= 0 or (self.max_size is not None and size > self.max_size):
             return None
+        track.write(self)  # the allocator's spinlock (iova_rbtree_lock)
         if self.next + size > self.limit:
             return None
         addr = self.next

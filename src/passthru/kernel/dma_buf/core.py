@@ -17,20 +17,41 @@ or without un-revoke) or ``movable``; an importer lists what it tolerates. Attac
 (see :func:`negotiate`) and refuses a pair with the errno the kernel (or the proposal) gives.
 
 Physical truth: an importer's DMA through its mapping (:meth:`DmaBufAttachment.dma_access`)
-resolves in hw; between invalidation and unmap it may read (speculatively) but a write is a
+resolves in hw; between invalidation (once the importer's callback has returned: it may
+drain DMA in flight inside it) and unmap it may read (speculatively) but a write is a
 ``revoke-contract`` violation; after the exporter reclaimed the memory, any access is a
 ``physical`` violation. Leaves out: sync_file import/export, debugfs, fdinfo, the vmap
 iosys_map details, cross-device fence signalling paths.
+
+Shared state and how it is accessed (sim/track.py; the race detector judges plain accesses):
+- ``<buf>.attachments`` (dmabuf->attachments): plain, under the resv lock — attach and detach
+  take it around the list update, invalidate walks it with it held (dma_resv_assert_held);
+- ``<buf>.attach(<dev>)``, an attachment's mapping state (its sg table, whether it was
+  invalidated, its pins): plain, under the resv lock (map/unmap/pin/unpin assert it; the
+  importer's invalidate callback runs with it held);
+- ``<buf>.vmapping_counter``: plain, under the resv lock (dma_buf_vmap asserts it);
+- ``<buf>.name`` (DMA_BUF_SET_NAME): ``name_lock``, a spinlock: atomic;
+- the fences and the resv fence list: see fence.py and resv.py (signalled bit atomic; RCU
+  walks of the list marked);
+- device DMA (:meth:`DmaBufAttachment.dma_access`) is hardware: its reads of the mapping it
+  was programmed with and its memory accesses are in the footprint but marked — physical
+  truth and the revoke contract judge it, not the race detector;
+- the exporter's revoking wait for unmaps (7.1: a kref and a completion in vfio) reads the
+  attachments' mapping state marked, ordered by the wake-up of the unmapping importer.
 """
 
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ...errors import kerr
+from ...sim import track
+from ...sim.locks import WaitQueue
+from ...sim.track import Cell, TrackedList
 from ...uapi import dma_buf as U
 from ...uapi import linux as L
 from ..fs.file import File
@@ -110,21 +131,37 @@ class DmaBuf(File):
         self.priv = priv
         self.exp_name = ops.exp_name
         self.resv = DmaResv(kernel.sched, self.name)
-        self.attachments: list[DmaBufAttachment] = []
-        self.buf_name = ""
-        self.vmap_count = 0
+        self.attachments: TrackedList[DmaBufAttachment] = TrackedList(
+            label=f"{self.name}.attachments")
+        self._buf_name: Cell[str] = Cell("", label=f"{self.name}.name", atomic=True)
+        self._vmap_count: Cell[int] = Cell(0, label=f"{self.name}.vmapping_counter")
         self.i_mmap_writable = 0
         self.sched = kernel.sched
-        self._unmap_wq: Any = None
+        # Made here, not on first use: a location is named by the task that creates it.
+        self._unmap_wq = WaitQueue(self.sched, f"{self.name}.unmaps")
         kernel.dmabufs.append(self)
 
-    def exporter_wq(self) -> Any:
+    def exporter_wq(self) -> WaitQueue:
         """Where a revoking exporter waits for importers to unmap."""
-        if self._unmap_wq is None:
-            from ...sim.locks import WaitQueue
-
-            self._unmap_wq = WaitQueue(self.sched, f"{self.name}.unmaps")
         return self._unmap_wq
+
+    @property
+    def buf_name(self) -> str:
+        """dmabuf->name, under the name_lock spinlock."""
+        return self._buf_name.get()
+
+    @buf_name.setter
+    def buf_name(self, name: str) -> None:
+        self._buf_name.set(name)
+
+    @property
+    def vmap_count(self) -> int:
+        """dmabuf->vmapping_counter (resv lock)."""
+        return self._vmap_count.get()
+
+    @vmap_count.setter
+    def vmap_count(self, n: int) -> None:
+        self._vmap_count.set(n)
 
     @property
     def dynamic(self) -> bool:
@@ -188,8 +225,15 @@ class DmaBuf(File):
         raise kerr(errno.ENOTTY, f"ioctl {cmd:#x}: not a dma-buf ioctl")
 
 
-class DmaBufAttachment:
-    """struct dma_buf_attachment."""
+# The parts of an attachment's location: its mapping state, its pins.
+_MAP = (0, 1)
+_PINS = (1, 2)
+
+
+class DmaBufAttachment(track.Tracked):
+    """struct dma_buf_attachment. Its mapping state (``mapping`` — the sg table —,
+    ``invalidated``, ``pinned_on_map``) and ``pins`` are one tracked location,
+    ``<buf>.attach(<dev>)``, accessed plain under the resv lock."""
 
     def __init__(self, dmabuf: DmaBuf, dev: str, importer_ops: DmaBufAttachOps | None,
                  importer_priv: Any) -> None:
@@ -199,15 +243,53 @@ class DmaBufAttachment:
         self.importer_priv = importer_priv
         self.peer2peer = bool(importer_ops and importer_ops.allow_peer2peer)
         self.priv: Any = None  # the exporter's
-        self.mapping: DmaMapping | None = None
+        self._mapping: DmaMapping | None = None
+        self._invalidated = False
         self.pinned_on_map = False
-        self.pins = 0
-        self.invalidated = False
+        self._pins = 0
         self.detached = False
         self.mapping_type = "sgt"
+        self.track_init(f"{dmabuf.name}.attach({dev})")
 
     def __repr__(self) -> str:
         return f"<attach {self.dmabuf.name}->{self.dev}>"
+
+    # The mapping state: every access is in the footprint, plain (the resv lock guards it).
+    @property
+    def mapping(self) -> DmaMapping | None:
+        track.read(self, *_MAP)
+        return self._mapping
+
+    @mapping.setter
+    def mapping(self, m: DmaMapping | None) -> None:
+        track.write(self, *_MAP)
+        self._mapping = m
+
+    @property
+    def invalidated(self) -> bool:
+        track.read(self, *_MAP)
+        return self._invalidated
+
+    @invalidated.setter
+    def invalidated(self, v: bool) -> None:
+        track.write(self, *_MAP)
+        self._invalidated = v
+
+    @property
+    def pins(self) -> int:
+        track.read(self, *_PINS)
+        return self._pins
+
+    @pins.setter
+    def pins(self, n: int) -> None:
+        track.write(self, *_PINS)
+        self._pins = n
+
+    def peek_mapping(self) -> DmaMapping | None:
+        """The mapping, read lock-free and marked: for the device (it uses what it was
+        programmed with) and the exporter's wait for unmaps (vfio's kref/completion)."""
+        track.read_once(self, *_MAP)
+        return self._mapping
 
     @property
     def dynamic(self) -> bool:
@@ -226,29 +308,50 @@ class DmaBufAttachment:
         sched = self.dmabuf.sched
         # The buffer's memory is the resource: a move or reclaim writes it (see exporters).
         sched.point(f"{self.dmabuf.name}.mem", "w" if write else "r")
-        m = job if job is not None else self.mapping
+        # The device, not the CPU: what it reads of the mapping state (the addresses it was
+        # programmed with; the contract's "invalidated" mark) is marked, like its DMA.
+        live = self.peek_mapping()
+        m = job if job is not None else live
         who = f"dma:{self.dev}"
         if m is None:
             sched.violation("dma-buf-mapping", f"{self.dev} does DMA to {self.dmabuf.name} "
                             "without a mapping")
             return bytes(n)
-        if write and self.invalidated and job is None:
+        if write and self._invalidated and job is None:
             sched.violation("revoke-contract", f"{self.dev} writes {self.dmabuf.name} after "
                             "invalidation, before unmapping")
         out = bytearray()
         pos = 0
         phys = self.dmabuf.kernel.phys
-        for _, length, p in m.ranges:
-            if offset < pos + length and offset + n > pos:
-                s = max(offset, pos)
-                e = min(offset + n, pos + length)
-                if write:
-                    assert data is not None
-                    phys.write(p + (s - pos), data[s - offset : e - offset], who)
-                else:
-                    out += phys.read(p + (s - pos), e - s, who)
-            pos += length
+        with device_dma():
+            for _, length, p in m.ranges:
+                if offset < pos + length and offset + n > pos:
+                    s = max(offset, pos)
+                    e = min(offset + n, pos + length)
+                    if write:
+                        assert data is not None
+                        phys.write(p + (s - pos), data[s - offset : e - offset], who)
+                    else:
+                        out += phys.read(p + (s - pos), e - s, who)
+                pos += length
         return bytes(out)
+
+
+@contextmanager
+def device_dma() -> Iterator[None]:
+    """Accesses a device makes by DMA: hardware, not kernel code. They stay in the footprint
+    (the explorer orders them against the CPU's) but are never data races — physical truth
+    (hw/physmem: freed or foreign memory) and the revoke contract judge them. The block must
+    have no scheduling point inside (a DMA burst is one step)."""
+    tr = track.active()
+    if tr is None or not tr.races:
+        yield
+        return
+    tr.races = False
+    try:
+        yield
+    finally:
+        tr.races = True
 
 
 # ----- the core API -----------------------------------------------------------------------
@@ -366,10 +469,11 @@ def dma_buf_attach(dmabuf: DmaBuf | None, dev: str | None) -> DmaBufAttachment:
 
 def dma_buf_detach(dmabuf: DmaBuf, attach: DmaBufAttachment) -> None:
     _must_not_hold(dmabuf, "dma_buf_detach")
-    if attach.mapping is not None:
-        dmabuf.sched.violation("dma-buf-lifetime", f"detach of {attach!r} while still mapped")
     dmabuf.resv.lock_ctx()
     try:
+        if attach.mapping is not None:
+            dmabuf.sched.violation("dma-buf-lifetime",
+                                   f"detach of {attach!r} while still mapped")
         dmabuf.attachments.remove(attach)
     finally:
         dmabuf.resv.unlock()
@@ -481,14 +585,20 @@ def dma_buf_unmap_attachment_unlocked(attach: DmaBufAttachment, direction: int =
 
 def dma_buf_invalidate_mappings(buf: DmaBuf) -> None:
     """dma_buf_move_notify (< 7.1) / dma_buf_invalidate_mappings (7.1): tell every dynamic
-    importer its mapping is going away. The resv lock must be held."""
+    importer its mapping is going away. The resv lock must be held.
+
+    The importer's callback runs with the resv lock held and may finish or wait for DMA in
+    flight before it returns (KERNEL.md §1); only once it has returned is a mapping it kept
+    invalid for the contract (a write through it is then a ``revoke-contract`` violation, see
+    :meth:`DmaBufAttachment.dma_access`). So the mark is set after the callback, and only on
+    a mapping the callback left in place."""
     _must_hold(buf, "dma_buf_invalidate_mappings")
     buf.sched.emit("dma_buf", "invalidate", buf=buf.name)
     for a in list(buf.attachments):
         if a.importer_ops is not None and a.importer_ops.invalidate is not None:
+            a.importer_ops.invalidate(a)
             if a.mapping is not None:
                 a.invalidated = True
-            a.importer_ops.invalidate(a)
 
 
 dma_buf_move_notify = dma_buf_invalidate_mappings
@@ -526,9 +636,16 @@ def dma_buf_end_cpu_access(buf: DmaBuf, direction: int) -> None:
 
 
 def wait_for_unmaps(buf: DmaBuf, timeout_ns: int) -> bool:
-    """The 7.1 revoke step 5: wait (bounded) until no importer still has a mapping."""
-    return buf.exporter_wq().wait_event(
-        lambda: all(a.mapping is None for a in buf.attachments), timeout_ns)
+    """The 7.1 revoke step 5: wait (bounded) until no importer still has a mapping.
+
+    Without the resv lock: vfio counts the mappings in a kref and waits on a completion, so
+    the condition's reads are marked; an unmap's wake-up orders the exporter after it."""
+
+    def unmapped() -> bool:
+        track.read_once(buf.attachments)
+        return all(a.peek_mapping() is None for a in list.copy(buf.attachments))
+
+    return buf.exporter_wq().wait_event(unmapped, timeout_ns)
 
 
 def revoke(buf: DmaBuf, mark: Callable[[], None]) -> None:

@@ -2,30 +2,54 @@
 
 A fence signals once; waiters sleep on it (with a model-time timeout). Leaves out: callbacks,
 fence contexts and seqno ordering, error propagation beyond a recorded error code.
+
+Accesses (sim/track.py): the signalled state is ``fence->flags``' SIGNALED bit. The signaller
+sets it with test_and_set_bit under ``fence->lock`` (dma_fence_signal_timestamp_locked): an
+atomic read-modify-write, so a marked write; readers test it lock-free (dma_fence_is_signaled:
+test_bit), a marked read. Neither is ever a data race. Happens-before: what the signaller did
+before signalling is ordered before whatever a task does after it *saw* the fence signalled —
+by waiting (dma_fence_wait) or by testing the bit (dma_fence_is_signaled, dma_resv's pruning
+of signalled fences): the fence is the dma-buf world's release/acquire.
 """
 
 from __future__ import annotations
 
+from ...sim import track
 from ...sim.locks import WaitQueue
 from ...sim.scheduler import Scheduler
 
 
-class DmaFence:
+class DmaFence(track.Tracked):
     def __init__(self, sched: Scheduler, name: str) -> None:
         self.sched = sched
         self.name = name
-        self.signaled = False
+        self._signaled = False
         self.error = 0
-        self._wq = WaitQueue(sched, f"fence:{name}")
+        self.track_init(f"fence:{name}")
+        self._wq = WaitQueue(sched, f"fence:{name}.wait")
 
     def __repr__(self) -> str:
-        return f"<DmaFence {self.name} {'signaled' if self.signaled else 'pending'}>"
+        return f"<DmaFence {self.name} {'signaled' if self._signaled else 'pending'}>"
+
+    @property
+    def signaled(self) -> bool:
+        """dma_fence_is_signaled: test_bit(DMA_FENCE_FLAG_SIGNALED_BIT), lock-free (marked);
+        a fence seen signalled orders the caller after the signaller."""
+        track.read_once(self)
+        if self._signaled:
+            track.acquire(self)
+            return True
+        return False
 
     def signal(self, error: int = 0) -> None:
-        if self.signaled:
+        """dma_fence_signal (with dma_fence_set_error first when ``error``): test_and_set_bit
+        of the signalled flag — atomic, a marked write — releasing to every later observer."""
+        track.write_once(self)
+        if self._signaled:
             return
-        self.signaled = True
         self.error = error
+        track.release(self)
+        self._signaled = True
         self.sched.emit("dma_fence", "signal", fence=self.name)
         self._wq.wake_up()
 

@@ -34,7 +34,10 @@ buffer.
 
 Units: bytes; every physical range is page aligned. Locking: in the kernel ``buffer->lock``
 (a mutex) protects a buffer's attachment list and vmap count and the CMA area's spinlock its
-bitmap; the model has no scheduling point inside those sections, so they are atomic here.
+bitmap; the model has no scheduling point inside those sections, so they are atomic here:
+tracked locations ``<heap>-buffer`` and ``cma:<area>.bitmap`` made with ``atomic=True``
+(sim/track.py). A buffer's pages (``<heap>-buffer.pages``) are written when it is made and
+when it is released, read in between: plain.
 
 Model deviations (docs/fidelity.md): both heaps refuse MAP_PRIVATE with EINVAL — the system
 heap has no such check, but remap_pfn_range() refuses a COW mapping unless one call covers
@@ -57,6 +60,7 @@ from typing import TYPE_CHECKING, Any
 from ...errors import Fault, kerr
 from ...extents import RangeMap
 from ...hw.physmem import Owner
+from ...sim import track
 from ...uapi import dma_heap as H
 from ...uapi import linux as L
 from ...uapi.ioctl import _IOC_DIRSHIFT, _IOC_NRSHIFT, _IOC_READ, _IOC_SIZESHIFT, _IOC_WRITE
@@ -198,17 +202,21 @@ class DmaHeapFile(File):
 
 
 # ----- what both heaps' buffers share -------------------------------------------------------
-class HeapBuffer(DmaBufOps):
-    """A heap buffer: ``pages`` maps buffer offsets to physical addresses (linear extents)."""
+class HeapBuffer(DmaBufOps, track.Tracked):
+    """A heap buffer: ``pages`` maps buffer offsets to physical addresses (linear extents).
+    Its own location (attachments, vmap count and address) is guarded by ``buffer->lock``,
+    implicit here (atomic)."""
 
     memory_model = PINNED
 
     def __init__(self, kernel: Kernel, length: int) -> None:
         self.kernel = kernel
         self.len = length
-        self.pages: RangeMap[int] = RangeMap(linear=True)
+        self.pages: RangeMap[int] = RangeMap(linear=True,
+                                             label=f"{self.exp_name}-buffer.pages")
         self.vmap_cnt = 0
         self.vaddr = 0
+        self.track_init(f"{self.exp_name}-buffer", atomic=True)
 
     def extents(self) -> list[tuple[int, int]]:
         """The physical extents, in buffer order (coalesced)."""
@@ -219,9 +227,11 @@ class HeapBuffer(DmaBufOps):
         if self.kernel.sched.fault("kzalloc"):
             raise kerr(errno.ENOMEM, f"attach: {self.exp_name} attachment allocation failed "
                        "(injected)")
+        track.write(self)  # list_add to buffer->attachments under buffer->lock
         attach.priv = {"mapped": False}
 
     def detach(self, buf: DmaBuf, attach: DmaBufAttachment) -> None:
+        track.write(self)  # list_del under buffer->lock
         attach.priv = None
 
     def map_dma_buf(self, attach: DmaBufAttachment, direction: int) -> DmaMapping:
@@ -234,11 +244,14 @@ class HeapBuffer(DmaBufOps):
 
     def begin_cpu_access(self, buf: DmaBuf, direction: int) -> None:
         """dma_sync_sgtable_for_cpu on mapped attachments: nothing to do, caches coherent."""
+        track.read(self)  # the walk of buffer->attachments, under buffer->lock
 
     def end_cpu_access(self, buf: DmaBuf, direction: int) -> None:
         """dma_sync_sgtable_for_device on mapped attachments: likewise."""
+        track.read(self)
 
     def vmap(self, buf: DmaBuf) -> int:
+        track.write(self)  # buffer->lock
         if not self.vmap_cnt:
             if self.kernel.sched.fault("vmap"):
                 raise kerr(errno.ENOMEM, f"vmap: {self.exp_name} vmap failed (injected)")
@@ -247,6 +260,7 @@ class HeapBuffer(DmaBufOps):
         return self.vaddr
 
     def vunmap(self, buf: DmaBuf) -> None:
+        track.write(self)  # buffer->lock
         self.vmap_cnt -= 1
         if not self.vmap_cnt:
             self.vaddr = 0
@@ -315,7 +329,7 @@ class CmaArea:
         self.name = name
         self.base = base
         self.size = size
-        self.used: RangeMap[bool] = RangeMap()
+        self.used: RangeMap[bool] = RangeMap(label=f"cma:{name}.bitmap", atomic=True)  # cma->lock
 
     @property
     def end(self) -> int:

@@ -4,6 +4,9 @@
   dynamic, reacting to invalidation by ``unmap``: "sync" (unmap at once, under the resv
   lock), "work" (queue a work item that unmaps from its own task, as RDMA ODP does), or
   "never" (a broken importer: the 7.1 exporter's 1 s wait catches it);
+- :class:`QuiescingImporter` — a device that DMAs through its mapping without fences and
+  drains that DMA inside its invalidate callback before unmapping (``drain=False``: returns
+  with the DMA still in flight — a contract violation);
 - :class:`RdmaMrImporter` — an RDMA memory region: ``pinned`` (ib_umem_dmabuf_get_pinned:
   dynamic attach, then dma_buf_pin; tolerates pinned and movable, not revocable) or ``odp``
   (on-demand paging: dynamic, re-faults after invalidation);
@@ -16,12 +19,22 @@
 
 Drivers (drivers/infiniband/core/umem_dmabuf.c, drivers/gpu/drm/drm_prime.c, amdgpu/xe) are
 reduced to the attach/map/invalidate protocol and their device's DMA.
+
+Locking, as those drivers do it: an importer touches its attachment's mapping state and its own
+invalidation state (``<dev>.importer``: needs-unmap, the invalidation count, a lost context)
+only with the buffer's resv lock held — its invalidate callback runs with it held, and every
+driver path takes it (ib_umem_dmabuf_map_pages, amdgpu_dma_buf_move_notify). A job hands the
+device the mapping it captured under the lock; the device's DMA is hardware (core.dma_access).
+The quiescing importer's in-flight count is an atomic_t (``<dev>.inflight``).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ...sim import track
+from ...sim.locks import WaitQueue
+from ...sim.track import Cell
 from . import core
 from .core import (
     MEMORY_MODELS,
@@ -30,6 +43,7 @@ from .core import (
     DmaBuf,
     DmaBufAttachment,
     DmaBufAttachOps,
+    DmaMapping,
 )
 from .fence import DmaFence
 from .resv import DMA_RESV_USAGE_WRITE
@@ -38,7 +52,7 @@ if TYPE_CHECKING:
     from ..fs.process import Process
 
 
-class DeviceImporter:
+class DeviceImporter(track.Tracked):
     def __init__(self, dev: str, dynamic: bool = True, unmap: str = "sync",
                  p2p: bool = True, tolerates: frozenset[str] = frozenset(MEMORY_MODELS),
                  uses_fences: bool = True) -> None:
@@ -50,8 +64,30 @@ class DeviceImporter:
         self.ops = DmaBufAttachOps(allow_peer2peer=p2p, invalidate=self._invalidate,
                                    tolerates=tolerates, name=dev) if dynamic else None
         self.attach_: DmaBufAttachment | None = None
-        self.invalidations = 0
-        self.needs_unmap = False
+        self._invalidations = 0
+        self._needs_unmap = False
+        self.track_init(f"{dev}.importer")
+
+    # The importer's own invalidation state: plain, under the buffer's resv lock.
+    @property
+    def needs_unmap(self) -> bool:
+        track.read(self)
+        return self._needs_unmap
+
+    @needs_unmap.setter
+    def needs_unmap(self, v: bool) -> None:
+        track.write(self)
+        self._needs_unmap = v
+
+    @property
+    def invalidations(self) -> int:
+        track.read(self)
+        return self._invalidations
+
+    @invalidations.setter
+    def invalidations(self, n: int) -> None:
+        track.write(self)
+        self._invalidations = n
 
     # importer ops
     def _invalidate(self, attach: DmaBufAttachment) -> None:
@@ -70,25 +106,31 @@ class DeviceImporter:
         self.attach_ = core.dma_buf_dynamic_attach(buf, self.dev, self.ops, self)
         return self.attach_
 
-    def map(self) -> None:
+    def map(self) -> DmaMapping:
+        """Map (if not mapped) under the resv lock; the mapping, as captured under it."""
         a = self._a()
         a.dmabuf.resv.lock_ctx()
         try:
-            if a.mapping is None:
-                core.dma_buf_map_attachment(a)
+            m = a.mapping
+            if m is None:
+                m = core.dma_buf_map_attachment(a)
+            return m
         finally:
             a.dmabuf.resv.unlock()
 
+    def _may_unmap(self) -> bool:
+        """Whether the lazy unmap is due (resv held)."""
+        return self.needs_unmap
+
     def unmap_if_invalidated(self) -> None:
-        """The lazy importer's worker: unmap what was invalidated."""
+        """The lazy importer's worker: unmap what was invalidated (checked under the lock)."""
         a = self._a()
-        if not self.needs_unmap:
-            return
         a.dmabuf.resv.lock_ctx()
         try:
-            if a.mapping is not None:
-                core.dma_buf_unmap_attachment(a)
-            self.needs_unmap = False
+            if self._may_unmap():
+                if a.mapping is not None:
+                    core.dma_buf_unmap_attachment(a)
+                self.needs_unmap = False
         finally:
             a.dmabuf.resv.unlock()
 
@@ -98,8 +140,8 @@ class DeviceImporter:
         if not self.uses_fences:
             # A driver that maps, drops the lock and programs the device with the addresses,
             # with no fence: nothing tells the exporter the memory is still in use.
-            self.map()
-            a.dma_access(offset, len(data), True, data, job=a.mapping)
+            job = self.map()
+            a.dma_access(offset, len(data), True, data, job=job)
             return
         a.dmabuf.resv.lock_ctx()
         try:
@@ -130,13 +172,86 @@ class DeviceImporter:
         a = self.attach_
         if a is None or a.detached:
             return
-        if a.mapping is not None:
-            core.dma_buf_unmap_attachment_unlocked(a)
+        a.dmabuf.resv.lock_ctx()
+        try:
+            if a.mapping is not None:
+                core.dma_buf_unmap_attachment(a)
+        finally:
+            a.dmabuf.resv.unlock()
         core.dma_buf_detach(a.dmabuf, a)
 
     def _a(self) -> DmaBufAttachment:
         assert self.attach_ is not None, "attach first"
         return self.attach_
+
+
+class QuiescingImporter(DeviceImporter):
+    """A dynamic importer whose device DMAs through its live mapping without publishing a
+    fence — the driver counts the jobs it has in flight itself — and whose invalidate callback
+    *quiesces*: it waits for the DMA in flight to finish and unmaps, all before returning.
+
+    That is correct under the revoke/move contract (KERNEL.md §1): the callback runs with the
+    resv lock held and may finish or drain in-flight work; the mapping counts as invalid only
+    once the callback has returned. New jobs start under the resv lock (the same lock the
+    callback runs under), so none can start while it drains. ``drain=False`` is the broken
+    variant: the callback returns while a job is still in flight, and the job unmaps when it
+    finishes — after invalidation, so its remaining writes break the contract.
+    """
+
+    def __init__(self, dev: str = "quiesce-dev", drain: bool = True) -> None:
+        super().__init__(dev, dynamic=True, unmap="sync", uses_fences=False)
+        self.drain = drain
+        self.inflight: Cell[int] = Cell(0, label=f"{dev}.inflight", atomic=True)  # atomic_t
+        self._idle_wq: WaitQueue | None = None
+
+    def attach(self, buf: DmaBuf) -> DmaBufAttachment:
+        # Made at attach, not on first use: a location is named by the task creating it.
+        self._idle_wq = WaitQueue(buf.sched, f"{self.dev}.idle")
+        return super().attach(buf)
+
+    def _idle(self, buf: DmaBuf) -> WaitQueue:
+        if self._idle_wq is None:
+            self._idle_wq = WaitQueue(buf.sched, f"{self.dev}.idle")
+        return self._idle_wq
+
+    def _invalidate(self, attach: DmaBufAttachment) -> None:
+        self.invalidations += 1
+        if attach.mapping is None:
+            return
+        if self.drain:
+            # Quiesce: wait for every job in flight, then drop the mapping (resv is held).
+            self._idle(attach.dmabuf).wait_event(lambda: self.inflight.get() == 0)
+            core.dma_buf_unmap_attachment(attach)
+        elif self.inflight.get():
+            self.needs_unmap = True  # broken: the job unmaps when it is done
+        else:
+            core.dma_buf_unmap_attachment(attach)
+
+    def _may_unmap(self) -> bool:
+        return self.needs_unmap and not self.inflight.get()
+
+    def dma_burst(self, offset: int, chunks: list[bytes]) -> None:
+        """One DMA job writing ``chunks`` back to back through the live mapping (no fence).
+        Mapping again once revoked fails (ENODEV), as designed."""
+        a = self._a()
+        buf = a.dmabuf
+        buf.resv.lock_ctx()
+        try:
+            if a.mapping is None:
+                core.dma_buf_map_attachment(a)
+            # atomic_inc under resv: an invalidation cannot be half-way through
+            self.inflight.set(self.inflight.get() + 1)
+        finally:
+            buf.resv.unlock()
+        try:
+            pos = offset
+            for c in chunks:
+                a.dma_access(pos, len(c), True, c)  # through the live mapping
+                pos += len(c)
+        finally:
+            self.inflight.set(self.inflight.get() - 1)  # atomic_dec
+            self._idle(buf).wake_up()
+        self.unmap_if_invalidated()  # the job's completion: a deferred unmap, if one is due
 
 
 class RdmaMrImporter(DeviceImporter):
@@ -197,6 +312,7 @@ class CompositorImporter(DeviceImporter):
     def _invalidate(self, attach: DmaBufAttachment) -> None:
         if attach.dmabuf.ops.memory_model == "revocable":
             # A revoked client buffer under scan-out/composition: the GPU context faults.
+            track.write(self)  # resv held: the callback's
             self.context_lost = True
             attach.dmabuf.sched.violation(
                 "compositor-shot-down", f"{self.dev}: a client revoked {attach.dmabuf.name} "

@@ -10,6 +10,12 @@ Rules, by profile:
 - map while revoked: ENODEV.
 ``revoke()`` runs the core's revoke contract; ``reclaim()`` gives the memory back (after which
 any importer access is a physical-truth violation); ``unrevoke()`` lets importers map again.
+
+Accesses (sim/track.py): the revoke state, ``<buf>.revoked`` (vfio's ``priv->revoked``), is
+written under the resv lock (revoke, unrevoke) and read under it by map (plain); attach reads
+it without the lock, as vfio_pci_dma_buf_attach does — a marked read here (benign: the map
+checks again under the lock; the kernel's read is a plain one, see docs/fidelity.md). The
+reclaim state is the exporter's own (the revoking task, then the release), plain.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import kerr
 from ...hw.physmem import Owner
+from ...sim import track
 from ...uapi import linux as L
 from . import core
 from .core import REVOCABLE, DmaBuf, DmaBufAttachment, DmaBufOps, DmaMapping
@@ -27,7 +34,11 @@ if TYPE_CHECKING:
     from ..core import Kernel
 
 
-class MockRevocableExporter(DmaBufOps):
+_REVOKED = (0, 1)
+_RECLAIMED = (1, 2)
+
+
+class MockRevocableExporter(DmaBufOps, track.Tracked):
     memory_model = REVOCABLE
     can_unrevoke = True
     exp_name = "mock-revocable"
@@ -49,6 +60,7 @@ class MockRevocableExporter(DmaBufOps):
     def attach(self, buf: DmaBuf, attach: DmaBufAttachment) -> None:
         if self.require_p2p and not attach.peer2peer:
             raise kerr(errno.EOPNOTSUPP, f"attach: {self.exp_name} needs a peer2peer importer")
+        track.read_once(self, *_REVOKED)  # no resv lock here (dma_buf_dynamic_attach)
         if self.revoked:
             raise kerr(errno.ENODEV, f"attach: {buf.name} is revoked")
         if self.kernel.profile.dma_buf_attach_revocable and not \
@@ -63,6 +75,7 @@ class MockRevocableExporter(DmaBufOps):
         pass
 
     def map_dma_buf(self, attach: DmaBufAttachment, direction: int) -> DmaMapping:
+        track.read(self, *_REVOKED)  # resv held (the core asserted it)
         if self.revoked:
             raise kerr(errno.ENODEV, f"map: {attach.dmabuf.name} is revoked")
         # dma-direct (no IOMMU yet): the DMA address is the physical address.
@@ -76,7 +89,8 @@ class MockRevocableExporter(DmaBufOps):
 
     # ----- exporter-side events ----------------------------------------------------------
     def revoke(self, buf: DmaBuf) -> None:
-        def mark() -> None:
+        def mark() -> None:  # core.revoke calls it with the resv lock held
+            track.write(self, *_REVOKED)
             self.revoked = True
 
         core.revoke(buf, mark)
@@ -84,14 +98,17 @@ class MockRevocableExporter(DmaBufOps):
     def unrevoke(self, buf: DmaBuf) -> None:
         buf.resv.lock_ctx()
         try:
+            track.write(self, *_REVOKED)
             self.revoked = False
         finally:
             buf.resv.unlock()
 
     def reclaim(self) -> None:
+        track.read(self, *_RECLAIMED)
         if not self.reclaimed:
             if self.buf_name:
                 self.kernel.sched.point(f"{self.buf_name}.mem", "w")
+            track.write(self, *_RECLAIMED)
             self.reclaimed = True
             for s, e in self.extents:
                 self.kernel.phys.release(s, e)
@@ -105,4 +122,5 @@ def mock_dmabuf(kernel: Kernel, size: int, **kw: Any) -> DmaBuf:
         exp.reclaim()  # the error path gives the memory back (found by the fail_nth sweep)
         raise
     exp.buf_name = buf.name
+    exp.track_init(f"{buf.name}.revoked")
     return buf

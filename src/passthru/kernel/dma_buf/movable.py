@@ -3,11 +3,18 @@ system RAM and tells dynamic importers (the TTM pattern of drivers/gpu/drm/ttm a
 xe's dma-buf exporters, include/linux/dma-buf.h "move_notify").
 
 A migration: take the resv lock; refuse while pinned (EBUSY: pinned memory never moves);
-publish a KERNEL-usage fence for the move; invalidate the importers' mappings; wait for every
-fence already published (importers' DMA jobs) — TTM's ttm_bo_wait_ctx; copy to the new
-placement; free the old one; signal the move fence; unlock. Static importers pin on map, so
+allocate the new placement (ENOMEM leaves the buffer as it was); publish a KERNEL-usage fence
+for the move; invalidate the importers' mappings; wait for every fence already published
+(importers' DMA jobs) — TTM's ttm_bo_wait_ctx; copy to the new placement; free the old one;
+signal the move fence; unlock. Static importers pin on map, so
 their buffers stay put. Leaves out: eviction heuristics, GPU page tables, the copy engine
 (the copy happens in the CPU's model time, as one step).
+
+Accesses (sim/track.py): the placement — which memory backs the buffer (``extents``,
+``placement``, ``moves``) — and the pin count are one location, ``<buf>.placement``, read and
+written plain under the resv lock, as TTM's bo->resource and pin_count are (dma_resv_assert_held
+in ttm_bo_pin/unpin, ttm_bo_validate; the exporter's pin/unpin/map run with it held); the
+release reads it last, alone.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from ...errors import kerr
 from ...hw.physmem import Owner
+from ...sim import track
 from ...uapi import linux as L
 from ..cgroup.dmem import DmemRegion
 from . import core
@@ -28,7 +36,11 @@ if TYPE_CHECKING:
     from ..core import Kernel
 
 
-class MovableExporter(DmaBufOps):
+_PLACEMENT = (0, 1)
+_PINS = (1, 2)
+
+
+class MovableExporter(DmaBufOps, track.Tracked):
     memory_model = MOVABLE
     exp_name = "gpu-movable"
 
@@ -37,10 +49,51 @@ class MovableExporter(DmaBufOps):
         self.kernel = kernel
         self.dmem = dmem  # the device's VRAM region in the dmem cgroup, if accounted
         self.size = (size + L.PAGE_SIZE - 1) & ~(L.PAGE_SIZE - 1)
-        self.placement = placement
-        self.extents = kernel.phys.alloc(self.size, Owner(f"gpu:{placement}"))
-        self.pin_count = 0
-        self.moves = 0
+        self._placement = placement
+        self._extents = kernel.phys.alloc(self.size, Owner(f"gpu:{placement}"))
+        self._pin_count = 0
+        self._moves = 0
+
+    # The placement and the pin count: plain accesses, the resv lock guards them.
+    @property
+    def placement(self) -> str:
+        track.read(self, *_PLACEMENT)
+        return self._placement
+
+    @placement.setter
+    def placement(self, to: str) -> None:
+        track.write(self, *_PLACEMENT)
+        self._placement = to
+
+    @property
+    def extents(self) -> list[tuple[int, int]]:
+        track.read(self, *_PLACEMENT)
+        return self._extents
+
+    @extents.setter
+    def extents(self, ext: list[tuple[int, int]]) -> None:
+        track.write(self, *_PLACEMENT)
+        self._extents = ext
+
+    @property
+    def moves(self) -> int:
+        track.read(self, *_PLACEMENT)
+        return self._moves
+
+    @moves.setter
+    def moves(self, n: int) -> None:
+        track.write(self, *_PLACEMENT)
+        self._moves = n
+
+    @property
+    def pin_count(self) -> int:
+        track.read(self, *_PINS)
+        return self._pin_count
+
+    @pin_count.setter
+    def pin_count(self, n: int) -> None:
+        track.write(self, *_PINS)
+        self._pin_count = n
 
     def pin(self, attach: DmaBufAttachment) -> None:
         # Pinning device memory charges the dmem cgroup (a pinned buffer cannot be evicted);
@@ -76,15 +129,28 @@ class MovableExporter(DmaBufOps):
             if self.pin_count:
                 sched.violation("pinned-moved", f"{buf.name} moved while pinned "
                                 f"({self.pin_count} pin(s))")
+            # The new placement first, as TTM does: ttm_bo_validate -> ttm_bo_mem_space
+            # allocates the new resource, and only then does ttm_bo_handle_move_mem notify the
+            # importers and publish the copy's fence (ttm_bo_move_accel_cleanup, KERNEL
+            # usage). An allocation failure then leaves nothing behind: no fence that would
+            # never signal, no importer invalidated for a move that does not happen.
+            new = self.kernel.phys.alloc(self.size, Owner(f"gpu:{to}"))
             fence = DmaFence(sched, f"{buf.name}.move{self.moves}")
             buf.resv.add_fence(fence, DMA_RESV_USAGE_KERNEL)
-            core.dma_buf_move_notify(buf)
-            if "dma_buf.move_skips_fence_wait" not in bugs:
-                for f in buf.resv.pending(DMA_RESV_USAGE_BOOKKEEP):
-                    if f is not fence:
-                        f.wait()
-            new = self.kernel.phys.alloc(self.size, Owner(f"gpu:{to}"))
-            self._copy(self.extents, new)
+            try:
+                core.dma_buf_move_notify(buf)
+                if "dma_buf.move_skips_fence_wait" not in bugs:
+                    for f in buf.resv.pending(DMA_RESV_USAGE_BOOKKEEP):
+                        if f is not fence:
+                            f.wait()
+                self._copy(self.extents, new)
+            except OSError as err:
+                # A published fence must signal (dma-fence.c): on a later failure, the
+                # kernel's dma_fence_set_error + dma_fence_signal; the new placement goes back.
+                for s, e in new:
+                    self.kernel.phys.release(s, e)
+                fence.signal(-(err.errno or errno.EIO))
+                raise
             sched.point(f"{buf.name}.mem", "w")  # the old memory is about to go
             for s, e in self.extents:
                 self.kernel.phys.release(s, e)
@@ -120,8 +186,10 @@ def movable_dmabuf(kernel: Kernel, size: int, placement: str = "vram",
                    dmem: DmemRegion | None = None) -> DmaBuf:
     exp = MovableExporter(kernel, size, placement, dmem)
     try:
-        return core.dma_buf_export(kernel, exp, exp.size, priv=exp)
+        buf = core.dma_buf_export(kernel, exp, exp.size, priv=exp)
     except OSError:
-        for s, e in exp.extents:  # the error path frees the VRAM (found by fail_nth)
+        for s, e in exp._extents:  # the error path frees the VRAM (found by fail_nth)
             kernel.phys.release(s, e)
         raise
+    exp.track_init(f"{buf.name}.placement")
+    return buf

@@ -29,6 +29,12 @@ the udmabuf keeps the old one (udmabuf's known coherency caveat).
 
 Pins block F_SEAL_WRITE on the memfd (memfd_wait_for_pins: EBUSY) while the buffer lives.
 
+Accesses (sim/track.py): the buffer's pages (``udmabuf.pages``) are written while it is built
+and at release, read in between; its own location (``udmabuf``) holds the sg table pointer,
+which begin_cpu_udmabuf fills in with no lock at all (two concurrent DMA_BUF_IOCTL_SYNC calls
+race on it in the kernel too: plain, so the model reports that race), and the vmap count,
+under the resv lock (vmap_udmabuf asserts it): plain.
+
 Model deviations (docs/fidelity.md): the fault handler's prefault of the whole VMA happens at
 mmap time (mm/vma.py raises SIGBUS on a VM_PFNMAP hole without asking vm_ops->fault); a
 range past the file fails before the holes inside it are allocated (the kernel allocates
@@ -45,6 +51,7 @@ from typing import TYPE_CHECKING
 
 from ...errors import Fault, kerr
 from ...extents import RangeMap
+from ...sim import track
 from ...uapi import linux as L
 from ...uapi import udmabuf as U
 from ..fs.file import File
@@ -69,7 +76,11 @@ SEALS_DENIED = L.F_SEAL_WRITE | L.F_SEAL_FUTURE_WRITE
 LOFF_MAX = (1 << 63) - 1
 
 
-class Udmabuf(DmaBufOps):
+_SG = (0, 1)
+_VMAP = (1, 2)
+
+
+class Udmabuf(DmaBufOps, track.Tracked):
     """struct udmabuf plus udmabuf_ops. ``pages`` maps buffer offsets to physical addresses
     (linear extents, so physically contiguous neighbours merge); ``pins`` are the long-term
     pins memfd_pin_folios took, one per item."""
@@ -80,10 +91,11 @@ class Udmabuf(DmaBufOps):
     def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
         self.pagecount = 0
-        self.pages: RangeMap[int] = RangeMap(linear=True)
+        self.pages: RangeMap[int] = RangeMap(linear=True, label="udmabuf.pages")
         self.pins: list[Pin] = []
         self.sg = False
         self.vmap_cnt = 0
+        self.track_init("udmabuf")
 
     @property
     def size(self) -> int:
@@ -139,27 +151,34 @@ class Udmabuf(DmaBufOps):
         """vmap_udmabuf: vmap_pfn of every page (EINVAL if it fails)."""
         if self.kernel.sched.fault("vmap"):
             raise kerr(errno.EINVAL, "vmap_udmabuf: vmap_pfn failed (injected)")
+        track.write(self, *_VMAP)  # resv held (dma_buf_vmap)
         self.vmap_cnt += 1
         return vmap_address(self.kernel)
 
     def vunmap(self, buf: DmaBuf) -> None:
+        track.write(self, *_VMAP)
         self.vmap_cnt -= 1
 
     def begin_cpu_access(self, buf: DmaBuf, direction: int) -> None:
-        """begin_cpu_udmabuf: build the sg table on first use, else sync it for the CPU."""
+        """begin_cpu_udmabuf: build the sg table on first use, else sync it for the CPU.
+        No lock: ubuf->sg is read and set plain."""
+        track.read(self, *_SG)
         if not self.sg:
             if self.kernel.sched.fault("kzalloc"):
                 raise kerr(errno.ENOMEM, "begin_cpu_udmabuf: sg table allocation failed "
                            "(injected)")
+            track.write(self, *_SG)
             self.sg = True
 
     def end_cpu_access(self, buf: DmaBuf, direction: int) -> None:
         """end_cpu_udmabuf: EINVAL without a table (no DMA_BUF_SYNC_START came first)."""
+        track.read(self, *_SG)
         if not self.sg:
             raise kerr(errno.EINVAL, "end_cpu_udmabuf: no sg table (sync END before START)")
 
     def release(self, buf: DmaBuf) -> None:
         """release_udmabuf: put the sg table, unpin every folio."""
+        track.write(self, *_SG)
         self.sg = False
         self.unpin_all()
         self.pages.clear()

@@ -13,9 +13,21 @@ Rules (kvm_gmem_create, kvm_gmem_mmap, kvm_gmem_fallocate, kvm_gmem_fault_user_m
   inside the size (EINVAL); PUNCH_HOLE invalidates KVM's mappings of bound slots first
   (invalidate_begin: zap + mmu_invalidate_in_progress), then frees, then invalidate_end.
 
-Locking: ``invalidate_lock`` (filemap_invalidate_lock, an rw_semaphore) — write for punch and
-bind, read for kvm_gmem_get_pfn. Leaves out: in-place shared/private conversion (later
-proposals), hugepage support, NUMA mempolicy, arch prepare/invalidate hooks (RMP updates).
+Locking (which lock protects which field): ``invalidate_lock`` (filemap_invalidate_lock, an
+rw_semaphore) —
+- ``bindings`` (gmem_file->bindings): written under it for write (kvm_gmem_bind,
+  kvm_gmem_unbind, kvm_gmem_release), read under it by punch hole (kvm_gmem_invalidate_begin
+  runs with it held for write: lockdep_assert_held_write);
+- population and truncation of ``cache``: fallocate and kvm_gmem_get_pfn populate under it
+  for read, punch hole truncates under it for write. The page cache's own xarray (xa_lock)
+  is implicit (filemap.py). Upstream kvm_gmem_get_pfn serialises against truncation with the
+  folio lock (filemap_lock_folio) rather than invalidate_lock; the model has no folio locks
+  and takes invalidate_lock for read in its place.
+- ``Memslot.gmem`` is written with WRITE_ONCE under invalidate_lock (memslots.py);
+  kvm_gmem_release also holds ``kvm.slots_lock`` so that no memslot update unbinds
+  concurrently, and invalidates through the mmu_invalidate protocol (mmu.py).
+Leaves out: in-place shared/private conversion (later proposals), hugepage support, NUMA
+mempolicy, arch prepare/invalidate hooks (RMP updates), several VMs per inode.
 """
 
 from __future__ import annotations
@@ -30,6 +42,7 @@ from ...sim.locks import RwSem
 from ...uapi import kvm as K
 from ...uapi import linux as L
 from ..fs.file import File
+from ..lockdep_assert import lockdep_assert_held, lockdep_assert_held_write
 from ..mm.filemap import PageCache
 from ..mm.vma import VM_DONTDUMP, VM_MAYSHARE, VM_SHARED
 
@@ -59,7 +72,7 @@ class GmemFile(File):
         self.i_size = size
         self.gflags = flags
         self.cache = PageCache(kvm.kernel, f"{self.name}@vm{kvm.vm_id}")
-        self.bindings: RangeMap[Binding] = RangeMap()
+        self.bindings: RangeMap[Binding] = RangeMap(label=f"{self.name}.bindings")
         self.invalidate_lock = RwSem(self.kernel.sched, f"{self.name}.invalidate_lock",
                                      "mapping.invalidate_lock")
         self.i_mmap_writable = 0
@@ -110,20 +123,32 @@ class GmemFile(File):
             self.invalidate_lock.up_read()
 
     def punch_hole(self, start: int, end: int) -> None:
+        """kvm_gmem_punch_hole: invalidate, truncate, end the invalidation, all under
+        invalidate_lock held for write."""
         end = min(end, self.i_size)
         kvm = self.kvm
         self.invalidate_lock.down_write()
         try:
             kvm.sched.emit("gmem", "punch_hole", file=self.name, start=start, end=end)
-            for bs, be, b in list(self.bindings.overlapping(start, end)):
-                kvm.mmu.invalidate_begin(b.slot.gpa_of(b, bs), b.slot.gpa_of(b, be))
+            self.invalidate_begin(start, end)
             # Cheap scheduling point between zap and free: where a racing vCPU could slip in.
             kvm.sched.point(f"{self.name}.pages", "w")
             self.cache.truncate_range(start, end)
-            for _ in list(self.bindings.overlapping(start, end)):
-                kvm.mmu.invalidate_end()
+            self.invalidate_end(start, end)
         finally:
             self.invalidate_lock.up_write()
+
+    def invalidate_begin(self, start: int, end: int) -> None:
+        """__kvm_gmem_invalidate_begin: zap the SPTEs of every bound slot in the range."""
+        lockdep_assert_held_write(self.invalidate_lock, "kvm_gmem_invalidate_begin")
+        for bs, be, b in list(self.bindings.overlapping(start, end)):
+            self.kvm.mmu.invalidate_begin(b.slot.gpa_of(b, bs), b.slot.gpa_of(b, be))
+
+    def invalidate_end(self, start: int, end: int) -> None:
+        """__kvm_gmem_invalidate_end."""
+        lockdep_assert_held_write(self.invalidate_lock, "kvm_gmem_invalidate_end")
+        for _ in list(self.bindings.overlapping(start, end)):
+            self.kvm.mmu.invalidate_end()
 
     def get_pfn(self, offset: int) -> int:
         """kvm_gmem_get_pfn: the page at ``offset``, allocated on first use."""
@@ -151,25 +176,40 @@ class GmemFile(File):
                 raise kerr(errno.EINVAL, f"KVM_SET_USER_MEMORY_REGION2: guest_memfd range "
                            f"[{offset:#x}, {offset + size:#x}) already bound to slot "
                            f"{hit[2].slot.id}")
+            # The slot is not published yet: the fault path will see the file.
+            slot.gmem_offset = offset
+            slot.set_gmem(self)
             self.bindings.set(offset, offset + size, Binding(slot, offset, offset + size))
         finally:
             self.invalidate_lock.up_write()
-        slot.gmem = self
-        slot.gmem_offset = offset
 
     def unbind(self, slot: Memslot) -> None:
-        self.bindings.remove(slot.gmem_offset, slot.gmem_offset + slot.npages * PAGE)
-        slot.gmem = None
+        """kvm_gmem_unbind (memslot free, slots_lock held): drop the binding under
+        invalidate_lock; synchronize_srcu already kept kvm_gmem_get_pfn from the slot."""
+        lockdep_assert_held(self.kvm.slots_lock, "kvm_gmem_unbind")
+        self.invalidate_lock.down_write()
+        try:
+            self.bindings.remove(slot.gmem_offset, slot.gmem_offset + slot.npages * PAGE)
+            slot.set_gmem(None)
+        finally:
+            self.invalidate_lock.up_write()
 
     def release(self) -> None:
+        """kvm_gmem_release: under slots_lock and invalidate_lock, clear every bound slot's
+        file, invalidate all its ranges, then drop the pages and the VM reference."""
         kvm = self.kvm
-        # kvm_gmem_release: zap every bound range and unbind, then drop the pages.
-        for _, _, b in list(self.bindings):
-            kvm.mmu.zap_gfn_range(b.slot.base_gpa, b.slot.base_gpa + b.slot.npages * PAGE)
-            b.slot.gmem = None
+        with kvm.slots_lock:
+            self.invalidate_lock.down_write()
+            try:
+                for _, _, b in list(self.bindings):
+                    b.slot.set_gmem(None)
+                self.invalidate_begin(0, self.i_size)
+                self.invalidate_end(0, self.i_size)
+                kvm.gmem_files.remove(self)
+            finally:
+                self.invalidate_lock.up_write()
         self.bindings.clear()
         self.cache.truncate_range(0, self.i_size)
-        kvm.gmem_files.remove(self)
         kvm.put()
 
 

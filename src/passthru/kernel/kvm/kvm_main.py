@@ -6,8 +6,17 @@ the creating process's mm (KVM pins current->mm) for hva-backed slots and regist
 mmu_notifier on it.
 
 ioctl dispatch follows kvm_dev_ioctl, kvm_vm_ioctl and kvm_vcpu_ioctl; answers to
-KVM_CHECK_EXTENSION come from the profile. Locks: ``kvm.lock`` (VM-wide), ``slots_lock``
-(memslot updates), ``srcu`` (memslot readers), ``mmu.mmu_lock``.
+KVM_CHECK_EXTENSION come from the profile.
+
+Locking (which lock protects which field):
+- ``kvm.lock`` (VM-wide): ``vcpus`` is written under it (kvm_vm_ioctl_create_vcpu); VM
+  teardown reads it as the last user.
+- ``slots_lock``: memslot updates (memslots.py) and ``attributes`` (kvm->mem_attr_array,
+  written by kvm_vm_set_mem_attributes under slots_lock inside an mmu invalidation; read by
+  the fault path with xa_load under RCU: marked, and caught by the mmu_invalidate retry).
+- ``srcu``: memslot readers; ``mmu.mmu_lock``: the stage-2 tables (mmu.py).
+- ``users_count`` is a refcount_t (atomic, release/acquire on the last put); ``gmem_files``
+  is model bookkeeping (the kernel's per-inode gmem_file_list), kept atomic.
 Leaves out: vCPU register state and instruction emulation — a modelled vCPU performs
 guest accesses given to it (:meth:`Vcpu.access`) and reports KVM exits; IRQ chips; dirty logs.
 """
@@ -22,9 +31,11 @@ from typing import TYPE_CHECKING, Any
 from ...errors import kerr
 from ...extents import RangeMap
 from ...sim.locks import Mutex, Srcu
+from ...sim.track import Cell, TrackedDict, TrackedList
 from ...uapi import kvm as K
 from ...uapi import linux as L
 from ..fs.file import File
+from ..lockdep_assert import marked
 from ..mm.filemap import PageCache
 from .guest_memfd import GmemFile, kvm_gmem_create, kvm_gmem_supported_flags
 from .memslots import Memslots
@@ -114,7 +125,7 @@ class Kvm:
         self.vm_type = vm_type
         self.vm_id = kernel.next_id("vm")
         self.name = f"vm{self.vm_id}"
-        self.users_count = 1
+        self._users: Cell[int] = Cell(1, label=f"{self.name}.users_count", atomic=True)
         self.has_private_mem = vm_type != K.KVM_X86_DEFAULT_VM
         self.has_readonly_mem = vm_type in (K.KVM_X86_DEFAULT_VM, K.KVM_X86_SW_PROTECTED_VM)
         self.supports_gmem = True
@@ -126,29 +137,39 @@ class Kvm:
         self.srcu = Srcu(self.sched, f"{self.name}.srcu")
         self.mmu = KvmMmu(self)
         self.memslots = Memslots(self)
-        self.attributes: RangeMap[int] = RangeMap()
-        self.gmem_files: list[GmemFile] = []
-        self.vcpus: dict[int, Vcpu] = {}
+        self.attributes: RangeMap[int] = RangeMap(label=f"{self.name}.mem_attr_array")
+        self.gmem_files: list[GmemFile] = TrackedList(label=f"{self.name}.gmem_files",
+                                                      atomic=True)
+        self.vcpus: dict[int, Vcpu] = TrackedDict(label=f"{self.name}.vcpus")
         self.mm.notifiers.append(self.mmu.hva_invalidate)
         kernel.track("kvm", +1)
         self.sched.emit("kvm", "create-vm", vm=self.vm_id, type=vm_type)
 
+    @property
+    def users_count(self) -> int:
+        return self._users.peek()
+
     def get(self) -> Kvm:
-        self.users_count += 1
+        """kvm_get_kvm: refcount_inc."""
+        self._users.set(self._users.get() + 1)
         return self
 
     def put(self) -> None:
-        self.users_count -= 1
-        if self.users_count == 0:
+        """kvm_put_kvm: refcount_dec_and_test; the last user destroys the VM."""
+        n = self._users.get() - 1
+        self._users.set(n)
+        if n == 0:
             self.destroy()
 
     def destroy(self) -> None:
-        """kvm_destroy_vm: drop every slot and mapping."""
+        """kvm_destroy_vm: drop every slot and mapping (the last user: no locks needed for
+        the VM's own state, but the mmu still zaps under mmu_lock)."""
         for slot in list(self.memslots.by_id.values()):
             self.memslots._remove(slot)
-            if slot.gmem is not None:
-                slot.gmem.unbind(slot)
-        self.mmu.zap_gfn_range(0, 1 << 64)
+            gmem = slot.get_gmem()
+            if gmem is not None:
+                gmem.unbind(slot)
+        self.mmu.zap_all()
         for vcpu in self.vcpus.values():
             vcpu.free()
         self.vcpus.clear()
@@ -158,14 +179,17 @@ class Kvm:
 
     def gmem_only(self, slot: Any) -> bool:
         """kvm_memslot_is_gmem_only: a non-CoCo VM's slot whose gmem the host can mmap."""
-        gm = slot.gmem
+        gm = slot.get_gmem()
         return gm is not None and not self.has_private_mem and bool(
             gm.gflags & K.GUEST_MEMFD_FLAG_MMAP)
 
     def mem_is_private(self, gpa: int) -> bool:
+        """kvm_mem_is_private: xa_load of mem_attr_array under RCU (a marked read)."""
         if not self.has_private_mem:
             return False
-        return bool((self.attributes.lookup(gpa) or 0) & K.KVM_MEMORY_ATTRIBUTE_PRIVATE)
+        with marked():
+            attrs = self.attributes.lookup(gpa)
+        return bool((attrs or 0) & K.KVM_MEMORY_ATTRIBUTE_PRIVATE)
 
     def set_memory_attributes(self, attrs: K.kvm_memory_attributes) -> None:
         """kvm_vm_ioctl_set_mem_attributes."""
