@@ -142,6 +142,10 @@ class Tracker:
 
     # ----- accesses --------------------------------------------------------------------
     def access(self, uid: str, lo: int, hi: int, write: bool, marked: bool) -> None:
+        if not self.sched._running:
+            # Set-up before the tasks start, and what main does after joining them, can race
+            # with nothing (spawn and join order it) and is in no step's footprint.
+            return
         lst = self.fp.get(uid)
         if lst is None:
             self.fp[uid] = [(lo, hi, write)]
@@ -191,6 +195,8 @@ class Tracker:
     # ----- happens-before --------------------------------------------------------------
     def release(self, uid: str) -> None:
         """The current task publishes what it did so far into ``uid`` (unlock, signal...)."""
+        if not self.sched._running:
+            return  # main before spawning or after joining: spawn/join already order it
         tid = self.sched.current.tid
         vc = self.clocks.setdefault(tid, {tid: 1})
         s = self.sync.get(uid)
@@ -204,6 +210,8 @@ class Tracker:
 
     def acquire(self, uid: str) -> None:
         """The current task sees everything released into ``uid`` (lock, wait...)."""
+        if not self.sched._running:
+            return
         s = self.sync.get(uid)
         if s is None:
             return

@@ -42,7 +42,7 @@ from ...sim.locks import RwSem
 from ...uapi import kvm as K
 from ...uapi import linux as L
 from ..fs.file import File
-from ..lockdep_assert import lockdep_assert_held, lockdep_assert_held_write
+from ..lockdep_assert import lockdep_assert_held_write
 from ..mm.filemap import PageCache
 from ..mm.vma import VM_DONTDUMP, VM_MAYSHARE, VM_SHARED
 
@@ -184,9 +184,9 @@ class GmemFile(File):
             self.invalidate_lock.up_write()
 
     def unbind(self, slot: Memslot) -> None:
-        """kvm_gmem_unbind (memslot free, slots_lock held): drop the binding under
-        invalidate_lock; synchronize_srcu already kept kvm_gmem_get_pfn from the slot."""
-        lockdep_assert_held(self.kvm.slots_lock, "kvm_gmem_unbind")
+        """kvm_gmem_unbind (a memslot is freed: under slots_lock, or by the VM's last user):
+        drop the binding under invalidate_lock; synchronize_srcu already kept
+        kvm_gmem_get_pfn away from the slot."""
         self.invalidate_lock.down_write()
         try:
             self.bindings.remove(slot.gmem_offset, slot.gmem_offset + slot.npages * PAGE)

@@ -5,9 +5,18 @@ physically contiguous run, never one entry per page. ``mappers`` is the inode's 
 VMAs that map it), so truncation can zap their PTEs (unmap_mapping_range); ``invalidators``
 are in-kernel users that must drop their translations first (KVM for guest_memfd).
 
-Units: bytes; every range handed in is page aligned. Locking: the owner's invalidate lock
-(filemap_invalidate_lock) serialises truncation against population; callers take it.
-Leaves out: folio sizes (large folios are just longer extents), LRU, swap, writeback.
+Units: bytes; every range handed in is page aligned.
+
+Locking (which lock protects which field):
+- ``pages`` is the mapping's i_pages xarray: every insertion and removal is under its xa_lock
+  and lookups are RCU walks — a spinlock the model leaves implicit, so the map is ``atomic``.
+  Truncation against population is the owner's business (guest_memfd's invalidate lock,
+  filemap_invalidate_lock; shmem's folio locks and inode lock), taken by the callers.
+- ``mappers`` is i_mmap, changed under i_mmap_rwsem for write (vma_link/unlink) and walked
+  under it for read (unmap_mapping_range); each access is one step with no scheduling point
+  inside, so it is ``atomic`` here. ``invalidators`` likewise.
+Leaves out: folio sizes (large folios are just longer extents), LRU, swap, writeback, folio
+locks.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from ...extents import RangeMap
 from ...hw.physmem import Owner
+from ...sim.track import TrackedList
 
 if TYPE_CHECKING:
     from ..core import Kernel
@@ -29,9 +39,10 @@ class PageCache:
     def __init__(self, kernel: Kernel, name: str) -> None:
         self.kernel = kernel
         self.name = name
-        self.pages: RangeMap[int] = RangeMap(linear=True)
-        self.mappers: list[Vma] = []
-        self.invalidators: list[Invalidator] = []
+        self.pages: RangeMap[int] = RangeMap(linear=True, label=f"{name}.pages", atomic=True)
+        self.mappers: list[Vma] = TrackedList(label=f"{name}.i_mmap", atomic=True)
+        self.invalidators: list[Invalidator] = TrackedList(label=f"{name}.invalidators",
+                                                           atomic=True)
 
     def lookup(self, start: int, end: int) -> list[tuple[int, int, int]]:
         return list(self.pages.overlapping(start, end))
