@@ -34,8 +34,9 @@ Shared state and how it is accessed (sim/track.py; the race detector judges plai
 - the fences and the resv fence list: see fence.py and resv.py (signalled bit atomic; RCU
   walks of the list marked);
 - device DMA (:meth:`DmaBufAttachment.dma_access`) is hardware: its reads of the mapping it
-  was programmed with and its memory accesses are in the footprint but marked — physical
-  truth and the revoke contract judge it, not the race detector;
+  was programmed with are marked, and its memory accesses end in hw/physmem, whose contents
+  are marked and whose ownership check is the physical-truth oracle — physical truth and the
+  revoke contract judge the DMA, not the race detector;
 - the exporter's revoking wait for unmaps (7.1: a kref and a completion in vfio) reads the
   attachments' mapping state marked, ordered by the wake-up of the unmapping importer.
 """
@@ -43,8 +44,7 @@ Shared state and how it is accessed (sim/track.py; the race detector judges plai
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -323,35 +323,19 @@ class DmaBufAttachment(track.Tracked):
         out = bytearray()
         pos = 0
         phys = self.dmabuf.kernel.phys
-        with device_dma():
-            for _, length, p in m.ranges:
-                if offset < pos + length and offset + n > pos:
-                    s = max(offset, pos)
-                    e = min(offset + n, pos + length)
-                    if write:
-                        assert data is not None
-                        phys.write(p + (s - pos), data[s - offset : e - offset], who)
-                    else:
-                        out += phys.read(p + (s - pos), e - s, who)
-                pos += length
+        # The memory itself: hw/physmem's contents are marked and its ownership check is the
+        # physical-truth oracle (footprint only), so the DMA is judged there, never as a race.
+        for _, length, p in m.ranges:
+            if offset < pos + length and offset + n > pos:
+                s = max(offset, pos)
+                e = min(offset + n, pos + length)
+                if write:
+                    assert data is not None
+                    phys.write(p + (s - pos), data[s - offset : e - offset], who)
+                else:
+                    out += phys.read(p + (s - pos), e - s, who)
+            pos += length
         return bytes(out)
-
-
-@contextmanager
-def device_dma() -> Iterator[None]:
-    """Accesses a device makes by DMA: hardware, not kernel code. They stay in the footprint
-    (the explorer orders them against the CPU's) but are never data races — physical truth
-    (hw/physmem: freed or foreign memory) and the revoke contract judge them. The block must
-    have no scheduling point inside (a DMA burst is one step)."""
-    tr = track.active()
-    if tr is None or not tr.races:
-        yield
-        return
-    tr.races = False
-    try:
-        yield
-    finally:
-        tr.races = True
 
 
 # ----- the core API -----------------------------------------------------------------------

@@ -140,8 +140,8 @@ class DeviceImporter(track.Tracked):
         if not self.uses_fences:
             # A driver that maps, drops the lock and programs the device with the addresses,
             # with no fence: nothing tells the exporter the memory is still in use.
-            job = self.map()
-            a.dma_access(offset, len(data), True, data, job=job)
+            programmed = self.map()
+            a.dma_access(offset, len(data), True, data, job=programmed)
             return
         a.dmabuf.resv.lock_ctx()
         try:

@@ -13,9 +13,9 @@ any importer access is a physical-truth violation); ``unrevoke()`` lets importer
 
 Accesses (sim/track.py): the revoke state, ``<buf>.revoked`` (vfio's ``priv->revoked``), is
 written under the resv lock (revoke, unrevoke) and read under it by map (plain); attach reads
-it without the lock, as vfio_pci_dma_buf_attach does — a marked read here (benign: the map
-checks again under the lock; the kernel's read is a plain one, see docs/fidelity.md). The
-reclaim state is the exporter's own (the revoking task, then the release), plain.
+it without the lock, as vfio_pci_dma_buf_attach does — a marked read here, where the kernel's
+is a plain one KCSAN could report (benign: the map checks again under the lock). The reclaim
+state is the exporter's own (the revoking task, then the release), plain.
 """
 
 from __future__ import annotations
