@@ -28,10 +28,10 @@ import time
 from rich.console import Console
 from rich.table import Table
 
+from passthru.check.crosscheck import explore_all
 from passthru.check.discover import builtin
 from passthru.check.explore import DfsExplorer, DporExplorer
 from passthru.check.parallel import check_many
-from passthru.check.crosscheck import explore_all
 from passthru.check.runner import RunResult, check, run_once
 
 console = Console(width=160)

@@ -81,10 +81,10 @@ def vm_of(host: SimHost, fd: int) -> Any:
 
 def gmem_of(host: SimHost, fd: int) -> Any:
     """The guest_memfd behind ``fd`` (from KVM_CREATE_GUEST_MEMFD)."""
-    from .kernel.kvm.guest_memfd import GuestMemfd
+    from .kernel.kvm.guest_memfd import GmemFile
 
     f = file_of(host, fd)
-    if not isinstance(f, GuestMemfd):
+    if not isinstance(f, GmemFile):
         raise kerr(22, f"kapi.gmem_of: fd {fd} is a {f.kind}, not a guest_memfd")
     return f
 

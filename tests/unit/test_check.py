@@ -32,8 +32,13 @@ def test_builtin_verdicts_match_expectations(name):
     ("memslot_delete_vs_vcpu_buggy", "use-after-free"),
 ])
 def test_buggy_scenarios_report_the_right_violation(name, kind):
-    v = check(SCENARIOS[name], SCENARIOS[name].profiles[-1])
+    # Found as what it is with the race detector off; with it on, the unlocked counter of
+    # lost_update is (also, and first) a data race — the others have no race to report.
+    v = check(SCENARIOS[name], SCENARIOS[name].profiles[-1], races=False)
     assert v.found and v.violations[0].kind == kind
+    v = check(SCENARIOS[name], SCENARIOS[name].profiles[-1])
+    want = "data-race" if name == "lost_update" else kind
+    assert v.found and v.violations[0].kind == want
 
 
 def test_safe_schedule_counts_are_stable():
@@ -83,7 +88,7 @@ def test_cli_save_and_replay(tmp_path):
     assert r.exit_code == 0, r.output
     f = tmp_path / "abba-linux-7.1.json"
     data = json.loads(f.read_text())
-    assert data["version"] == 1 and data["scenario"] == "abba" and data["choices"]
+    assert data["version"] == 2 and data["scenario"] == "abba" and data["choices"]
     r1 = CliRunner().invoke(main, ["replay", str(f)])
     r2 = CliRunner().invoke(main, ["replay", str(f)])
     assert r1.exit_code == 1 and r1.output == r2.output and "lock-order" in r1.output
@@ -96,7 +101,7 @@ def test_cli_usage_errors_exit_two(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"version": 99}')
     r = runner.invoke(main, ["replay", str(bad)])
-    assert r.exit_code == 2 and "malformed schedule" in r.output
+    assert r.exit_code == 2 and "unsupported schedule version 99" in r.output
     assert runner.invoke(main, ["run", "no_such_scenario"]).exit_code == 2
 
 

@@ -77,3 +77,48 @@ def test_a_plain_store_to_the_stop_flag_is_a_data_race(tmp_path: Path) -> None:
     f.write_text(src)
     r = CliRunner().invoke(main, ["check", str(f), "-k", "too_early"])
     assert "[data-race]" in r.output and "nic.stop" in r.output, r.output
+
+
+def test_kapi_reaches_objects_from_fds() -> None:
+    import errno
+
+    from passthru import SimHost, kapi
+    from passthru.uapi import kvm as K
+    from passthru.uapi import linux as L
+
+    host = SimHost()
+    kfd = host.open("/dev/kvm", L.O_RDWR)
+    vm = host.ioctl(kfd, K.KVM_CREATE_VM, 0)
+    gmem = host.ioctl(vm, K.KVM_CREATE_GUEST_MEMFD, K.kvm_create_guest_memfd(size=1 << 20))
+    assert kapi.vm_of(host, vm) is kapi.file_of(host, vm).kvm  # type: ignore[attr-defined]
+    assert kapi.gmem_of(host, gmem) is kapi.file_of(host, gmem)
+    for fn, fd in ((kapi.vm_of, kfd), (kapi.gmem_of, vm), (kapi.dmabuf_of, gmem)):
+        try:
+            fn(host, fd)
+        except OSError as e:
+            assert e.errno == errno.EINVAL and "not a" in str(e)
+        else:
+            raise AssertionError(f"{fn.__name__} accepted fd {fd}")
+    try:
+        kapi.file_of(host, 999)
+    except OSError as e:
+        assert e.errno == errno.EBADF
+    else:
+        raise AssertionError("file_of accepted a closed fd")
+
+
+def test_kapi_exporter_ops_are_checked_like_dma_buf_export() -> None:
+    import errno
+
+    import pytest as _pytest
+
+    from passthru import SimHost, kapi
+
+    host = SimHost()
+    ops = kapi.ExporterOps(map=lambda priv, a: kapi.mapping([]), release=lambda p, b: None,
+                           pin=lambda p, a: None)  # pin without unpin
+    with _pytest.raises(OSError) as ei:
+        kapi.export(host, ops, object(), 4096)
+    assert ei.value.errno == errno.EINVAL and "pin and unpin" in str(ei.value)
+    with _pytest.raises(KeyError):
+        kapi.patch(None, "no_such_function", lambda: None)  # type: ignore[arg-type]

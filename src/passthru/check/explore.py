@@ -9,9 +9,10 @@ reductions below reason about. Scheduling points only say where a switch may hap
 
 - :class:`DfsExplorer` — depth-first over choices with a preemption bound (switching away from
   a task that could have continued costs one), optionally iterative deepening (bound 0, 1, ...)
-  and, when unbounded, sleep sets: a task already explored at a node sleeps, with the footprint its step had
-  there, in the sibling subtrees, until a step dependent on that footprint runs. The sleeping
-  footprints of siblings are learnt as the siblings run (a registry per branching node).
+  and, when unbounded, sleep sets: a task already explored at a node sleeps, with the
+  footprint its step had there, in the sibling subtrees, until a step dependent on that
+  footprint runs. The sleeping footprints of siblings are learnt as the siblings run (a
+  registry per branching node).
   ``sleep_sets=False`` and ``bound=None`` give the plain enumeration that cross-checks both
   reductions (``--strategy full``).
 - :class:`DporExplorer` — dynamic partial-order reduction (Flanagan & Godefroid, POPL 2005)
