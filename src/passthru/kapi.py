@@ -38,12 +38,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MEMORY_MODELS", "MOVABLE", "PATCHABLE", "PINNED", "REVOCABLE", "Attachment", "Cell",
-    "Completion", "DmaBuf", "ExporterOps", "Fault", "ImporterOps", "Mapping", "Mutex",
-    "RwSem", "Sandbox", "WaitQueue", "alloc_ram", "attach", "detach", "dma_read", "dma_write",
-    "dmabuf_of", "export", "file_of", "free_ram", "gmem_of", "invalidate_mappings",
-    "kernel_of", "kerr", "lockdep_assert_held", "map_attachment", "patch", "read",
-    "read_once", "resv_locked", "revoke", "scenario", "unmap_attachment", "vm_of", "write",
-    "write_once",
+    "Completion", "CompositorImporter", "DeviceImporter", "DmaBuf", "ExporterOps", "Fault",
+    "ImporterOps", "Mapping", "Mutex", "QuiescingImporter", "RdmaMrImporter", "RwSem",
+    "Sandbox", "WaitQueue", "alloc_ram", "attach", "detach", "dma_buf_get",
+    "dma_buf_mappings_backed", "dma_read", "dma_write", "dmabuf_of", "export", "file_of",
+    "free_ram", "gmem_of", "invalidate_mappings", "kernel_of", "kerr", "kvm_legacy_map",
+    "lockdep_assert_held", "map_attachment", "mapping", "migrate_buffer", "movable_dmabuf",
+    "patch", "pin_user_pages", "read", "read_once", "reclaim_buffer", "resv_locked",
+    "revocable_dmabuf", "revoke", "revoke_buffer", "scenario", "unmap_attachment",
+    "unrevoke_buffer", "vm_of", "write", "write_once",
 ]
 
 
@@ -236,6 +239,85 @@ def dma_read(attach: Attachment, offset: int, n: int) -> bytes:
 def dma_write(attach: Attachment, offset: int, data: bytes) -> None:
     """The importing device writes through its current mapping."""
     attach.dma_access(offset, len(data), write=True, data=data)
+
+
+# ----- the model's own drivers: ready-made exporters and importers --------------------------
+
+# Importers (kernel/dma_buf/importers.py): a generic device (static or dynamic; unmap "sync",
+# "work" or "never"; fenced or not), a quiescing device, an RDMA MR, a compositor.
+from .kernel.dma_buf.importers import CompositorImporter as CompositorImporter  # noqa: E402
+from .kernel.dma_buf.importers import DeviceImporter as DeviceImporter  # noqa: E402
+from .kernel.dma_buf.importers import QuiescingImporter as QuiescingImporter  # noqa: E402
+from .kernel.dma_buf.importers import RdmaMrImporter as RdmaMrImporter  # noqa: E402
+
+
+def revocable_dmabuf(host: SimHost, size: int, require_p2p: bool = True) -> DmaBuf:
+    """A RAM-backed revocable dma-buf, like the iommufd selftest's mock and vfio-pci's BAR
+    export (kernel/dma_buf/mock.py); the exporter side acts through :func:`revoke_buffer`,
+    :func:`unrevoke_buffer` and :func:`reclaim_buffer`."""
+    from .kernel.dma_buf.mock import mock_dmabuf
+
+    return mock_dmabuf(host.kernel, size, require_p2p=require_p2p)
+
+
+def movable_dmabuf(host: SimHost, size: int, placement: str = "vram") -> DmaBuf:
+    """A GPU-style buffer TTM may move between VRAM and system memory
+    (kernel/dma_buf/movable.py); the exporter moves it with :func:`migrate_buffer`."""
+    from .kernel.dma_buf.movable import movable_dmabuf as make
+
+    return make(host.kernel, size, placement)
+
+
+def _exporter(buf: DmaBuf, cls_name: str) -> Any:
+    if type(buf.ops).__name__ != cls_name:
+        raise TypeError(f"{buf.name} is exported by {buf.exp_name}, not a {cls_name}")
+    return buf.ops
+
+
+def revoke_buffer(buf: DmaBuf) -> None:
+    """The revocable exporter revokes (a device reset, a BAR going away)."""
+    _exporter(buf, "MockRevocableExporter").revoke(buf)
+
+
+def unrevoke_buffer(buf: DmaBuf) -> None:
+    _exporter(buf, "MockRevocableExporter").unrevoke(buf)
+
+
+def reclaim_buffer(buf: DmaBuf) -> None:
+    """The revocable exporter gives the memory back: any later importer access is a
+    physical-truth violation."""
+    _exporter(buf, "MockRevocableExporter").reclaim()
+
+
+def migrate_buffer(buf: DmaBuf, to: str) -> None:
+    """The movable exporter moves the buffer (``to``: "vram" or "system")."""
+    _exporter(buf, "MovableExporter").migrate(buf, to)
+
+
+def dma_buf_get(host: SimHost, fd: int) -> DmaBuf:
+    """dma_buf_get: a reference to the dma-buf behind ``fd``; drop it with ``buf.put()``."""
+    return _dmabuf.dma_buf_get(host.proc, fd)
+
+
+def pin_user_pages(host: SimHost, addr: int, length: int, write: bool = True) -> Any:
+    """pin_user_pages(FOLL_LONGTERM) of ``host``'s memory; ``.unpin()`` the result."""
+    from .kernel.mm.gup import pin_user_pages as pup
+
+    return pup(host.proc.mm, addr, length, write=write)
+
+
+def kvm_legacy_map(host: SimHost, fd: int, length: int) -> int:
+    """The pre-dma-buf KVM route: mmap the buffer and GUP it (EFAULT on special PTEs)."""
+    from .kernel.dma_buf.importers import kvm_legacy_map as klm
+
+    return klm(host.proc, fd, length)
+
+
+def dma_buf_mappings_backed(host: SimHost) -> str | None:
+    """Invariant: every dma-buf mapping still points at memory its exporter owns."""
+    from .kernel.dma_buf.invariants import dma_buf_mappings_backed as check
+
+    return check(host.kernel)
 
 
 # ----- lock rules ---------------------------------------------------------------------------

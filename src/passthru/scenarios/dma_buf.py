@@ -17,24 +17,43 @@
 from __future__ import annotations
 
 import errno
-from typing import cast
 
-from ..check.scenario import Sandbox, scenario
-from ..kernel.dma_buf.importers import CompositorImporter, DeviceImporter, QuiescingImporter
-from ..kernel.dma_buf.invariants import dma_buf_mappings_backed
-from ..kernel.dma_buf.mock import MockRevocableExporter, mock_dmabuf
-from ..kernel.dma_buf.movable import MovableExporter, movable_dmabuf
+from ..kapi import (
+    REVOCABLE,
+    CompositorImporter,
+    DeviceImporter,
+    ExporterOps,
+    QuiescingImporter,
+    RwSem,
+    Sandbox,
+    alloc_ram,
+    dma_buf_get,
+    dma_buf_mappings_backed,
+    dmabuf_of,
+    export,
+    free_ram,
+    kerr,
+    kvm_legacy_map,
+    mapping,
+    migrate_buffer,
+    movable_dmabuf,
+    pin_user_pages,
+    reclaim_buffer,
+    revocable_dmabuf,
+    revoke,
+    revoke_buffer,
+    scenario,
+)
 
 PAGE = 4096
 
 
 def _watch(s: Sandbox) -> None:
-    s.invariant("dma-buf-mapping-backed", lambda: dma_buf_mappings_backed(s.host.kernel))
+    s.invariant("dma-buf-mapping-backed", lambda: dma_buf_mappings_backed(s.host))
 
 
 def _revoke_vs_lazy(s: Sandbox) -> None:
-    k = s.host.kernel
-    buf = mock_dmabuf(k, 2 * PAGE)
+    buf = revocable_dmabuf(s.host, 2 * PAGE)
     imp = DeviceImporter("odp-like", unmap="work")
     imp.attach(buf)
 
@@ -46,9 +65,8 @@ def _revoke_vs_lazy(s: Sandbox) -> None:
             return  # revoked and unmapped: mapping again fails with ENODEV, as designed
 
     def exporter() -> None:
-        exp = cast(MockRevocableExporter, buf.ops)
-        exp.revoke(buf)
-        exp.reclaim()  # the memory goes back (device reset, BAR reassigned...)
+        revoke_buffer(buf)
+        reclaim_buffer(buf)  # the memory goes back (device reset, BAR reassigned...)
 
     s.spawn("importer", importer)
     s.spawn("exporter", exporter)
@@ -74,8 +92,7 @@ def revoke_vs_lazy_importer(s: Sandbox) -> None:
 
 
 def _revoke_vs_quiescing(s: Sandbox, drain: bool) -> None:
-    k = s.host.kernel
-    buf = mock_dmabuf(k, 2 * PAGE)
+    buf = revocable_dmabuf(s.host, 2 * PAGE)
     imp = QuiescingImporter("nic", drain=drain)
     imp.attach(buf)
 
@@ -86,9 +103,8 @@ def _revoke_vs_quiescing(s: Sandbox, drain: bool) -> None:
             return  # revoked before the job started: mapping again is ENODEV, as designed
 
     def exporter() -> None:
-        exp = cast(MockRevocableExporter, buf.ops)
-        exp.revoke(buf)
-        exp.reclaim()
+        revoke_buffer(buf)
+        reclaim_buffer(buf)
 
     s.spawn("device", device)
     s.spawn("exporter", exporter)
@@ -115,8 +131,7 @@ def revoke_vs_importer_not_quiescing(s: Sandbox) -> None:
 
 
 def _move_vs_importer(s: Sandbox, fenced: bool) -> None:
-    k = s.host.kernel
-    buf = movable_dmabuf(k, 2 * PAGE)
+    buf = movable_dmabuf(s.host, 2 * PAGE)
     imp = DeviceImporter("nic", uses_fences=fenced)
     imp.attach(buf)
 
@@ -124,7 +139,7 @@ def _move_vs_importer(s: Sandbox, fenced: bool) -> None:
         imp.dma_write(0, b"job-data")
 
     def mover() -> None:
-        cast(MovableExporter, buf.ops).migrate(buf, "system")
+        migrate_buffer(buf, "system")
 
     s.spawn("importer", importer)
     s.spawn("migrate", mover)
@@ -154,8 +169,7 @@ def move_vs_static_importer(s: Sandbox) -> None:
     """A move races a static importer's map: whichever wins, the other copes (the map pins, so
     the move is EBUSY; or the map waits for the move's fence). Under ``--faults`` the move's
     allocation fails: its fence must not be left unsignaled, or the map waits forever."""
-    k = s.host.kernel
-    buf = movable_dmabuf(k, 2 * PAGE)
+    buf = movable_dmabuf(s.host, 2 * PAGE)
     imp = DeviceImporter("scanout", dynamic=False)
     imp.attach(buf)
     imp.map()
@@ -172,7 +186,7 @@ def move_vs_static_importer(s: Sandbox) -> None:
 
     def mover() -> None:
         try:
-            cast(MovableExporter, buf.ops).migrate(buf, "system")
+            migrate_buffer(buf, "system")
         except OSError:
             pass  # pinned (EBUSY), or the new placement could not be allocated (ENOMEM)
 
@@ -195,8 +209,7 @@ def move_vs_static_importer(s: Sandbox) -> None:
 @scenario(profiles=("linux-6.19", "linux-7.1"), expect="safe")
 def pinned_importer_vs_revocable_exporter(s: Sandbox) -> None:
     """A static (pinned) importer and a revocable exporter: refused, as designed."""
-    k = s.host.kernel
-    buf = mock_dmabuf(k, PAGE, require_p2p=False)
+    buf = revocable_dmabuf(s.host, PAGE, require_p2p=False)
     imp = DeviceImporter("static-dev", dynamic=False)
     outcome: dict[str, int] = {}
 
@@ -226,8 +239,7 @@ def pinned_importer_vs_revocable_exporter(s: Sandbox) -> None:
 
 
 def _compositor(s: Sandbox, accepts_revocable: bool) -> None:
-    k = s.host.kernel
-    buf = mock_dmabuf(k, PAGE)  # a client's buffer, backed by a revocable exporter
+    buf = revocable_dmabuf(s.host, PAGE)  # a client's buffer, backed by a revocable exporter
     comp = CompositorImporter(accepts_revocable=accepts_revocable)
 
     def compositor() -> None:
@@ -242,7 +254,7 @@ def _compositor(s: Sandbox, accepts_revocable: bool) -> None:
         comp.dma_read(0, 16)
 
     def client() -> None:
-        cast(MockRevocableExporter, buf.ops).revoke(buf)
+        revoke_buffer(buf)
 
     s.spawn("compositor", compositor)
     s.spawn("client", client)
@@ -270,7 +282,6 @@ def compositor_shot_down(s: Sandbox) -> None:
 def kvm_legacy_gup_on_heap_buffer(s: Sandbox) -> None:
     """The pKVM/crosvm report: mmap a dma-heap buffer and GUP it for the guest. The heap's
     special PTEs make pin_user_pages fail with EFAULT — refused, as designed."""
-    from ..kernel.dma_buf.importers import kvm_legacy_map
     from ..uapi import dma_heap as H
     from ..uapi import linux as L
 
@@ -282,7 +293,7 @@ def kvm_legacy_gup_on_heap_buffer(s: Sandbox) -> None:
 
     def vmm() -> None:
         try:
-            kvm_legacy_map(host.proc, alloc.fd, 4 * PAGE)
+            kvm_legacy_map(host, alloc.fd, 4 * PAGE)
         except OSError as e:
             outcome.append(e.errno or 0)
 
@@ -295,8 +306,6 @@ def kvm_legacy_gup_on_heap_buffer(s: Sandbox) -> None:
 def udmabuf_is_the_pinnable_alternative(s: Sandbox) -> None:
     """The supported route: a udmabuf made from a sealed memfd; the VMM pins the memfd's
     pages for the guest while a device imports the same memory through the dma-buf."""
-    from ..kernel.dma_buf.core import dma_buf_get
-    from ..kernel.mm.gup import pin_user_pages
     from ..uapi import linux as L
     from ..uapi import udmabuf as UD
 
@@ -308,13 +317,13 @@ def udmabuf_is_the_pinnable_alternative(s: Sandbox) -> None:
     fd = host.ioctl(dev, UD.UDMABUF_CREATE, UD.udmabuf_create(memfd=memfd, offset=0,
                                                               size=4 * PAGE))
     ram = host.mmap(0, 4 * PAGE, L.PROT_READ | L.PROT_WRITE, L.MAP_SHARED, memfd, 0)
-    buf = dma_buf_get(host.proc, fd)
+    buf = dma_buf_get(host, fd)
     nic = DeviceImporter("nic")
     nic.attach(buf)
     pins: list[object] = []
 
     def vmm() -> None:
-        pins.append(pin_user_pages(host.proc.mm, ram, 4 * PAGE, write=True))
+        pins.append(pin_user_pages(host, ram, 4 * PAGE, write=True))
         host.poke(ram, b"from-the-guest")
 
     def device() -> None:
@@ -339,29 +348,49 @@ def udmabuf_is_the_pinnable_alternative(s: Sandbox) -> None:
     _watch(s)
 
 
+class _VfioBar:
+    """The private data of a vfio-pci-like BAR exporter: its memory, its revoked state
+    (changed and read under the resv lock) and the device's memory_lock."""
+
+    def __init__(self, s: Sandbox, size: int, map_takes_memory_lock: bool) -> None:
+        self.host = s.host
+        self.extents = alloc_ram(s.host, size, "vfio-bar")
+        self.revoked = s.shared(False, "vdev.revoked")
+        self.memory_lock = RwSem(s.sched, "vdev.memory_lock", "vfio_pci_core_device.memory_lock")
+        self.map_takes_memory_lock = map_takes_memory_lock
+        self.freed = False
+
+    def map(self, att: object) -> object:
+        if not self.map_takes_memory_lock:
+            return self._map()
+        self.memory_lock.down_read()  # resv held by the caller: resv -> memory_lock
+        try:
+            return self._map()
+        finally:
+            self.memory_lock.up_read()
+
+    def _map(self) -> object:
+        if self.revoked.get():
+            raise kerr(errno.ENODEV, "map: the BAR is revoked")
+        return mapping([(s, e - s, s) for s, e in self.extents])
+
+    def release(self) -> None:
+        if not self.freed:
+            self.freed = True
+            free_ram(self.host, self.extents)
+
+
+_VFIO_BAR_OPS = ExporterOps(map=lambda priv, att: priv.map(att),
+                            release=lambda priv, buf: priv.release(),
+                            memory_model=REVOCABLE, name="vfio-bar")
+
+
 def _memory_lock_vs_resv(s: Sandbox, map_takes_memory_lock: bool) -> None:
     """vfio-pci's order is memory_lock (rw) -> dma-buf resv -> importer's lock: revoke takes
     memory_lock for write and then the resv. An exporter whose map op (called by importers
     with the resv held) takes memory_lock inverts it."""
-    from ..kernel.dma_buf.core import DmaBufAttachment, DmaMapping
-    from ..sim.locks import RwSem
-
-    k = s.host.kernel
-    buf = mock_dmabuf(k, PAGE)
-    exp = cast(MockRevocableExporter, buf.ops)
-    memory_lock = RwSem(k.sched, "vdev.memory_lock", "vfio_pci_core_device.memory_lock")
-    plain_map = exp.map_dma_buf
-
-    def map_dma_buf(attach: DmaBufAttachment, direction: int) -> DmaMapping:
-        if not map_takes_memory_lock:
-            return plain_map(attach, direction)
-        memory_lock.down_read()  # resv held by the caller: resv -> memory_lock
-        try:
-            return plain_map(attach, direction)
-        finally:
-            memory_lock.up_read()
-
-    exp.map_dma_buf = map_dma_buf  # type: ignore[method-assign]
+    bar = _VfioBar(s, PAGE, map_takes_memory_lock)
+    buf = dmabuf_of(s.host, export(s.host, _VFIO_BAR_OPS, bar, PAGE))
     imp = DeviceImporter("iommufd")
     imp.attach(buf)
 
@@ -372,20 +401,15 @@ def _memory_lock_vs_resv(s: Sandbox, map_takes_memory_lock: bool) -> None:
             pass
 
     def reset() -> None:  # VFIO_DEVICE_RESET: memory_lock for write, then revoke
-        memory_lock.down_write()
+        bar.memory_lock.down_write()
         try:
-            exp.revoke(buf)
+            revoke(buf, lambda: bar.revoked.set(True))
         finally:
-            memory_lock.up_write()
+            bar.memory_lock.up_write()
 
     s.spawn("importer", importer)
     s.spawn("reset", reset)
-
-    def teardown() -> None:
-        imp.teardown()
-        buf.put()
-
-    s.final("teardown", lambda: teardown())  # type: ignore[func-returns-value]
+    s.final("teardown", lambda: imp.teardown())  # type: ignore[func-returns-value]
 
 
 @scenario(profiles=("linux-6.19", "linux-7.1"), expect="safe")
