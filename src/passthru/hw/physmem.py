@@ -25,8 +25,6 @@ happens-before and no race check.
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,18 +35,23 @@ from ..sim.scheduler import Scheduler
 from .machine import Machine
 
 
-@contextmanager
-def _marked() -> Iterator[None]:
+class _marked:  # noqa: N801 - used like a function: ``with _marked():``
     """Accesses inside are marked: footprint only, never a data race."""
-    tr = track.active()
-    if tr is None or not tr.races:
-        yield
-        return
-    tr.races = False
-    try:
-        yield
-    finally:
-        tr.races = True
+
+    __slots__ = ("tr",)
+
+    def __init__(self) -> None:
+        self.tr: track.Tracker | None = None
+
+    def __enter__(self) -> None:
+        tr = track.active()
+        if tr is not None and tr.races:
+            tr.races = False
+            self.tr = tr
+
+    def __exit__(self, *exc: object) -> None:
+        if self.tr is not None:
+            self.tr.races = True
 
 
 def _observe(obj: Any, lo: int, hi: int) -> None:
@@ -184,8 +187,7 @@ class PhysMem:
         tr = track.active()
         if tr is None:
             return self._check(start, n, who, write)
-        _observe(self.regions, start, end)
-        _observe(self.owners, start, end)
+        _observe(self.owners, start, end)  # regions: written at boot only, never conflicts
         tr.deactivate()
         try:
             return self._check(start, n, who, write)

@@ -6,6 +6,12 @@ of this kernel; ``SimHost.process()`` adds another sharing it.
 
 ``live`` counts kernel objects by kind (files, VMs, memslots, pins...): the teardown invariant
 is that after every process closed everything, nothing is live and no RAM is allocated.
+
+Tracking: the id allocators behind object names (``next_id``: the kernel's IDAs, each under
+its own spinlock) and the lists of processes (tasklist_lock) and dma-bufs (db_list's lock)
+are ``atomic`` tracked structures — which task creates the next VM decides its name, so the
+explorer must see those accesses. ``devices`` is written at boot only. ``live`` is the
+model's own accounting for the teardown check, not kernel state, and is not tracked.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from ..errors import kerr
 from ..hw.machine import Machine
 from ..hw.physmem import PhysMem
 from ..sim.scheduler import Scheduler
+from ..sim.track import TrackedDict, TrackedList
 from .profile import Profile
 
 if TYPE_CHECKING:
@@ -33,11 +40,12 @@ class Kernel:
         self.machine = machine
         self.sched = sched
         self.phys = PhysMem(sched, machine)
-        self.devices: dict[str, Opener] = {}
+        self.devices: dict[str, Opener] = TrackedDict(label="kernel.devices")
         self.live: dict[str, int] = {}
-        self.processes: list[Process] = []
-        self.dmabufs: list[Any] = []  # live dma-bufs, for the checker's invariants
-        self._ids: dict[str, int] = {}
+        self.processes: list[Process] = TrackedList(label="kernel.tasklist", atomic=True)
+        # live dma-bufs, for the checker's invariants
+        self.dmabufs: list[Any] = TrackedList(label="dma_buf.db_list", atomic=True)
+        self._ids: dict[str, int] = TrackedDict(label="kernel.ida", atomic=True)
         from .char.mem import mem_init
         from .dma_buf.heaps import heaps_init
         from .dma_buf.udmabuf import udmabuf_init

@@ -6,6 +6,9 @@ TTM, may then evict from the pool that hit the limit). Pinned buffers cannot be 
 pin past the limit fails with that error and nothing is charged — **[unconfirmed]** that the
 error userspace finally sees from a pin is EAGAIN (docs/fidelity.md). Charges are whole
 buffers, never pages. Leaves out: the cgroup hierarchy (one cgroup), min/low protection.
+
+Tracking: ``usage`` and ``failcnt`` are a page_counter (atomic_long updates), so the region
+is an ``atomic`` tracked location; ``limit`` is set when the region is made.
 """
 
 from __future__ import annotations
@@ -13,16 +16,19 @@ from __future__ import annotations
 import errno
 
 from ...errors import kerr
+from ...sim import track
 
 
-class DmemRegion:
+class DmemRegion(track.Tracked):
     def __init__(self, name: str, limit: int) -> None:
         self.name = name
         self.limit = limit
         self.usage = 0
         self.failcnt = 0
+        self.track_init(f"dmem.{name}", atomic=True)
 
     def try_charge(self, size: int, what: str) -> None:
+        track.write(self)  # page_counter_try_charge: an atomic read-modify-write
         if self.usage + size > self.limit:
             self.failcnt += 1
             raise kerr(errno.EAGAIN, f"dmem_cgroup_try_charge: {what} needs {size:#x} bytes of "
@@ -30,5 +36,6 @@ class DmemRegion:
         self.usage += size
 
     def uncharge(self, size: int) -> None:
+        track.write(self)
         assert self.usage >= size, "dmem uncharge below zero"
         self.usage -= size

@@ -5,7 +5,11 @@ kernel object that took one (a VMA's vm_file, a KVM VM holding its /dev/kvm, ...
 runs once, when the last reference goes — the kernel's __fput.
 
 The default methods return what fs/read_write.c, fs/ioctl.c, mm/mmap.c and fs/open.c return
-for a file whose f_op lacks that method. Leaves out: f_pos locking, fsnotify, O_APPEND.
+for a file whose f_op lacks that method.
+
+Locking: the reference count is the kernel's file_ref_t — atomic, with release/acquire
+ordering on the last put — so it is a tracked ``atomic`` cell: __fput (``release``) sees
+everything the other holders did. Leaves out: f_pos locking, fsnotify, O_APPEND.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import errno
 from typing import TYPE_CHECKING, Any
 
 from ...errors import kerr
+from ...sim.track import Cell
 from ...uapi import linux as L
 
 if TYPE_CHECKING:
@@ -49,7 +54,7 @@ class File:
         self.f_mode = fmode_from_flags(flags)
         self.f_pos = 0
         self.name = name
-        self.refcount = 1
+        self._ref: Cell[int] = Cell(1, label=f"{name}.f_count", atomic=True)
         self.released = False
         kernel.track(self.kind, +1)
 
@@ -57,15 +62,20 @@ class File:
         return f"<{type(self).__name__} {self.name} ref={self.refcount}>"
 
     # ----- reference counting (fget/fput) -----------------------------------------------
+    @property
+    def refcount(self) -> int:
+        return self._ref.peek()
+
     def get(self) -> File:
         assert not self.released, f"fget on released {self!r}"
-        self.refcount += 1
+        self._ref.set(self._ref.get() + 1)
         return self
 
     def put(self) -> None:
-        assert self.refcount > 0, f"fput underflow on {self!r}"
-        self.refcount -= 1
-        if self.refcount == 0:
+        n = self._ref.get()
+        assert n > 0, f"fput underflow on {self!r}"
+        self._ref.set(n - 1)
+        if n == 1:
             self.released = True
             self.kernel.sched.emit("fs", "release", file=self.name)
             self.release()

@@ -2,7 +2,13 @@
 Host protocol calls (fs/open.c, fs/read_write.c, fs/ioctl.c, fs/fcntl.c, mm/mmap.c).
 
 Each syscall does the VFS's generic checks in the kernel's order, then calls the file's f_op.
-Leaves out: credentials and permissions beyond f_mode, signals, O_APPEND, dup2/dup3.
+
+Locking: the fd table (``fds``, and the close-on-exec bits in ``cloexec``, which are recorded
+as accesses to the fd's slot of the table) is changed under files->file_lock and read by
+fdget under RCU — a spinlock the model leaves implicit, so the table is ``atomic``.
+Leaves out: credentials and permissions beyond f_mode, signals, O_APPEND, dup2/dup3, the
+file reference fdget takes in a multi-threaded process (here a close racing a syscall on the
+same fd can release the file while the syscall still runs; in Linux the release waits).
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ import errno
 from typing import TYPE_CHECKING, Any
 
 from ...errors import kerr
+from ...sim import track
+from ...sim.track import TrackedDict
 from ...uapi import linux as L
 from ..mm.memfd import MAX_LFS_FILESIZE, memfd_create
 from ..mm.vma import Mm
@@ -28,7 +36,7 @@ class Process:
     def __init__(self, kernel: Kernel, name: str) -> None:
         self.kernel = kernel
         self.name = name
-        self.fds: dict[int, File] = {}
+        self.fds: dict[int, File] = TrackedDict(label=f"proc {name}.fdtable", atomic=True)
         self.cloexec: set[int] = set()
         self.mm = Mm(self)
         kernel.processes.append(self)
@@ -47,6 +55,11 @@ class Process:
             self.cloexec.add(fd)
         return fd
 
+    def _fd_bits(self, fd: int, write: bool) -> None:
+        """close_on_exec bits live in the fd table: an access to the fd's slot."""
+        if track.active() is not None:
+            (track.write if write else track.read)(self.fds, fd, fd + 1)
+
     def fget(self, fd: int, what: str = "") -> File:
         f = self.fds.get(fd)
         if f is None:
@@ -62,6 +75,7 @@ class Process:
         f = self.fds.pop(fd, None)
         if f is None:
             raise kerr(errno.EBADF, f"close: fd {fd} is not open")
+        self._fd_bits(fd, True)
         self.cloexec.discard(fd)
         f.put()
 
@@ -86,8 +100,10 @@ class Process:
     def fcntl(self, fd: int, cmd: int, arg: int) -> int:
         f = self.fget(fd, f"fcntl {cmd}")
         if cmd == L.F_GETFD:
+            self._fd_bits(fd, False)
             return L.FD_CLOEXEC if fd in self.cloexec else 0
         if cmd == L.F_SETFD:
+            self._fd_bits(fd, True)
             (self.cloexec.add if arg & L.FD_CLOEXEC else self.cloexec.discard)(fd)
             return 0
         if cmd == L.F_GETFL:
@@ -101,6 +117,7 @@ class Process:
             if new >= RLIMIT_NOFILE:
                 raise kerr(errno.EMFILE, f"fcntl F_DUPFD: no free fd below {RLIMIT_NOFILE}")
             self.fds[new] = f.get()
+            self._fd_bits(new, True)
             if cmd == L.F_DUPFD_CLOEXEC:
                 self.cloexec.add(new)
             return new
@@ -109,7 +126,7 @@ class Process:
             if seals is None:
                 raise kerr(errno.EINVAL, f"fcntl: {f.kind} does not support seals")
             if cmd == L.F_GET_SEALS:
-                return int(seals.seals)
+                return int(seals.get_seals())
             seals.add_seals(arg & 0xFFFFFFFF)
             return 0
         raise kerr(errno.EINVAL, f"fcntl: unknown command {cmd}")

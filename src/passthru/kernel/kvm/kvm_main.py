@@ -17,6 +17,9 @@ Locking (which lock protects which field):
 - ``srcu``: memslot readers; ``mmu.mmu_lock``: the stage-2 tables (mmu.py).
 - ``users_count`` is a refcount_t (atomic, release/acquire on the last put); ``gmem_files``
   is model bookkeeping (the kernel's per-inode gmem_file_list), kept atomic.
+- ``Vcpu.mutex`` (vcpu->mutex): every vCPU ioctl runs under it (kvm_vcpu_ioctl), so the
+  register state (``Vcpu.cpu``, one tracked location) is plain. ``Vcpu.access`` is the
+  model's direct guest access, not an ioctl: it touches guest memory only (mmu.py).
 Leaves out: vCPU register state and instruction emulation — a modelled vCPU performs
 guest accesses given to it (:meth:`Vcpu.access`) and reports KVM exits; IRQ chips; dirty logs.
 """
@@ -30,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import kerr
 from ...extents import RangeMap
+from ...sim import track
 from ...sim.locks import Mutex, Srcu
 from ...sim.track import Cell, TrackedDict, TrackedList
 from ...uapi import kvm as K
@@ -141,7 +145,7 @@ class Kvm:
         self.gmem_files: list[GmemFile] = TrackedList(label=f"{self.name}.gmem_files",
                                                       atomic=True)
         self.vcpus: dict[int, Vcpu] = TrackedDict(label=f"{self.name}.vcpus")
-        self.mm.notifiers.append(self.mmu.hva_invalidate)
+        self.mm.mmu_notifier_register(self.mmu.hva_invalidate)
         kernel.track("kvm", +1)
         self.sched.emit("kvm", "create-vm", vm=self.vm_id, type=vm_type)
 
@@ -173,7 +177,7 @@ class Kvm:
         for vcpu in self.vcpus.values():
             vcpu.free()
         self.vcpus.clear()
-        self.mm.notifiers.remove(self.mmu.hva_invalidate)
+        self.mm.mmu_notifier_unregister(self.mmu.hva_invalidate)
         self.kernel.track("kvm", -1)
         self.sched.emit("kvm", "destroy-vm", vm=self.vm_id)
 
@@ -290,6 +294,8 @@ class Vcpu:
         from .emulate import RealModeCpu
 
         self.cpu = RealModeCpu()
+        self.mutex = Mutex(kvm.sched, f"{self.who}.mutex", "&vcpu->mutex")
+        track.uid_of(self.cpu, f"{self.who}.regs")
 
     def access(self, gpa: int, n: int = 0, data: bytes | None = None,
                private: bool | None = None) -> tuple[bytes, KvmExit | None]:
@@ -358,15 +364,22 @@ class VcpuFile(File):
         self.kvm.put()
 
     def ioctl(self, proc: Process, cmd: int, arg: UserArg) -> int:
-        from .emulate import kvm_arch_vcpu_ioctl_run
-
         if proc.mm is not self.kvm.mm:
             raise kerr(errno.EIO, "vCPU ioctl from a process other than the VM's creator")
+        with self.vcpu.mutex:  # kvm_vcpu_ioctl: mutex_lock_killable(&vcpu->mutex)
+            return self._ioctl(cmd, arg)
+
+    def _ioctl(self, cmd: int, arg: UserArg) -> int:
+        from .emulate import kvm_arch_vcpu_ioctl_run
+
+        regs_loc = self.vcpu.cpu
         if cmd == K.KVM_RUN:
             if arg.as_int():
                 raise kerr(errno.EINVAL, "KVM_RUN: argument must be 0")
+            track.write(regs_loc)  # the run loop reads and writes the registers
             return kvm_arch_vcpu_ioctl_run(self.vcpu)
         if cmd == K.KVM_GET_REGS:
+            track.read(regs_loc)
             regs = K.kvm_regs()
             for field in K.kvm_regs._fields_:
                 setattr(regs, field[0], self.vcpu.cpu.regs.get(field[0], 0))
@@ -374,6 +387,7 @@ class VcpuFile(File):
             return 0
         if cmd == K.KVM_SET_REGS:
             regs = arg.copy_from_user(K.kvm_regs)
+            track.write(regs_loc)
             for field in K.kvm_regs._fields_:
                 self.vcpu.cpu.regs[field[0]] = getattr(regs, field[0])
             return 0

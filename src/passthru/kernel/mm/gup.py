@@ -5,6 +5,12 @@ range becomes an orphan in hw) but the memory is not reused until the last unpin
 VM_IO|VM_PFNMAP mappings with EFAULT — their PTEs are special, vm_normal_page() finds no
 struct page — which is why a dma-buf heap mapping cannot be pinned and udmabuf exists.
 
+Locking: the whole walk — finding each VMA, faulting pages in (including the write fault
+that gives unpopulated private memory a page) and taking the page references — runs with
+``mm.mmap_lock`` held for read (pin_user_pages_unlocked → __get_user_pages, whose
+mmap_assert_locked is asserted here). The references (``PhysMem.pins``) are atomic page
+refcounts.
+
 Leaves out: FOLL_LONGTERM migration out of movable zones, FOLL_PCI_P2PDMA, fast GUP.
 """
 
@@ -14,6 +20,7 @@ import errno
 from typing import TYPE_CHECKING
 
 from ...errors import Fault, kerr
+from ..lockdep_assert import lockdep_assert_held
 from .vma import VM_READ, VM_WRITE, Mm, page_down, page_up
 
 if TYPE_CHECKING:
@@ -48,6 +55,7 @@ def pin_user_pages(mm: Mm, addr: int, length: int, write: bool) -> Pin:
     start, end = page_down(addr), page_up(addr + length)
     mm.mmap_lock.down_read()
     try:
+        lockdep_assert_held(mm.mmap_lock, "__get_user_pages")
         pos = start
         while pos < end:
             vma = mm.find_vma(pos)
@@ -64,17 +72,18 @@ def pin_user_pages(mm: Mm, addr: int, length: int, write: bool) -> Pin:
             pos = vma.end
         try:
             pieces = mm.resolve(start, end - start, write)
+            if any(p < 0 for _, _, p in pieces):
+                # Unpopulated private memory: fault it in for write so there is a page to pin
+                # (still under mmap_lock: the VMA found above may be gone once it is dropped).
+                pieces = mm.resolve(start, end - start, True)
         except Fault as f:
             raise kerr(errno.EFAULT, f"pin_user_pages: {f}") from None
+        extents: list[tuple[int, int]] = []
+        for s, e, p in pieces:
+            if extents and extents[-1][1] == p:
+                extents[-1] = (extents[-1][0], p + (e - s))
+            else:
+                extents.append((p, p + (e - s)))
+        return Pin(mm.kernel, extents, f"user [{start:#x}, {end:#x})")
     finally:
         mm.mmap_lock.up_read()
-    if any(p < 0 for _, _, p in pieces):
-        # Unpopulated private memory: fault it in for write so there is a page to pin.
-        pieces = mm.resolve(start, end - start, True)
-    extents: list[tuple[int, int]] = []
-    for s, e, p in pieces:
-        if extents and extents[-1][1] == p:
-            extents[-1] = (extents[-1][0], p + (e - s))
-        else:
-            extents.append((p, p + (e - s)))
-    return Pin(mm.kernel, extents, f"user [{start:#x}, {end:#x})")

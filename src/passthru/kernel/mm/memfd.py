@@ -13,6 +13,18 @@ that enforce them:
 - F_SEAL_EXEC: the mode's exec bits are frozen.
 
 Without MFD_ALLOW_SEALING (or MFD_NOEXEC_SEAL) the file starts with F_SEAL_SEAL.
+
+Locking (which lock protects which field; the fields are ranges of the file's tracked
+location):
+- ``i_size`` and ``seals``: written under the inode lock (``inode_lock``, i_rwsem, held for
+  write by shmem's write_iter, do_truncate → shmem_setattr, shmem_fallocate and
+  memfd_add_seals) and read under it there; faults, reads and the size seen by others use
+  i_size_read (a marked read). F_GET_SEALS (memfd_get_seals) reads the seals without a lock,
+  plain, as the kernel does. shmem_mmap's seal check (memfd_check_seals_mmap) reads them
+  without the inode lock too; mapping_deny_writable's atomic protocol is what orders it
+  against F_SEAL_WRITE, so that read is marked.
+- ``i_mmap_writable`` is an atomic_t (mapping_map_writable / mapping_deny_writable): marked.
+- the page cache: filemap.py. ``f_pos`` (f_pos_lock) is not tracked.
 Leaves out: hugetlbfs (MFD_HUGETLB is accepted and behaves as shmem here), swap, xattrs.
 """
 
@@ -22,10 +34,13 @@ import errno
 from typing import TYPE_CHECKING
 
 from ...errors import Fault, kerr
+from ...sim import track
+from ...sim.locks import RwSem
 from ...uapi import linux as L
 from ..fs.file import FMODE_WRITE, File
+from ..lockdep_assert import lockdep_assert_held_write
 from .filemap import PageCache
-from .vma import VM_MAYWRITE, VM_SHARED, VM_WRITE, page_down, page_up
+from .vma import I_MMAP_WRITABLE, VM_MAYWRITE, VM_SHARED, VM_WRITE, page_down, page_up
 
 if TYPE_CHECKING:
     from ..core import Kernel
@@ -36,6 +51,9 @@ MFD_ALL_FLAGS = L.MFD_CLOEXEC | L.MFD_ALLOW_SEALING | L.MFD_HUGETLB | L.MFD_NOEX
 MFD_HUGE_SHIFT = 26
 MFD_HUGE_MASK = 0x3F
 MAX_LFS_FILESIZE = (1 << 63) - 1
+# Fields of a file's tracked location (sim/track.py ranges).
+I_SIZE = (0, 1)
+SEALS = (1, 2)
 
 
 class MemfdFile(File):
@@ -51,20 +69,49 @@ class MemfdFile(File):
         self.seals = L.F_SEAL_SEAL
         self.i_mmap_writable = 0
         self.exec_bits = True
+        self.inode_lock = RwSem(kernel.sched, f"{self.name}.i_rwsem", "&sb->s_type->i_mutex_key")
+
+    def i_size_read(self) -> int:
+        track.read_once(self, *I_SIZE)
+        return self.i_size
+
+    def get_seals(self) -> int:
+        """memfd_get_seals: a plain read, no lock (as in the kernel)."""
+        track.read(self, *SEALS)
+        return self.seals
+
+    def _locked(self, what: str) -> None:
+        """The inode lock is held for write by the running task (what asserts it)."""
+        lockdep_assert_held_write(self.inode_lock, what)
+        track.read(self, *SEALS)
+        track.read(self, *I_SIZE)
+
+    def _set_size(self, size: int) -> None:
+        track.write(self, *I_SIZE)
+        self.i_size = size
 
     # ----- file operations -------------------------------------------------------------
     def size(self) -> int:
-        return self.i_size
+        return self.i_size_read()
 
     def read(self, proc: Process, n: int, pos: int | None) -> bytes:
         off = self.f_pos if pos is None else pos
-        n = max(0, min(n, self.i_size - off))
+        n = max(0, min(n, self.i_size_read() - off))
         data = self.cache.read(off, n) if n else b""
         if pos is None:
             self.f_pos += len(data)
         return data
 
     def write(self, proc: Process, data: bytes, pos: int | None) -> int:
+        self.inode_lock.down_write()
+        try:
+            return self._write(data, pos)
+        finally:
+            self.inode_lock.up_write()
+
+    def _write(self, data: bytes, pos: int | None) -> int:
+        """shmem_file_write_iter, inode lock held."""
+        self._locked("shmem_file_write_iter")
         off = self.f_pos if pos is None else pos
         if self.seals & (L.F_SEAL_WRITE | L.F_SEAL_FUTURE_WRITE):
             raise kerr(errno.EPERM, "write: memfd is sealed with F_SEAL_WRITE/FUTURE_WRITE")
@@ -73,12 +120,21 @@ class MemfdFile(File):
             raise kerr(errno.EPERM, "write: past i_size on a memfd sealed with F_SEAL_GROW")
         if data:
             self.cache.write(off, data, page_down(off), page_up(end))
-            self.i_size = max(self.i_size, end)
+            if end > self.i_size:
+                self._set_size(end)
         if pos is None:
             self.f_pos = end
         return len(data)
 
     def truncate(self, length: int) -> None:
+        self.inode_lock.down_write()  # do_truncate
+        try:
+            self._truncate(length)
+        finally:
+            self.inode_lock.up_write()
+
+    def _truncate(self, length: int) -> None:
+        self._locked("shmem_setattr")
         if length < self.i_size and self.seals & L.F_SEAL_SHRINK:
             raise kerr(errno.EPERM, "ftruncate: shrinking a memfd sealed with F_SEAL_SHRINK")
         if length > self.i_size and self.seals & L.F_SEAL_GROW:
@@ -87,9 +143,17 @@ class MemfdFile(File):
             self.cache.truncate_range(page_up(length), page_up(self.i_size))
             if length & (L.PAGE_SIZE - 1):
                 self.cache.zero(length, page_up(length) - length)
-        self.i_size = length
+        self._set_size(length)
 
     def fallocate(self, mode: int, offset: int, length: int) -> None:
+        self.inode_lock.down_write()
+        try:
+            self._fallocate(mode, offset, length)
+        finally:
+            self.inode_lock.up_write()
+
+    def _fallocate(self, mode: int, offset: int, length: int) -> None:
+        self._locked("shmem_fallocate")
         if mode & ~(L.FALLOC_FL_KEEP_SIZE | L.FALLOC_FL_PUNCH_HOLE):
             raise kerr(errno.EOPNOTSUPP, f"fallocate: shmem does not support mode {mode:#x}")
         end = offset + length
@@ -109,16 +173,17 @@ class MemfdFile(File):
             raise kerr(errno.EPERM, "fallocate: past i_size on a memfd sealed with F_SEAL_GROW")
         self.cache.populate(page_down(offset), page_up(end))
         if not mode & L.FALLOC_FL_KEEP_SIZE and end > self.i_size:
-            self.i_size = end
+            self._set_size(end)
 
     def mmap(self, proc: Process, vma: Vma) -> None:
+        track.read_once(self, *SEALS)  # memfd_check_seals_mmap: no inode lock (see above)
         if self.seals & (L.F_SEAL_WRITE | L.F_SEAL_FUTURE_WRITE) and vma.vm_flags & VM_SHARED:
             if vma.vm_flags & VM_WRITE:
                 raise kerr(errno.EPERM, "mmap: MAP_SHARED|PROT_WRITE of a write-sealed memfd")
             vma.vm_flags &= ~VM_MAYWRITE  # seal_check_write: never writable later either
 
     def fault(self, vma: Vma, start: int, end: int, write: bool) -> list[tuple[int, int, int]]:
-        limit = page_up(self.i_size)
+        limit = page_up(self.i_size_read())
         if start >= limit:
             raise Fault(vma.start + (start - vma.pgoff), "SIGBUS", "shmem fault past i_size")
         if end > limit:
@@ -139,12 +204,22 @@ class MemfdFile(File):
         return self
 
     def add_seals(self, seals: int) -> None:
+        """memfd_add_seals: under the inode lock."""
+        self.inode_lock.down_write()
+        try:
+            self._add_seals(seals)
+        finally:
+            self.inode_lock.up_write()
+
+    def _add_seals(self, seals: int) -> None:
+        self._locked("memfd_add_seals")
         if not self.f_mode & FMODE_WRITE:
             raise kerr(errno.EPERM, "F_ADD_SEALS: file not open for writing")
         if seals & ~L.F_ALL_SEALS:
             raise kerr(errno.EINVAL, f"F_ADD_SEALS: unknown seal bits {seals & ~L.F_ALL_SEALS:#x}")
         if self.seals & L.F_SEAL_SEAL:
             raise kerr(errno.EPERM, "F_ADD_SEALS: memfd is sealed with F_SEAL_SEAL")
+        track.read_once(self, *I_MMAP_WRITABLE)  # mapping_deny_writable: an atomic_t
         if seals & L.F_SEAL_WRITE and not self.seals & L.F_SEAL_WRITE:
             if self.i_mmap_writable > 0:
                 raise kerr(errno.EBUSY, "F_ADD_SEALS: F_SEAL_WRITE while a writable shared "
@@ -156,6 +231,7 @@ class MemfdFile(File):
             seals |= L.F_SEAL_SHRINK | L.F_SEAL_GROW | L.F_SEAL_WRITE | L.F_SEAL_FUTURE_WRITE
             if self.i_mmap_writable > 0:
                 raise kerr(errno.EBUSY, "F_ADD_SEALS: F_SEAL_EXEC implies WRITE with writers")
+        track.write(self, *SEALS)
         self.seals |= seals
         self.kernel.sched.emit("memfd", "add_seals", file=self.name, seals=self.seals)
 

@@ -7,9 +7,20 @@ zapped when the file drops that range; private (anonymous or copy-on-write) page
 the VMA and are freed with it. A VM_IO|VM_PFNMAP VMA holds *special* PTEs: no struct page
 behind them, so GUP refuses them (mm/gup.c).
 
-Locking: ``mmap_lock`` (an rw_semaphore) — write for mmap/munmap, read for faults and GUP.
+Locking (which lock protects which field):
+- the VMA tree (``Mm._starts``/``_vmas``, one tracked location per mm, and each VMA's bounds
+  and flags): ``mmap_lock`` (an rw_semaphore) — write for mmap/munmap/exit, read for faults
+  and GUP. :meth:`Mm.resolve` is the fault path (handle_mm_fault) and asserts mmap_lock
+  (lockdep_assert_held, read or write) like GUP's mmap_assert_locked.
+- ``Vma.ptes``/``Vma.anon`` (the page tables): changed under the page-table lock (PTL, a
+  spinlock) with mmap_lock held, or under i_mmap_rwsem by unmap_mapping_range; the PTL is
+  implicit in the model, so they are ``atomic``. A CPU's load or store through a PTE is
+  hardware: the physical access it ends in is judged by physical truth (hw/physmem.py).
+- ``Mm.notifiers`` (the mmu_notifier subscription list): changed under the subscriptions'
+  spinlock (registration also holds mmap_lock for write) and walked under the notifier
+  SRCU: ``atomic`` here.
 Leaves out: mprotect, mremap, THP, NUMA policy, the zero page (unpopulated private memory
-reads as zeros without allocating), stack guard gaps.
+reads as zeros without allocating), stack guard gaps, per-VMA locks, the mmu_notifier SRCU.
 """
 
 from __future__ import annotations
@@ -22,14 +33,18 @@ from typing import TYPE_CHECKING
 from ...errors import Fault, kerr
 from ...extents import RangeMap
 from ...hw.physmem import Owner
+from ...sim import track
 from ...sim.locks import RwSem
+from ...sim.track import TrackedList
 from ...uapi import linux as L
+from ..lockdep_assert import lockdep_assert_held, lockdep_assert_held_write
 
 if TYPE_CHECKING:
     from ..fs.file import File
     from ..fs.process import Process
 
 PAGE = L.PAGE_SIZE
+I_MMAP_WRITABLE = (2, 3)  # the file location's i_mmap_writable slot (memfd.py)
 VM_READ = 0x1
 VM_WRITE = 0x2
 VM_EXEC = 0x4
@@ -69,8 +84,10 @@ class Vma:
         self.vm_flags = vm_flags
         self.file = file
         self.pgoff = pgoff  # file offset of ``start``, bytes
-        self.ptes: RangeMap[int] = RangeMap(linear=True)  # shared/file/pfn pages
-        self.anon: RangeMap[int] = RangeMap(linear=True)  # private pages owned by this VMA
+        where = f"proc {mm.proc.name}.vma@{start:#x}"
+        # shared/file/pfn pages, and the private pages owned by this VMA
+        self.ptes: RangeMap[int] = RangeMap(linear=True, label=f"{where}.ptes", atomic=True)
+        self.anon: RangeMap[int] = RangeMap(linear=True, label=f"{where}.anon", atomic=True)
         self.writable_counted = False  # counted in the file's i_mmap_writable
 
     def __repr__(self) -> str:
@@ -97,7 +114,7 @@ class Vma:
         self.ptes.set(addr, addr + size, phys)
 
 
-class Mm:
+class Mm(track.Tracked):
     """mm_struct of one process."""
 
     def __init__(self, proc: Process) -> None:
@@ -109,19 +126,36 @@ class Mm:
         self.mmap_lock = RwSem(proc.kernel.sched, f"{proc.name}.mmap_lock", "mmap_lock")
         self.who = f"cpu:{proc.name}"
         # mmu_notifier subscribers (KVM): called with the user range whose PTEs go away.
-        self.notifiers: list[Callable[[int, int], None]] = []
+        self.notifiers: list[Callable[[int, int], None]] = TrackedList(
+            label=f"proc {proc.name}.mmu_notifiers", atomic=True)
+        self.track_init(f"proc {proc.name}.vmas")  # the VMA tree (mm->mm_mt)
 
     def notify_invalidate(self, start: int, end: int) -> None:
         for n in list(self.notifiers):
             n(start, end)
 
+    def mmu_notifier_register(self, fn: Callable[[int, int], None]) -> None:
+        """mmu_notifier_register: subscribe with mmap_lock held for write."""
+        self.mmap_lock.down_write()
+        try:
+            lockdep_assert_held_write(self.mmap_lock, "__mmu_notifier_register")
+            self.notifiers.append(fn)
+        finally:
+            self.mmap_lock.up_write()
+
+    def mmu_notifier_unregister(self, fn: Callable[[int, int], None]) -> None:
+        """mmu_notifier_unregister: under the subscriptions' spinlock only."""
+        self.notifiers.remove(fn)
+
     # ----- lookup ------------------------------------------------------------------------
     @property
     def vmas(self) -> dict[int, Vma]:
         """start -> VMA, in address order (a snapshot)."""
+        track.read(self)
         return dict(zip(self._starts, self._vmas, strict=True))
 
     def find_vma(self, addr: int) -> Vma | None:
+        track.read(self, addr, addr + 1)
         i = bisect_right(self._starts, addr) - 1
         if i < 0:
             return None
@@ -129,22 +163,28 @@ class Mm:
         return v if addr < v.end else None
 
     def vmas_in(self, start: int, end: int) -> list[Vma]:
+        track.read(self, start, end)
         i = max(bisect_right(self._starts, start) - 1, 0)
         j = bisect_left(self._starts, end)
         return [v for v in self._vmas[i:j] if v.end > start]
 
     def _insert_vma(self, vma: Vma) -> None:
+        lockdep_assert_held_write(self.mmap_lock, "vma_link")
+        track.write(self, vma.start, vma.end)
         i = bisect_left(self._starts, vma.start)
         self._starts.insert(i, vma.start)
         self._vmas.insert(i, vma)
 
     def _remove_vma(self, vma: Vma) -> None:
+        lockdep_assert_held_write(self.mmap_lock, "vma_unlink")
+        track.write(self, vma.start, vma.end)
         i = bisect_left(self._starts, vma.start)
         assert self._vmas[i] is vma
         del self._starts[i], self._vmas[i]
 
     def _free_area(self, length: int) -> int:
         # Top-down below MMAP_BASE: the highest gap that fits (mm/mmap.c's unmapped_area_topdown).
+        track.read(self)
         top = MMAP_BASE
         for v in reversed(self._vmas):
             if v.start >= top:
@@ -240,6 +280,7 @@ class Mm:
         if cache is not None:
             cache.mappers.append(vma)
         if vma.vm_flags & VM_SHARED and vma.vm_flags & VM_MAYWRITE:
+            track.write_once(vma.file, *I_MMAP_WRITABLE)  # mapping_map_writable: atomic_t
             vma.file.i_mmap_writable += 1  # type: ignore[union-attr]
             vma.writable_counted = True
 
@@ -270,6 +311,7 @@ class Mm:
             self._destroy(vma)
 
     def _split(self, vma: Vma, at: int) -> None:
+        track.write(self, at, vma.end)  # vma.end moves: a change of the tree
         right = Vma(self, at, vma.end, vma.vm_flags, vma.file, vma.foff(at))
         for s, e, p in vma.ptes.remove(at, vma.end):
             right.ptes.set(s, e, p)
@@ -293,13 +335,20 @@ class Mm:
             if cache is not None:
                 cache.mappers.remove(vma)
             if vma.writable_counted:
+                track.write_once(vma.file, *I_MMAP_WRITABLE)
                 vma.file.i_mmap_writable -= 1  # type: ignore[attr-defined]
             vma.file.put()
         self.kernel.track("vma", -1)
 
     def exit_mmap(self) -> None:
-        for vma in list(self._vmas):
-            self._destroy(vma)
+        """exit_mmap: tear every VMA down with mmap_lock held for write."""
+        self.mmap_lock.down_write()
+        try:
+            track.read(self)
+            for vma in list(self._vmas):
+                self._destroy(vma)
+        finally:
+            self.mmap_lock.up_write()
 
     # ----- faults and access -------------------------------------------------------------
     def _fault(self, vma: Vma, start: int, end: int, write: bool) -> list[tuple[int, int, int]]:
@@ -357,7 +406,9 @@ class Mm:
         return bytes(buf)
 
     def resolve(self, addr: int, n: int, write: bool) -> list[tuple[int, int, int]]:
-        """Fault in ``[addr, addr+n)`` and return (vstart, vend, phys) pieces, clipped."""
+        """Fault in ``[addr, addr+n)`` and return (vstart, vend, phys) pieces, clipped: the
+        fault path (handle_mm_fault, and GUP's faultin_page), mmap_lock held."""
+        lockdep_assert_held(self.mmap_lock, "handle_mm_fault")
         end = addr + n
         out: list[tuple[int, int, int]] = []
         pos = addr
