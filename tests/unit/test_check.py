@@ -46,11 +46,14 @@ def test_safe_schedule_counts_are_stable():
              "memslot_delete_vs_vcpu")
     counts = {s: {n: check(SCENARIOS[n], "linux-7.1", strategy=s).schedules for n in names}
               for s in ("dfs", "dpor")}
+    # Bounded DFS runs every schedule within 2 preemptions (no sleep sets: unsound under a
+    # bound); DPOR decides from footprints. A change in these numbers means the model's
+    # tracked accesses or the explorer changed: look at why before updating them.
     assert counts == {
-        "dfs": {"lost_update_fixed": 7, "abba_fixed": 7, "gmem_punch_hole_vs_vcpu": 15,
-                "memslot_delete_vs_vcpu": 10},
-        "dpor": {"lost_update_fixed": 6, "abba_fixed": 9, "gmem_punch_hole_vs_vcpu": 10,
-                 "memslot_delete_vs_vcpu": 5},
+        "dfs": {"lost_update_fixed": 18, "abba_fixed": 12, "gmem_punch_hole_vs_vcpu": 66,
+                "memslot_delete_vs_vcpu": 67},
+        "dpor": {"lost_update_fixed": 4, "abba_fixed": 4, "gmem_punch_hole_vs_vcpu": 18,
+                 "memslot_delete_vs_vcpu": 11},
     }
 
 

@@ -13,7 +13,10 @@ from passthru.check.discover import builtin
 from passthru.check.explore import Decision
 
 CAP = 400
-VARIANTS = [(sc, p, d) for sc in builtin() for p, d in sc.variants()]
+# Too large for the test run (DPOR needs ~25,000 schedules: that many Mazurkiewicz traces);
+# benchmarks/bench_checker.py table 6 cross-validates it.
+LARGE = {"gmem_punch_hole_vs_two_vcpus"}
+VARIANTS = [(sc, p, d) for sc in builtin() if sc.name not in LARGE for p, d in sc.variants()]
 
 
 @pytest.mark.parametrize("sc,profile,design", VARIANTS,

@@ -251,6 +251,15 @@ class DporExplorer:
             p = n.chosen
             fj = n.fp
             before = task_clock.get(p, {})
+            # j's vector clock: p's previous step and every earlier dependent step
+            vc = dict(before)
+            for i in range(j):
+                m = nodes[i]
+                if m.chosen != p and conflict(m.fp, fj):
+                    for k, v in clocks[i].items():
+                        if vc.get(k, 0) < v:
+                            vc[k] = v
+            vc[p] = j + 1
             # the last earlier step of another task, dependent and not ordered before p
             for i in range(j - 1, -1, -1):
                 m = nodes[i]
@@ -262,16 +271,16 @@ class DporExplorer:
                 if p in m.enabled:
                     m.backtrack.add(p)
                 else:
-                    m.backtrack.update(m.enabled)
+                    # Flanagan & Godefroid: a task enabled at i whose later step happens
+                    # before j (it leads to p's step); only without one, every enabled task.
+                    lead = next((nodes[k].chosen for k in range(i + 1, j)
+                                 if nodes[k].chosen in m.enabled
+                                 and vc.get(nodes[k].chosen, 0) >= k + 1), None)
+                    if lead is not None:
+                        m.backtrack.add(lead)
+                    else:
+                        m.backtrack.update(m.enabled)
                 break
-            vc = dict(before)
-            for i in range(j):
-                m = nodes[i]
-                if m.chosen != p and conflict(m.fp, fj):
-                    for k, v in clocks[i].items():
-                        if vc.get(k, 0) < v:
-                            vc[k] = v
-            vc[p] = j + 1
             clocks.append(vc)
             task_clock[p] = vc
 

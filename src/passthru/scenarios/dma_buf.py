@@ -390,7 +390,11 @@ def _memory_lock_vs_resv(s: Sandbox, map_takes_memory_lock: bool) -> None:
     memory_lock for write and then the resv. An exporter whose map op (called by importers
     with the resv held) takes memory_lock inverts it."""
     bar = _VfioBar(s, PAGE, map_takes_memory_lock)
-    buf = dmabuf_of(s.host, export(s.host, _VFIO_BAR_OPS, bar, PAGE))
+    try:
+        buf = dmabuf_of(s.host, export(s.host, _VFIO_BAR_OPS, bar, PAGE))
+    except OSError:
+        bar.release()  # the export failed (an injected fault): give the BAR memory back
+        raise
     imp = DeviceImporter("iommufd")
     imp.attach(buf)
 
