@@ -344,13 +344,16 @@ def test_checker_reports_an_unlocked_bindings_change(strategy: str) -> None:
 KVM = {sc.name: sc for sc in builtin() if sc.module == "passthru.scenarios.kvm"}
 
 
-@pytest.mark.parametrize("name", sorted(KVM))
-@pytest.mark.parametrize("strategy", ["dfs", "dpor"])
+# DPOR over gmem_punch_hole_vs_two_vcpus takes ~25,000 schedules (that many Mazurkiewicz
+# traces): benchmarks/bench_checker.py (tables 5 and 6) runs it; the tests run it with DFS.
+KVM_CASES = [(n, s) for n in sorted(KVM) for s in ("dfs", "dpor")
+             if (n, s) != ("gmem_punch_hole_vs_two_vcpus", "dpor")]
+
+
+@pytest.mark.parametrize("name,strategy", KVM_CASES)
 def test_kvm_scenarios_keep_their_verdicts(name: str, strategy: str) -> None:
     """Safe ones have no data race in any schedule; buggy ones are found as what they are."""
     sc = KVM[name]
-    if name == "gmem_punch_hole_vs_two_vcpus" and strategy == "dpor":
-        pytest.skip("DPOR does not finish this space within the default budget")
     v = check(sc, sc.profiles[-1], strategy=strategy)
     assert v.ok, [x.text() for x in v.violations]
     if sc.expect == "violation":

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass
-from typing import Any
 
 from ..errors import kerr
 from ..extents import ByteStore, RangeCounter, RangeMap
@@ -34,33 +33,8 @@ from ..sim import track
 from ..sim.scheduler import Scheduler
 from .machine import Machine
 
-
-class _marked:  # noqa: N801 - used like a function: ``with _marked():``
-    """Accesses inside are marked: footprint only, never a data race."""
-
-    __slots__ = ("tr",)
-
-    def __init__(self) -> None:
-        self.tr: track.Tracker | None = None
-
-    def __enter__(self) -> None:
-        tr = track.active()
-        if tr is not None and tr.races:
-            tr.races = False
-            self.tr = tr
-
-    def __exit__(self, *exc: object) -> None:
-        if self.tr is not None:
-            self.tr.races = True
-
-
-def _observe(obj: Any, lo: int, hi: int) -> None:
-    """The oracle looks at ``[lo, hi)`` of ``obj``: a footprint read, no happens-before."""
-    tr = track.active()
-    if tr is not None:
-        uid = getattr(obj, "_uid", None) or track.uid_of(obj, getattr(obj, "label", ""))
-        if uid is not None:
-            tr.access(uid, lo, hi, False, True)
+_marked = track.marked  # memory contents: footprint only, never a data race
+_observe = track.observe  # the oracle's look at ownership: footprint only, no happens-before
 
 
 class Contents(ByteStore):

@@ -26,8 +26,6 @@ SRCU does not know which task holds a read section).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from ..sim import track
@@ -60,56 +58,8 @@ def lockdep_assert_held_write(lock: RwSem, what: str) -> None:
         _report(lock, what, "lockdep_assert_held_write")
 
 
-class _Marked:
-    """The context manager behind :func:`marked` (a class: it sits on hot paths)."""
-
-    __slots__ = ("tr",)
-
-    def __init__(self) -> None:
-        self.tr: track.Tracker | None = None
-
-    def __enter__(self) -> None:
-        tr = track.active()
-        if tr is not None and tr.races:
-            tr.races = False
-            self.tr = tr
-        else:
-            self.tr = None
-
-    def __exit__(self, *exc: object) -> None:
-        if self.tr is not None:
-            self.tr.races = True
-            self.tr = None
-
-
-def marked() -> _Marked:
-    """Accesses inside are marked (READ_ONCE / rcu_dereference / hardware): in the footprint,
-    never a data race. A structure made with ``atomic=True`` still synchronises on its
-    implicit lock, so use :func:`observe` where that would add a happens-before the kernel
-    does not have. Nothing inside may reach a scheduling point; nesting is fine."""
-    return _Marked()
-
-
-def observe(obj: Any, lo: int = track.LO, hi: int = track.HI, write: bool = False) -> None:
-    """One footprint-only access to ``obj`` over ``[lo, hi)``: no race check and no
-    happens-before, whatever the structure's own locking."""
-    tr = track.active()
-    if tr is None:
-        return
-    uid = getattr(obj, "_uid", None) or track.uid_of(obj, getattr(obj, "label", ""))
-    if uid is not None:
-        tr.access(uid, lo, hi, write, True)
-
-
-@contextmanager
-def untracked() -> Iterator[None]:
-    """Run a query whose accesses the caller recorded itself (with :func:`observe`)."""
-    tr = track.active()
-    if tr is None:
-        yield
-        return
-    tr.deactivate()
-    try:
-        yield
-    finally:
-        tr.activate()
+# The marked-access helpers live with the tracker (sim/track.py); kernel code names them here,
+# next to the lock assertions, as the kernel's rwonce.h/rcupdate.h sit next to lockdep.h.
+marked = track.marked
+observe = track.observe
+untracked = track.untracked

@@ -332,6 +332,66 @@ def acquire(obj: Any) -> None:
             tr.acquire(uid)
 
 
+class _Marked:
+    """The context manager behind :func:`marked` (a class with slots: it sits on hot paths)."""
+
+    __slots__ = ("tr",)
+
+    def __init__(self) -> None:
+        self.tr: Tracker | None = None
+
+    def __enter__(self) -> None:
+        tr = _ACTIVE
+        if tr is not None and tr.races:
+            tr.races = False
+            self.tr = tr
+        else:
+            self.tr = None
+
+    def __exit__(self, *exc: object) -> None:
+        if self.tr is not None:
+            self.tr.races = True
+            self.tr = None
+
+
+def marked() -> _Marked:
+    """Accesses inside are marked (READ_ONCE, rcu_dereference, hardware): in the footprint,
+    never a data race. An ``atomic=True`` structure still synchronises on its implicit lock
+    inside; use :func:`observe` where that would add a happens-before the kernel does not
+    have. Nothing inside may reach a scheduling point; nesting is fine."""
+    return _Marked()
+
+
+def observe(obj: Any, lo: int = LO, hi: int = HI, write: bool = False) -> None:
+    """One footprint-only access to ``obj`` over ``[lo, hi)``: no race check and no
+    happens-before, whatever the structure's own locking (an oracle looking at state)."""
+    tr = _ACTIVE
+    if tr is None:
+        return
+    uid = getattr(obj, "_uid", None) or uid_of(obj, getattr(obj, "label", ""))
+    if uid is not None:
+        tr.access(uid, lo, hi, write, True)
+
+
+class _Untracked:
+    __slots__ = ("tr",)
+
+    def __enter__(self) -> None:
+        self.tr = _ACTIVE
+        if self.tr is not None:
+            self.tr.deactivate()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.tr is not None:
+            self.tr.activate()
+
+
+def untracked() -> _Untracked:
+    """Run code whose accesses the caller recorded itself (with :func:`observe`), or that
+    looks at state from outside (invariants)."""
+    return _Untracked()
+
+
 class Tracked:
     """Base for model objects whose fields are shared: gives them a location at creation.
 
