@@ -45,7 +45,8 @@ __all__ = [
     "free_ram", "gmem_of", "invalidate_mappings", "kernel_of", "kerr", "kvm_legacy_map",
     "lockdep_assert_held", "map_attachment", "mapping", "migrate_buffer", "movable_dmabuf",
     "patch", "pin_user_pages", "read", "read_once", "reclaim_buffer", "resv_locked",
-    "revocable_dmabuf", "revoke", "revoke_buffer", "scenario", "unmap_attachment",
+    "revocable_dmabuf", "revoke", "revoke_buffer", "scenario", "sptes_backed",
+    "unmap_attachment",
     "unrevoke_buffer", "vm_of", "write", "write_once",
 ]
 
@@ -320,6 +321,14 @@ def dma_buf_mappings_backed(host: SimHost) -> str | None:
     return check(host.kernel)
 
 
+def sptes_backed(host: SimHost, *vm_fds: int) -> Callable[[], str | None]:
+    """Invariant over the VMs behind ``vm_fds``: every SPTE maps memory still allocated
+    (kernel/kvm/invariants.py). Use as ``s.invariant("stale-spte", sptes_backed(h, vm))``."""
+    from .kernel.kvm.invariants import sptes_backed as check
+
+    return check(host.kernel.phys, [vm_of(host, fd) for fd in vm_fds])
+
+
 # ----- lock rules ---------------------------------------------------------------------------
 
 
@@ -342,6 +351,11 @@ PATCHABLE: dict[str, tuple[str, str]] = {
     "dma_buf_unmap_attachment": ("passthru.kernel.dma_buf.core", "dma_buf_unmap_attachment"),
     "dma_buf_revoke": ("passthru.kernel.dma_buf.core", "revoke"),
     "wait_for_unmaps": ("passthru.kernel.dma_buf.core", "wait_for_unmaps"),
+    # KVM's MMU (methods of the model's struct kvm_mmu stand-in, patched on the class)
+    "kvm_mmu_invalidate_begin": ("passthru.kernel.kvm.mmu", "KvmMmu.invalidate_begin"),
+    "kvm_mmu_invalidate_end": ("passthru.kernel.kvm.mmu", "KvmMmu.invalidate_end"),
+    "mmu_invalidate_retry_gfn": ("passthru.kernel.kvm.mmu", "KvmMmu.retry"),
+    "kvm_tdp_mmu_map": ("passthru.kernel.kvm.mmu", "KvmMmu.install"),
 }
 
 
@@ -352,6 +366,9 @@ def patch(s: Sandbox, name: str, replacement: Callable[..., Any]) -> Callable[..
     if name not in PATCHABLE:
         raise KeyError(f"{name!r} is not patchable; known: {', '.join(sorted(PATCHABLE))}")
     modname, attr = PATCHABLE[name]
-    mod = importlib.import_module(modname)
-    original: Callable[..., Any] = s.patch(mod, attr, replacement)
+    target: Any = importlib.import_module(modname)
+    *owners, attr = attr.split(".")
+    for o in owners:  # "Class.method": patch the method on its class
+        target = getattr(target, o)
+    original: Callable[..., Any] = s.patch(target, attr, replacement)
     return original

@@ -122,3 +122,43 @@ def test_kapi_exporter_ops_are_checked_like_dma_buf_export() -> None:
     assert ei.value.errno == errno.EINVAL and "pin and unpin" in str(ei.value)
     with _pytest.raises(KeyError):
         kapi.patch(None, "no_such_function", lambda: None)  # type: ignore[arg-type]
+
+
+def test_patching_a_kvm_function_within_one_scenario() -> None:
+    """"Does my patch break anything?" for KVM: a retry check that never retries turns the
+    safe punch-hole race into the stale SPTE the seeded bug shows — and only in that run."""
+    from passthru import kapi
+    from passthru.check.runner import check
+    from passthru.kernel.kvm.mmu import KvmMmu
+    from passthru.scenarios import kvm as kvm_scenarios
+
+    original = KvmMmu.retry
+
+    @kapi.scenario(profiles=["linux-7.1"], expect="violation", name="patched_no_retry")
+    def patched(s: kapi.Sandbox) -> None:
+        kapi.patch(s, "mmu_invalidate_retry_gfn", lambda self, seq: False)
+        kvm_scenarios._punch_vs_vcpu(s)
+
+    v = check(patched.__passthru_scenario__, "linux-7.1")  # type: ignore[attr-defined]
+    assert v.found and v.violations[0].kind == "stale-spte", v.violations
+    assert KvmMmu.retry is original
+    safe = kvm_scenarios.gmem_punch_hole_vs_vcpu.__passthru_scenario__  # type: ignore[attr-defined]
+    assert not check(safe, "linux-7.1").found
+
+
+def test_builtin_scenarios_use_only_the_public_api() -> None:
+    """The built-in scenarios are written on passthru.kapi (plus the uAPI and the Host)."""
+    allowed = {"kapi", "uapi", "host.sim", "__future__"}
+    root = Path(__file__).resolve().parents[2] / "src" / "passthru" / "scenarios"
+    for f in sorted(root.glob("*.py")):
+        if f.name == "__init__.py":
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                mod = (node.module or "")
+                if node.level == 0:
+                    assert mod in sys.stdlib_module_names or mod == "__future__" \
+                        or mod.split(".")[0] in sys.stdlib_module_names, (f.name, mod)
+                else:
+                    assert any(mod == a or mod.startswith(a + ".") for a in allowed), \
+                        (f.name, mod)

@@ -13,10 +13,8 @@ vCPU's fault path.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from ..check.scenario import Sandbox, scenario
 from ..host.sim import SimHost
+from ..kapi import Sandbox, scenario, sptes_backed
 from ..uapi import kvm as K
 from ..uapi import linux as L
 
@@ -39,28 +37,6 @@ def _vm_with_gmem(host: SimHost) -> tuple[int, int, int]:
     return vm, gmem, host.ioctl(vm, K.KVM_CREATE_VCPU, 0)
 
 
-def _sptes_backed(s: Sandbox) -> Callable[[], str | None]:
-    """The invariant: every guest mapping points at memory that is still allocated (not
-    freed, not orphaned). Checked after every step, so the VMs are looked up once."""
-    from ..kernel.kvm.kvm_main import KvmVmFile
-
-    phys = s.host.kernel.phys
-    mmus = [f.kvm.mmu for f in dict.values(s.host.proc.fds) if isinstance(f, KvmVmFile)]
-
-    def check() -> str | None:
-        for mmu in mmus:
-            for gs, ge, p in [*mmu.spte, *mmu.spte_private]:
-                for os_, _, o in phys.owners.overlapping(p, p + (ge - gs)):
-                    if o.state == "orphan":
-                        return (f"SPTE gpa [{gs:#x}, {ge:#x}) maps a page its file dropped "
-                                f"(phys {os_:#x}, orphan of {o.owner})")
-                if phys.owners.gaps(p, p + (ge - gs)):
-                    return f"SPTE gpa [{gs:#x}, {ge:#x}) maps freed memory at {p:#x}"
-        return None
-
-    return check
-
-
 def _punch_vs_vcpu(s: Sandbox) -> None:
     host = s.host
     vm, gmem, vcpu_fd = _vm_with_gmem(host)
@@ -75,7 +51,7 @@ def _punch_vs_vcpu(s: Sandbox) -> None:
 
     s.spawn("vcpu0", guest)
     s.spawn("punch", punch)
-    s.invariant("stale-spte", _sptes_backed(s))
+    s.invariant("stale-spte", sptes_backed(host, vm))
 
 
 @scenario(profiles=PROFILES, expect="safe")
@@ -106,7 +82,7 @@ def _delete_vs_vcpu(s: Sandbox) -> None:
 
     s.spawn("vcpu0", guest)
     s.spawn("vmm", delete)
-    s.invariant("stale-spte", _sptes_backed(s))
+    s.invariant("stale-spte", sptes_backed(host, vm))
 
 
 @scenario(profiles=PROFILES, expect="safe")
@@ -136,4 +112,4 @@ def gmem_punch_hole_vs_two_vcpus(s: Sandbox) -> None:
     s.spawn("vcpu1", guest, cpus[1], 0x3000)
     s.spawn("punch", lambda: host.fallocate(
         gmem, L.FALLOC_FL_PUNCH_HOLE | L.FALLOC_FL_KEEP_SIZE, 0, 4 * PAGE))
-    s.invariant("stale-spte", _sptes_backed(s))
+    s.invariant("stale-spte", sptes_backed(host, vm))
