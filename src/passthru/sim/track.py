@@ -298,6 +298,8 @@ def write_once(obj: Any, lo: int = LO, hi: int = HI) -> None:
 
 
 def _touch(tr: Tracker, obj: Any, uid: str, lo: int, hi: int, w: bool, marked: bool) -> None:
+    if not tr.sched._running:
+        return  # set-up or after the join: no step, no race (see Tracker.access)
     if getattr(obj, "_atomic", False):
         tr.acquire(uid + "@lock")
         tr.access(uid, lo, hi, w, True)
