@@ -17,11 +17,13 @@
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 
 from ..kapi import (
     REVOCABLE,
     CompositorImporter,
     DeviceImporter,
+    DmaBuf,
     ExporterOps,
     QuiescingImporter,
     RwSem,
@@ -52,23 +54,22 @@ def _watch(s: Sandbox) -> None:
     s.invariant("dma-buf-mapping-backed", lambda: dma_buf_mappings_backed(s.host))
 
 
-def _revoke_vs_lazy(s: Sandbox) -> None:
-    buf = revocable_dmabuf(s.host, 2 * PAGE)
-    imp = DeviceImporter("odp-like", unmap="work")
-    imp.attach(buf)
+def _against_revoke(s: Sandbox, buf: DmaBuf, imp: DeviceImporter, name: str,
+                    job: Callable[[], object]) -> None:
+    """``job`` (the importer's device, task ``name``) races the exporter revoking the buffer
+    and reclaiming its memory (a device reset, a BAR reassigned); then teardown."""
 
-    def importer() -> None:
+    def device() -> None:
         try:
-            imp.dma_read(0, 8)
-            imp.dma_read(8, 8)  # may fall between invalidation and the work item's unmap
+            job()
         except OSError:
             return  # revoked and unmapped: mapping again fails with ENODEV, as designed
 
     def exporter() -> None:
         revoke_buffer(buf)
-        reclaim_buffer(buf)  # the memory goes back (device reset, BAR reassigned...)
+        reclaim_buffer(buf)
 
-    s.spawn("importer", importer)
+    s.spawn(name, device)
     s.spawn("exporter", exporter)
 
     def teardown() -> None:
@@ -77,6 +78,18 @@ def _revoke_vs_lazy(s: Sandbox) -> None:
 
     s.final("teardown", lambda: teardown())  # type: ignore[func-returns-value]
     _watch(s)
+
+
+def _revoke_vs_lazy(s: Sandbox) -> None:
+    buf = revocable_dmabuf(s.host, 2 * PAGE)
+    imp = DeviceImporter("odp-like", unmap="work")
+    imp.attach(buf)
+
+    def reads() -> None:
+        imp.dma_read(0, 8)
+        imp.dma_read(8, 8)  # may fall between invalidation and the work item's unmap
+
+    _against_revoke(s, buf, imp, "importer", reads)
 
 
 @scenario(profiles=("linux-6.19",), expect="violation")
@@ -95,26 +108,9 @@ def _revoke_vs_quiescing(s: Sandbox, drain: bool) -> None:
     buf = revocable_dmabuf(s.host, 2 * PAGE)
     imp = QuiescingImporter("nic", drain=drain)
     imp.attach(buf)
-
-    def device() -> None:
-        try:
-            imp.dma_burst(0, [b"first-half", b"second-half"])  # one job, two writes
-        except OSError:
-            return  # revoked before the job started: mapping again is ENODEV, as designed
-
-    def exporter() -> None:
-        revoke_buffer(buf)
-        reclaim_buffer(buf)
-
-    s.spawn("device", device)
-    s.spawn("exporter", exporter)
-
-    def teardown() -> None:
-        imp.teardown()
-        buf.put()
-
-    s.final("teardown", lambda: teardown())  # type: ignore[func-returns-value]
-    _watch(s)
+    # one job, two writes
+    _against_revoke(s, buf, imp, "device",
+                    lambda: imp.dma_burst(0, [b"first-half", b"second-half"]))
 
 
 @scenario(profiles=("linux-7.1",), expect="safe")

@@ -29,20 +29,22 @@ def _sync(obj: Any, write: bool = True) -> None:
                 track._ACTIVE.access(uid, track.LO, track.HI, False, True)
 
 
-def _acq(obj: Any, suffix: str = "") -> None:
+def _clock(obj: Any, suffix: str, release: bool) -> None:
     tr = track._ACTIVE
     if tr is not None:
         uid = obj._uid or track.uid_of(obj)
         if uid is not None:
-            tr.acquire(uid + suffix)
+            (tr.release if release else tr.acquire)(uid + suffix)
+
+
+def _acq(obj: Any, suffix: str = "") -> None:
+    """The current task acquires what was released into the lock (its clock ``suffix``)."""
+    _clock(obj, suffix, False)
 
 
 def _rel(obj: Any, suffix: str = "") -> None:
-    tr = track._ACTIVE
-    if tr is not None:
-        uid = obj._uid or track.uid_of(obj)
-        if uid is not None:
-            tr.release(uid + suffix)
+    """The current task releases into the lock: what it did happens-before the next owner."""
+    _clock(obj, suffix, True)
 
 
 class Mutex(track.Tracked):
