@@ -71,7 +71,7 @@ def to_first_bug() -> None:
     console.print(t)
 
 
-CAP = 20000  # schedules; a count at the cap is printed as ">CAP"
+CAP = 30000  # schedules; a count at the cap is printed as ">CAP"
 
 
 def _count(sc: object, prof: str, make: object) -> str:
@@ -101,6 +101,8 @@ def full_exploration() -> None:
         c = [_count(sc, prof, m) for m in makers]
 
         def ratio(a: str, b: str) -> str:
+            if b.startswith(">"):
+                return "?"  # the reduced count hit the cap too
             return (">" if a.startswith(">") else "") + f"{int(a.lstrip('>')) / int(b):.1f}x"
 
         t.add_row(sc.name, c[0], c[1], c[2], ratio(c[0], c[2]), c[3], c[4], ratio(c[3], c[4]))
