@@ -1,5 +1,12 @@
 """The command line: ``passthru check | compare | list | run | replay | matrix``.
 
+- ``check [PATHS]``: explore every scenario variant and print the verdict table;
+- ``compare [PATHS]``: scenarios × profiles/designs, one verdict per cell;
+- ``list [PATHS]``: the scenarios (built-in, or from PATHS);
+- ``run NAME [PATHS]``: one run under one schedule: its event log, or an HTML trace;
+- ``replay FILE [PATHS]``: a saved counterexample, byte for byte;
+- ``matrix``: the dma-buf exporter × importer × profile table, each cell computed by a run.
+
 Exit status: 0 when no verdict contradicts what the scenario expects, 1 when one does (an
 unexpected violation, or a known bug the checker failed to find), 2 on usage errors. A
 scenario expected safe whose exploration was cut short (budget, time limit, sampling) and

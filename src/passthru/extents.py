@@ -10,17 +10,48 @@ step, which made the model slower per syscall than the kernel — benchmarks/REA
 Values are either *flat* (the same for the whole range: an owner, a state, a count) or
 *linear* (an address that advances with the range: a physical base). Linear maps split and
 merge by offset arithmetic.
+
+The range convention. A map's extents are half-open intervals of an address space, so every
+query answers with :class:`Extent` ``(start, end, value)`` and :class:`Gap` ``(start, end)``:
+bisect works on the ends, and splitting or merging two extents compares an end with a start
+without arithmetic. What the kernel hands a *device* is the other convention, address and
+length (``sg_dma_address``/``sg_dma_len``, ``struct phys_vec {paddr, len}``, ``bio_vec``), and
+the model keeps the kernel's there: ``DmaRange(dma, length, phys)`` (kernel/dma_buf/core.py),
+``phys_vec`` and the (address, length) pairs of kernel/dma. Both are NamedTuples, so a reader
+always sees which one a value is; both still unpack as plain tuples.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
-from typing import Any, Generic, TypeVar
+from functools import partial
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from .sim import track as _track
 
 V = TypeVar("V")
+
+
+class Extent(NamedTuple, Generic[V]):
+    """One extent ``[start, end)`` of a map and its value (a linear map's value at ``start``)."""
+
+    start: int
+    end: int
+    value: V
+
+
+class Gap(NamedTuple):
+    """A hole ``[start, end)`` in a map."""
+
+    start: int
+    end: int
+
+
+# tuple.__new__ bound to the class: builds an Extent/Gap from a tuple in C, without the
+# NamedTuple's Python-level __new__ (the maps are on every path of the model).
+_extent = partial(tuple.__new__, Extent)
+_gap = partial(tuple.__new__, Gap)
 
 
 class RangeMap(Generic[V]):
@@ -56,19 +87,19 @@ class RangeMap(Generic[V]):
             _track.read(self)
         return bool(self._s)
 
-    def __iter__(self) -> Iterator[tuple[int, int, V]]:
+    def __iter__(self) -> Iterator[Extent[V]]:
         # Lazy: do not mutate the map while iterating it (wrap in list() to do so).
         if _track._ACTIVE is not None:
             _track.read(self)
-        return zip(self._s, self._e, self._v, strict=True)
+        return map(_extent, zip(self._s, self._e, self._v, strict=True))
 
-    def get(self, addr: int) -> tuple[int, int, V] | None:
+    def get(self, addr: int) -> Extent[V] | None:
         """The extent containing ``addr``."""
         if _track._ACTIVE is not None:
             _track.read(self, addr, addr + 1)
         i = bisect_right(self._s, addr) - 1
         if i >= 0 and addr < self._e[i]:
-            return self._s[i], self._e[i], self._v[i]
+            return _extent((self._s[i], self._e[i], self._v[i]))
         return None
 
     def lookup(self, addr: int) -> V | None:
@@ -80,7 +111,7 @@ class RangeMap(Generic[V]):
             return v + (addr - self._s[i]) if self.linear else v
         return None
 
-    def overlapping(self, start: int, end: int) -> list[tuple[int, int, V]]:
+    def overlapping(self, start: int, end: int) -> list[Extent[V]]:
         """Extents overlapping ``[start, end)``, clipped to it (linear values adjusted)."""
         if _track._ACTIVE is not None:
             _track.read(self, start, end)
@@ -95,7 +126,7 @@ class RangeMap(Generic[V]):
             s, e, v = ss[k], ee[k], vv[k]
             cs = s if s > start else start
             ce = e if e < end else end
-            out.append((cs, ce, v + (cs - s) if lin else v))
+            out.append(_extent((cs, ce, v + (cs - s) if lin else v)))
         return out
 
     def covered(self, start: int, end: int) -> bool:
@@ -107,15 +138,16 @@ class RangeMap(Generic[V]):
             pos = e
         return pos >= end
 
-    def gaps(self, start: int, end: int) -> list[tuple[int, int]]:
+    def gaps(self, start: int, end: int) -> list[Gap]:
+        """The holes of ``[start, end)``: where no extent lies."""
         out = []
         pos = start
         for s, e, _ in self.overlapping(start, end):
             if s > pos:
-                out.append((pos, s))
+                out.append(_gap((pos, s)))
             pos = e
         if pos < end:
-            out.append((pos, end))
+            out.append(_gap((pos, end)))
         return out
 
     def any_in(self, start: int, end: int) -> bool:
@@ -126,7 +158,7 @@ class RangeMap(Generic[V]):
         return bisect_right(self._e, start) < bisect_left(self._s, end)
 
     # ----- updates ---------------------------------------------------------------------
-    def remove(self, start: int, end: int) -> list[tuple[int, int, V]]:
+    def remove(self, start: int, end: int) -> list[Extent[V]]:
         """Remove ``[start, end)``; return the removed pieces."""
         if _track._ACTIVE is not None:
             _track.write(self, start, end)
@@ -146,7 +178,7 @@ class RangeMap(Generic[V]):
             s, e, v = ss[k], ee[k], vv[k]
             cs = s if s > start else start
             ce = e if e < end else end
-            out.append((cs, ce, v + (cs - s) if lin else v))
+            out.append(_extent((cs, ce, v + (cs - s) if lin else v)))
             if s < start:
                 keep_s.append(s)
                 keep_e.append(start)
@@ -208,9 +240,9 @@ class RangeCounter:
         self._m: RangeMap[int] = RangeMap(label=label, atomic=atomic)
 
     def add(self, start: int, end: int, delta: int) -> None:
-        pieces = list(self._m.overlapping(start, end))
+        pieces = self._m.overlapping(start, end)
         for gs, ge in self._m.gaps(start, end):
-            pieces.append((gs, ge, 0))
+            pieces.append(Extent(gs, ge, 0))
         pieces.sort()
         for s, e, c in pieces:
             n = c + delta
@@ -221,10 +253,10 @@ class RangeCounter:
             else:
                 self._m.set(s, e, n)
 
-    def overlapping(self, start: int, end: int) -> list[tuple[int, int, int]]:
+    def overlapping(self, start: int, end: int) -> list[Extent[int]]:
         return self._m.overlapping(start, end)
 
-    def gaps(self, start: int, end: int) -> list[tuple[int, int]]:
+    def gaps(self, start: int, end: int) -> list[Gap]:
         return self._m.gaps(start, end)
 
     def max_in(self, start: int, end: int) -> int:
@@ -236,7 +268,7 @@ class RangeCounter:
     def __len__(self) -> int:
         return len(self._m)
 
-    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+    def __iter__(self) -> Iterator[Extent[int]]:
         return iter(self._m)
 
 

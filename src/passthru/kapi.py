@@ -24,10 +24,27 @@ from .check.scenario import Sandbox, scenario
 from .errors import Fault, kerr
 from .hw.physmem import Owner
 from .kernel.dma_buf import core as _dmabuf
+from .kernel.dma_buf import importers as _importers
+from .kernel.dma_buf import invariants as _dmabuf_invariants
 from .kernel.dma_buf.core import MEMORY_MODELS, MOVABLE, PINNED, REVOCABLE
 from .kernel.dma_buf.core import DmaBuf as DmaBuf
 from .kernel.dma_buf.core import DmaBufAttachment as Attachment
 from .kernel.dma_buf.core import DmaMapping as Mapping
+from .kernel.dma_buf.core import DmaRange as DmaRange
+
+# Importers (kernel/dma_buf/importers.py): a generic device (static or dynamic; unmap "sync",
+# "work" or "never"; fenced or not), a quiescing device, an RDMA MR, a compositor.
+from .kernel.dma_buf.importers import CompositorImporter as CompositorImporter
+from .kernel.dma_buf.importers import DeviceImporter as DeviceImporter
+from .kernel.dma_buf.importers import QuiescingImporter as QuiescingImporter
+from .kernel.dma_buf.importers import RdmaMrImporter as RdmaMrImporter
+from .kernel.dma_buf.mock import MockRevocableExporter, mock_dmabuf
+from .kernel.dma_buf.movable import MovableExporter
+from .kernel.dma_buf.movable import movable_dmabuf as _movable_dmabuf
+from .kernel.kvm import invariants as _kvm_invariants
+from .kernel.kvm.guest_memfd import GmemFile
+from .kernel.kvm.kvm_main import KvmVmFile
+from .kernel.mm import gup as _gup
 from .sim.locks import Completion, Mutex, RwSem, WaitQueue
 from .sim.track import Cell, read, read_once, write, write_once
 
@@ -38,8 +55,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MEMORY_MODELS", "MOVABLE", "PATCHABLE", "PINNED", "REVOCABLE", "Attachment", "Cell",
-    "Completion", "CompositorImporter", "DeviceImporter", "DmaBuf", "ExporterOps", "Fault",
-    "ImporterOps", "Mapping", "Mutex", "QuiescingImporter", "RdmaMrImporter", "RwSem",
+    "Completion", "CompositorImporter", "DeviceImporter", "DmaBuf", "DmaRange", "ExporterOps",
+    "Fault", "ImporterOps", "Mapping", "Mutex", "QuiescingImporter", "RdmaMrImporter", "RwSem",
     "Sandbox", "WaitQueue", "alloc_ram", "attach", "detach", "dma_buf_get",
     "dma_buf_mappings_backed", "dma_read", "dma_write", "dmabuf_of", "export", "file_of",
     "free_ram", "gmem_of", "invalidate_mappings", "kernel_of", "kerr", "kvm_legacy_map",
@@ -60,8 +77,9 @@ def kernel_of(host: SimHost) -> Kernel:
 
 
 def file_of(host: SimHost, fd: int) -> File:
-    """The open file behind ``fd`` in ``host``'s process (EBADF if none), like fget()."""
-    return host.proc.fget(fd, "kapi.file_of")
+    """The open file behind ``fd`` in ``host``'s process (EBADF if none), without taking a
+    reference: the fd keeps it alive."""
+    return host.proc.lookup_fd(fd, "kapi.file_of")
 
 
 def dmabuf_of(host: SimHost, fd: int) -> DmaBuf:
@@ -75,8 +93,6 @@ def dmabuf_of(host: SimHost, fd: int) -> DmaBuf:
 
 def vm_of(host: SimHost, fd: int) -> Any:
     """The struct kvm behind a VM fd (from KVM_CREATE_VM)."""
-    from .kernel.kvm.kvm_main import KvmVmFile
-
     f = file_of(host, fd)
     if not isinstance(f, KvmVmFile):
         raise kerr(22, f"kapi.vm_of: fd {fd} is a {f.kind}, not a KVM VM")
@@ -85,8 +101,6 @@ def vm_of(host: SimHost, fd: int) -> Any:
 
 def gmem_of(host: SimHost, fd: int) -> Any:
     """The guest_memfd behind ``fd`` (from KVM_CREATE_GUEST_MEMFD)."""
-    from .kernel.kvm.guest_memfd import GmemFile
-
     f = file_of(host, fd)
     if not isinstance(f, GmemFile):
         raise kerr(22, f"kapi.gmem_of: fd {fd} is a {f.kind}, not a guest_memfd")
@@ -131,43 +145,36 @@ class ExporterOps:
     name: str = "exporter"
 
 
-class _Exporter(_dmabuf.DmaBufOps):
-    """The core's ops object for a kapi exporter: binds the static table to its priv."""
-
-    def __init__(self, ops: ExporterOps, priv: Any) -> None:
-        self.memory_model = ops.memory_model
-        self.can_unrevoke = ops.can_unrevoke
-        self.exp_name = ops.name
-        self.map_dma_buf = lambda a, d: ops.map(priv, a)
-        unmap = ops.unmap
-        self.unmap_dma_buf = (lambda a, m, d: unmap(priv, a, m)) if unmap else (
-            lambda a, m, d: None)
-        self.release = lambda b: ops.release(priv, b)
-        if ops.attach is not None:
-            att = ops.attach
-            self.attach = lambda b, a: att(priv, b, a)
-        if ops.detach is not None:
-            det = ops.detach
-            self.detach = lambda b, a: det(priv, b, a)
-        if ops.pin is not None:
-            pin = ops.pin
-            self.pin = lambda a: pin(priv, a)
-        if ops.unpin is not None:
-            unpin = ops.unpin
-            self.unpin = lambda a: unpin(priv, a)
+def _dma_buf_ops(ops: ExporterOps) -> _dmabuf.DmaBufOps:
+    """The core's dma_buf_ops for a kapi table: each op calls the table's with the buffer's
+    private data (``dmabuf.priv``, what :func:`export` was given) first. Made from the table
+    alone: no private data in it."""
+    map_, release, unmap = ops.map, ops.release, ops.unmap
+    attach_, detach_, pin, unpin = ops.attach, ops.detach, ops.pin, ops.unpin
+    return _dmabuf.DmaBufOps(
+        map_dma_buf=lambda a, d: map_(a.dmabuf.priv, a),
+        unmap_dma_buf=(lambda a, m, d: unmap(a.dmabuf.priv, a, m)) if unmap else (
+            lambda a, m, d: None),
+        release=lambda b: release(b.priv, b),
+        attach=(lambda b, a: attach_(b.priv, b, a)) if attach_ else None,
+        detach=(lambda b, a: detach_(b.priv, b, a)) if detach_ else None,
+        pin=(lambda a: pin(a.dmabuf.priv, a)) if pin else None,
+        unpin=(lambda a: unpin(a.dmabuf.priv, a)) if unpin else None,
+        memory_model=ops.memory_model, can_unrevoke=ops.can_unrevoke, exp_name=ops.name)
 
 
 def export(host: SimHost, ops: ExporterOps, priv: Any, size: int,
            fd_flags: int = 0o2000000) -> int:
     """dma_buf_export + dma_buf_fd: a new dma-buf of ``size`` bytes in ``host``'s process;
     returns its fd (O_CLOEXEC by default)."""
-    buf = _dmabuf.dma_buf_export(host.kernel, _Exporter(ops, priv), size, priv)
+    buf = _dmabuf.dma_buf_export(host.kernel, _dma_buf_ops(ops), size, priv)
     return _dmabuf.dma_buf_fd(host.proc, buf, fd_flags)
 
 
 def mapping(ranges: list[tuple[int, int, int]]) -> Mapping:
-    """What an exporter's ``map`` returns: (dma_address, length, phys) per range."""
-    return Mapping(list(ranges))
+    """What an exporter's ``map`` returns: (dma_address, length, phys) per range — a
+    :class:`DmaRange` each, in the kernel's descriptor convention (address, length)."""
+    return Mapping([DmaRange._make(r) for r in ranges])
 
 
 @contextmanager
@@ -196,12 +203,12 @@ def revoke(buf: DmaBuf, mark: Callable[[], None]) -> None:
 
 
 @dataclass(frozen=True)
-class ImporterOps:
-    """A static dma_buf_attach_ops table. ``invalidate(attach)`` is called with the resv
-    lock held when the exporter moves or revokes the buffer (None: a static importer, which
-    pins on map). The importer's private data travels as ``attach.importer_priv``."""
+class ImporterOps(_dmabuf.DmaBufAttachOps):
+    """A static dma_buf_attach_ops table: the core's own (kernel/dma_buf/core.py), with a
+    peer2peer importer and a name by default. ``invalidate(attach)`` is called with the resv
+    lock held when the exporter moves or revokes the buffer (None: no callback, which attach
+    refuses before 7.1). The importer's private data travels as ``attach.importer_priv``."""
 
-    invalidate: Callable[[Attachment], None] | None = None
     allow_peer2peer: bool = True
     tolerates: frozenset[str] = field(default_factory=lambda: frozenset(MEMORY_MODELS))
     name: str = "importer"
@@ -211,10 +218,7 @@ def attach(buf: DmaBuf, dev: str, ops: ImporterOps | None, priv: Any = None) -> 
     """dma_buf_dynamic_attach (``ops`` None: dma_buf_attach, a static importer)."""
     if ops is None:
         return _dmabuf.dma_buf_attach(buf, dev)
-    core_ops = _dmabuf.DmaBufAttachOps(allow_peer2peer=ops.allow_peer2peer,
-                                       invalidate=ops.invalidate, tolerates=ops.tolerates,
-                                       name=ops.name)
-    return _dmabuf.dma_buf_dynamic_attach(buf, dev, core_ops, priv)
+    return _dmabuf.dma_buf_dynamic_attach(buf, dev, ops, priv)
 
 
 def detach(attach: Attachment) -> None:
@@ -244,55 +248,50 @@ def dma_write(attach: Attachment, offset: int, data: bytes) -> None:
 
 # ----- the model's own drivers: ready-made exporters and importers --------------------------
 
-# Importers (kernel/dma_buf/importers.py): a generic device (static or dynamic; unmap "sync",
-# "work" or "never"; fenced or not), a quiescing device, an RDMA MR, a compositor.
-from .kernel.dma_buf.importers import CompositorImporter as CompositorImporter  # noqa: E402
-from .kernel.dma_buf.importers import DeviceImporter as DeviceImporter  # noqa: E402
-from .kernel.dma_buf.importers import QuiescingImporter as QuiescingImporter  # noqa: E402
-from .kernel.dma_buf.importers import RdmaMrImporter as RdmaMrImporter  # noqa: E402
-
 
 def revocable_dmabuf(host: SimHost, size: int, require_p2p: bool = True) -> DmaBuf:
     """A RAM-backed revocable dma-buf, like the iommufd selftest's mock and vfio-pci's BAR
     export (kernel/dma_buf/mock.py); the exporter side acts through :func:`revoke_buffer`,
     :func:`unrevoke_buffer` and :func:`reclaim_buffer`."""
-    from .kernel.dma_buf.mock import mock_dmabuf
-
     return mock_dmabuf(host.kernel, size, require_p2p=require_p2p)
 
 
 def movable_dmabuf(host: SimHost, size: int, placement: str = "vram") -> DmaBuf:
     """A GPU-style buffer TTM may move between VRAM and system memory
     (kernel/dma_buf/movable.py); the exporter moves it with :func:`migrate_buffer`."""
-    from .kernel.dma_buf.movable import movable_dmabuf as make
-
-    return make(host.kernel, size, placement)
+    return _movable_dmabuf(host.kernel, size, placement)
 
 
-def _exporter(buf: DmaBuf, cls_name: str) -> Any:
-    if type(buf.ops).__name__ != cls_name:
-        raise TypeError(f"{buf.name} is exported by {buf.exp_name}, not a {cls_name}")
-    return buf.ops
+def _revocable(buf: DmaBuf) -> MockRevocableExporter:
+    if not isinstance(buf.priv, MockRevocableExporter):
+        raise TypeError(f"{buf.name} is exported by {buf.exp_name}, not the revocable exporter")
+    return buf.priv
+
+
+def _movable(buf: DmaBuf) -> MovableExporter:
+    if not isinstance(buf.priv, MovableExporter):
+        raise TypeError(f"{buf.name} is exported by {buf.exp_name}, not the movable exporter")
+    return buf.priv
 
 
 def revoke_buffer(buf: DmaBuf) -> None:
     """The revocable exporter revokes (a device reset, a BAR going away)."""
-    _exporter(buf, "MockRevocableExporter").revoke(buf)
+    _revocable(buf).revoke(buf)
 
 
 def unrevoke_buffer(buf: DmaBuf) -> None:
-    _exporter(buf, "MockRevocableExporter").unrevoke(buf)
+    _revocable(buf).unrevoke(buf)
 
 
 def reclaim_buffer(buf: DmaBuf) -> None:
     """The revocable exporter gives the memory back: any later importer access is a
     physical-truth violation."""
-    _exporter(buf, "MockRevocableExporter").reclaim()
+    _revocable(buf).reclaim()
 
 
 def migrate_buffer(buf: DmaBuf, to: str) -> None:
     """The movable exporter moves the buffer (``to``: "vram" or "system")."""
-    _exporter(buf, "MovableExporter").migrate(buf, to)
+    _movable(buf).migrate(buf, to)
 
 
 def dma_buf_get(host: SimHost, fd: int) -> DmaBuf:
@@ -302,31 +301,23 @@ def dma_buf_get(host: SimHost, fd: int) -> DmaBuf:
 
 def pin_user_pages(host: SimHost, addr: int, length: int, write: bool = True) -> Any:
     """pin_user_pages(FOLL_LONGTERM) of ``host``'s memory; ``.unpin()`` the result."""
-    from .kernel.mm.gup import pin_user_pages as pup
-
-    return pup(host.proc.mm, addr, length, write=write)
+    return _gup.pin_user_pages(host.proc.mm, addr, length, write=write)
 
 
 def kvm_legacy_map(host: SimHost, fd: int, length: int) -> int:
     """The pre-dma-buf KVM route: mmap the buffer and GUP it (EFAULT on special PTEs)."""
-    from .kernel.dma_buf.importers import kvm_legacy_map as klm
-
-    return klm(host.proc, fd, length)
+    return _importers.kvm_legacy_map(host.proc, fd, length)
 
 
 def dma_buf_mappings_backed(host: SimHost) -> str | None:
     """Invariant: every dma-buf mapping still points at memory its exporter owns."""
-    from .kernel.dma_buf.invariants import dma_buf_mappings_backed as check
-
-    return check(host.kernel)
+    return _dmabuf_invariants.dma_buf_mappings_backed(host.kernel)
 
 
 def sptes_backed(host: SimHost, *vm_fds: int) -> Callable[[], str | None]:
     """Invariant over the VMs behind ``vm_fds``: every SPTE maps memory still allocated
     (kernel/kvm/invariants.py). Use as ``s.invariant("stale-spte", sptes_backed(h, vm))``."""
-    from .kernel.kvm.invariants import sptes_backed as check
-
-    return check(host.kernel.phys, [vm_of(host, fd) for fd in vm_fds])
+    return _kvm_invariants.sptes_backed(host.kernel.phys, [vm_of(host, fd) for fd in vm_fds])
 
 
 # ----- lock rules ---------------------------------------------------------------------------

@@ -4,6 +4,7 @@ convention, invalidation, the revoke contract by profile, moves, fd lifetime."""
 from __future__ import annotations
 
 import errno
+from dataclasses import replace
 
 import pytest
 
@@ -20,15 +21,8 @@ from passthru.uapi import linux as L
 PAGE = 4096
 
 
-class Minimal(DmaBufOps):
-    def map_dma_buf(self, a, d):
-        return DmaMapping([])
-
-    def unmap_dma_buf(self, a, m, d):
-        pass
-
-    def release(self, buf):
-        pass
+MINIMAL = DmaBufOps(map_dma_buf=lambda a, d: DmaMapping([]),
+                    unmap_dma_buf=lambda a, m, d: None, release=lambda buf: None)
 
 
 def kinds(h):
@@ -38,23 +32,21 @@ def kinds(h):
 @pytest.mark.parametrize("missing", ["map_dma_buf", "unmap_dma_buf", "release"])
 def test_export_needs_mandatory_ops(missing):
     h = SimHost()
-    ops = Minimal()
-    setattr(ops, missing, None)
+    ops = replace(MINIMAL, **{missing: None})
     with pytest.raises(OSError) as e:
-        core.dma_buf_export(h.kernel, ops, PAGE, priv=ops)
+        core.dma_buf_export(h.kernel, ops, PAGE, priv=1)
     assert e.value.errno == errno.EINVAL and missing in str(e.value)
     assert h.leaks() == []
 
 
 def test_export_pin_and_unpin_together():
     h = SimHost()
-    ops = Minimal()
-    ops.pin = lambda a: None
+    ops = replace(MINIMAL, pin=lambda a: None)
     with pytest.raises(OSError) as e:
-        core.dma_buf_export(h.kernel, ops, PAGE, priv=ops)
+        core.dma_buf_export(h.kernel, ops, PAGE, priv=1)
     assert e.value.errno == errno.EINVAL
-    ops.unpin = lambda a: None
-    buf = core.dma_buf_export(h.kernel, ops, PAGE, priv=ops)
+    ops = replace(ops, unpin=lambda a: None)
+    buf = core.dma_buf_export(h.kernel, ops, PAGE, priv=1)
     assert buf.dynamic
     buf.put()
     assert h.leaks() == []
@@ -63,7 +55,7 @@ def test_export_pin_and_unpin_together():
 def test_attach_null_and_move_notify_rule_by_profile():
     for prof, err in (("linux-6.19", errno.EINVAL), ("linux-7.1", None)):
         h = SimHost(profile=prof)
-        buf = core.dma_buf_export(h.kernel, Minimal(), PAGE, priv=1)
+        buf = core.dma_buf_export(h.kernel, MINIMAL, PAGE, priv=1)
         with pytest.raises(OSError):
             core.dma_buf_attach(buf, None)
         ops = DmaBufAttachOps(invalidate=None)
@@ -80,7 +72,7 @@ def test_attach_null_and_move_notify_rule_by_profile():
 
 def test_locking_convention_is_enforced_like_lockdep():
     h = SimHost()
-    buf = core.dma_buf_export(h.kernel, Minimal(), PAGE, priv=1)
+    buf = core.dma_buf_export(h.kernel, MINIMAL, PAGE, priv=1)
     a = core.dma_buf_attach(buf, "dev")
     core.dma_buf_map_attachment(a)  # without the resv lock
     assert "dma_buf_map_attachment without" in h.sched.violations[0].message
@@ -100,26 +92,32 @@ def test_static_importer_pins_on_map_and_unpins_on_unmap():
     imp = DeviceImporter("nic", dynamic=False)
     a = imp.attach(buf)
     imp.map()
-    assert a.pinned_on_map and buf.ops.pin_count == 1
+    assert a.pinned_on_map and buf.priv.pin_count == 1
     with pytest.raises(OSError) as e:  # pinned memory never moves
-        buf.ops.migrate(buf, "system")
+        buf.priv.migrate(buf, "system")
     assert e.value.errno == errno.EBUSY
     imp.teardown()
-    assert buf.ops.pin_count == 0
-    buf.ops.migrate(buf, "system")
+    assert buf.priv.pin_count == 0
+    buf.priv.migrate(buf, "system")
     buf.put()
     assert h.leaks() == [] and h.sched.violations == []
 
 
+def movable_attached(h, dev):
+    """A two-page movable buffer and a dynamic importer attached to it."""
+    buf = movable_dmabuf(h.kernel, 2 * PAGE)
+    imp = DeviceImporter(dev)
+    imp.attach(buf)
+    return buf, imp
+
+
 def test_move_invalidates_dynamic_importer_and_data_follows():
     h = SimHost()
-    buf = movable_dmabuf(h.kernel, 2 * PAGE)
-    imp = DeviceImporter("gpu2")
-    imp.attach(buf)
+    buf, imp = movable_attached(h, "gpu2")
     imp.dma_write(0x10, b"payload")
     old = imp.attach_.mapping
     assert old is not None
-    buf.ops.migrate(buf, "system")
+    buf.priv.migrate(buf, "system")
     assert imp.invalidations == 1 and imp.attach_.mapping is None
     imp.map()
     assert imp.dma_read(0x10, 7) == b"payload"
@@ -168,12 +166,12 @@ def test_revoke_then_map_is_enodev_and_unrevoke_allows_remap():
     imp = DeviceImporter("iommufd")
     imp.attach(buf)
     imp.map()
-    buf.ops.revoke(buf)
+    buf.priv.revoke(buf)
     assert imp.attach_.mapping is None  # invalidated and unmapped in the callback
     with pytest.raises(OSError) as e:
         imp.map()
     assert e.value.errno == errno.ENODEV
-    buf.ops.unrevoke(buf)
+    buf.priv.unrevoke(buf)
     imp.map()
     assert imp.attach_.mapping is not None
     imp.teardown()
@@ -181,44 +179,45 @@ def test_revoke_then_map_is_enodev_and_unrevoke_allows_remap():
     assert h.leaks() == [] and h.sched.violations == []
 
 
-def test_write_between_invalidate_and_unmap_violates_the_contract():
-    h = SimHost(profile="linux-6.19")  # revoke does not wait for unmap here
+def never_unmapping(profile, dev):
+    """A revocable buffer mapped by an importer that never unmaps on its own."""
+    h = SimHost(profile=profile)
     buf = mock_dmabuf(h.kernel, PAGE)
-    imp = DeviceImporter("lazy", unmap="never")
+    imp = DeviceImporter(dev, unmap="never")
     imp.attach(buf)
     imp.map()
-    buf.ops.revoke(buf)
+    return h, buf, imp
+
+
+def let_go(imp, buf):
+    """The importer finally unmaps and detaches; the buffer goes."""
+    imp.unmap_if_invalidated()
+    imp.teardown()
+    buf.put()
+
+
+def test_write_between_invalidate_and_unmap_violates_the_contract():
+    h, buf, imp = never_unmapping("linux-6.19", "lazy")  # 6.19: revoke does not wait
+    buf.priv.revoke(buf)
     imp.dma_read(0, 4)  # speculative read: allowed
     assert h.sched.violations == []
     imp.attach_.dma_access(0, 4, True, b"oops")
     assert kinds(h) == ["revoke-contract"]
-    imp.unmap_if_invalidated()
-    imp.teardown()
-    buf.put()
+    let_go(imp, buf)
 
 
 def test_revoke_waits_one_second_then_warns_about_broken_importer():
-    h = SimHost(profile="linux-7.1")
-    buf = mock_dmabuf(h.kernel, PAGE)
-    imp = DeviceImporter("never-unmaps", unmap="never")
-    imp.attach(buf)
-    imp.map()
-    h.sched.spawn("revoke", buf.ops.revoke, buf)
+    h, buf, imp = never_unmapping("linux-7.1", "never-unmaps")
+    h.sched.spawn("revoke", buf.priv.revoke, buf)
     h.sched.run()
     assert kinds(h) == ["revoke-timeout"] and h.sched.now == 1_000_000_000
-    imp.unmap_if_invalidated()
-    imp.teardown()
-    buf.put()
+    let_go(imp, buf)
 
 
 def test_access_after_reclaim_is_physical_violation():
-    h = SimHost(profile="linux-6.19")
-    buf = mock_dmabuf(h.kernel, PAGE)
-    imp = DeviceImporter("lazy", unmap="never")
-    imp.attach(buf)
-    imp.map()
-    buf.ops.revoke(buf)
-    buf.ops.reclaim()
+    h, buf, imp = never_unmapping("linux-6.19", "lazy")
+    buf.priv.revoke(buf)
+    buf.priv.reclaim()
     imp.dma_read(0, 4)
     assert kinds(h) == ["physical"]
 
@@ -267,7 +266,7 @@ def test_pinning_device_memory_is_charged_to_dmem_and_refused_past_the_limit():
     with pytest.raises(OSError) as e:
         second.map()
     assert e.value.errno == errno.EAGAIN and "dmem_cgroup_try_charge" in str(e.value)
-    assert vram.usage == 4 * PAGE and b_buf.ops.pin_count == 0  # nothing half-pinned
+    assert vram.usage == 4 * PAGE and b_buf.priv.pin_count == 0  # nothing half-pinned
     assert second.attach_.pins == 0 and second.attach_.mapping is None
     first.teardown()
     assert vram.usage == 0
@@ -294,7 +293,7 @@ def test_mapping_type_negotiation_is_a_profile_switched_proposal():
     a = core.dma_buf_mapping_attach(buf, "dev", ops, ["pal", "sgt"])
     assert a.mapping_type == "pal"
     m = core.dma_buf_map_attachment_unlocked(a)
-    assert m.kind == "pal" and m.ranges[0][0] == m.ranges[0][2]
+    assert m.kind == "pal" and m.ranges[0].dma == m.ranges[0].phys
     with pytest.raises(OSError) as e:
         core.dma_buf_mapping_attach(moved, "dev", ops, ["pal"])
     assert e.value.errno == errno.EOPNOTSUPP and "offers ['sgt']" in str(e.value)
@@ -310,9 +309,7 @@ def test_mapping_type_negotiation_is_a_profile_switched_proposal():
 
 def test_importer_reaching_for_struct_page_is_flagged():
     h = SimHost()
-    buf = movable_dmabuf(h.kernel, 2 * PAGE)
-    imp = DeviceImporter("sloppy")
-    imp.attach(buf)
+    buf, imp = movable_attached(h, "sloppy")
     imp.map()
     sgt = imp.attach_.mapping.sgt
     assert [(sg.dma_address, sg.dma_length) for sg in sgt] == [

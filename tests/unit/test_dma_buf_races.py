@@ -37,6 +37,13 @@ def races(v: Verdict) -> list[str]:
     return [x.message for x in v.violations if x.kind == "data-race"]
 
 
+def race_on(v: Verdict, location: str) -> str:
+    """The first data race of ``v``, which must name ``location``."""
+    got = races(v)
+    assert got and location in got[0], [x.text() for x in v.violations]
+    return got[0]
+
+
 def assert_silent(v: Verdict) -> None:
     assert not v.found, [x.text() for x in v.violations]
     assert v.complete
@@ -72,9 +79,8 @@ def _poll_mapping(locked: bool) -> Callable[[Sandbox], None]:
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_reading_an_attachments_mapping_without_the_resv_lock_is_a_race(strategy: str) -> None:
     v = run(_poll_mapping(locked=False), strategy, "poll")
-    got = races(v)
-    assert got and "dmabuf1.attach(nic)" in got[0], [x.text() for x in v.violations]
-    assert "poll" in got[0] and "map" in got[0]
+    got = race_on(v, "dmabuf1.attach(nic)")
+    assert "poll" in got and "map" in got
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -99,15 +105,13 @@ def _lazy_unmap(locked: bool) -> Callable[[Sandbox], None]:
                 imp.needs_unmap = False  # the bug: the driver's own state, unlocked
 
         s.spawn("worker", worker)
-        s.spawn("revoke", lambda: cast(Any, buf.ops).revoke(buf))
+        s.spawn("revoke", lambda: cast(Any, buf.priv).revoke(buf))
 
     return fn
 
 
 def test_an_importers_private_state_written_without_its_lock_is_a_race() -> None:
-    v = run(_lazy_unmap(locked=False), name="lazy")
-    got = races(v)
-    assert got and "odp.importer" in got[0], [x.text() for x in v.violations]
+    race_on(run(_lazy_unmap(locked=False), name="lazy"), "odp.importer")
 
 
 def test_the_same_state_under_the_resv_lock_is_silent() -> None:
@@ -122,7 +126,7 @@ def _peek_placement(locked: bool) -> Callable[[Sandbox], None]:
 
     def fn(s: Sandbox) -> None:
         buf = movable_dmabuf(s.host.kernel, PAGE)
-        exp = cast(MovableExporter, buf.ops)
+        exp = cast(MovableExporter, buf.priv)
 
         def peek() -> None:
             if locked:
@@ -140,9 +144,7 @@ def _peek_placement(locked: bool) -> Callable[[Sandbox], None]:
 
 
 def test_the_placement_read_without_the_resv_lock_races_a_move() -> None:
-    v = run(_peek_placement(locked=False), name="placement")
-    got = races(v)
-    assert got and "dmabuf1.placement" in got[0], [x.text() for x in v.violations]
+    race_on(run(_peek_placement(locked=False), name="placement"), "dmabuf1.placement")
 
 
 def test_the_placement_read_under_the_resv_lock_is_silent() -> None:
@@ -189,8 +191,7 @@ def test_a_fence_orders_the_waiter_after_the_signaller(sync: str) -> None:
 
 
 def test_without_the_fence_the_handoff_is_a_race() -> None:
-    got = races(run(_handoff("none"), name="fence_none"))
-    assert got and "job-result" in got[0]
+    race_on(run(_handoff("none"), name="fence_none"), "job-result")
 
 
 # ----- the resv fence list: written under the lock, walked by RCU ---------------------------

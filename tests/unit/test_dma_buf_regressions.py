@@ -9,6 +9,9 @@
 from __future__ import annotations
 
 import errno
+from dataclasses import replace
+
+import pytest
 
 from passthru import SimHost
 from passthru.check.discover import builtin
@@ -49,15 +52,17 @@ def test_write_inside_the_callback_is_legal_and_after_it_is_not():
     a = imp.attach(buf)
     imp.map()
     during: list[str] = []
+    assert a.importer_ops is not None
     plain = a.importer_ops.invalidate
+    assert plain is not None
 
     def callback(attach):
         attach.dma_access(0, 4, True, b"last")  # the job finishing inside the callback
         during.extend(kinds(h))
         plain(attach)
 
-    a.importer_ops.invalidate = callback
-    buf.ops.revoke(buf)
+    a.importer_ops = replace(a.importer_ops, invalidate=callback)  # another static table
+    buf.priv.revoke(buf)
     assert during == [] and kinds(h) == []
     a.dma_access(0, 4, True, b"late")
     assert kinds(h) == ["revoke-contract"]
@@ -83,17 +88,14 @@ def test_failed_move_allocation_does_not_hang_a_later_map():
     h = SimHost(sched=Scheduler(fail_nth={base + 1}))
     buf, imp = _setup(h)
     assert h.sched.faults_seen == base
-    old = list(buf.ops.extents)
+    old = list(buf.priv.extents)
     allocated = h.kernel.phys.allocated_bytes()
-    try:
-        buf.ops.migrate(buf, "system")
-    except OSError as e:
-        assert e.errno == errno.ENOMEM
-    else:
-        raise AssertionError("the injected allocation failure did not fail the move")
+    with pytest.raises(OSError) as e:  # the injected allocation failure fails the move
+        buf.priv.migrate(buf, "system")
+    assert e.value.errno == errno.ENOMEM
     assert [k for _, k in h.sched.faults_failed] == ["alloc_pages"]
     # The buffer stayed where it was, nothing was allocated, no fence is left pending.
-    assert buf.ops.extents == old and buf.ops.placement == "vram" and buf.ops.moves == 0
+    assert buf.priv.extents == old and buf.priv.placement == "vram" and buf.priv.moves == 0
     assert h.kernel.phys.allocated_bytes() == allocated
     assert not buf.resv.lock.is_locked()
 
@@ -103,8 +105,8 @@ def test_failed_move_allocation_does_not_hang_a_later_map():
     assert kinds(h) == [] and got == [bytes(4)]
     assert buf.resv.pending(DMA_RESV_USAGE_BOOKKEEP) == []  # no fence left pending
     imp.teardown()
-    buf.ops.migrate(buf, "system")  # unpinned again, no fault now: the move works
-    assert buf.ops.placement == "system" and buf.ops.moves == 1
+    buf.priv.migrate(buf, "system")  # unpinned again, no fault now: the move works
+    assert buf.priv.placement == "system" and buf.priv.moves == 1
     buf.put()
     h.exit()
     assert h.leaks() == [] and kinds(h) == []
@@ -127,16 +129,13 @@ def test_move_failing_after_its_fence_is_published_signals_it_with_the_error(mon
     def copy_fails(old, new):
         raise OSError(errno.EIO, "copy engine hung (injected)")
 
-    monkeypatch.setattr(buf.ops, "_copy", copy_fails)
-    try:
-        buf.ops.migrate(buf, "system")
-    except OSError as e:
-        assert e.errno == errno.EIO
-    else:
-        raise AssertionError("the move did not fail")
+    monkeypatch.setattr(buf.priv, "_copy", copy_fails)
+    with pytest.raises(OSError) as e:
+        buf.priv.migrate(buf, "system")
+    assert e.value.errno == errno.EIO
     fence = buf.resv.fences[-1][0]
     assert fence.signaled and fence.error == -errno.EIO
-    assert h.kernel.phys.allocated_bytes() == allocated and buf.ops.placement == "vram"
+    assert h.kernel.phys.allocated_bytes() == allocated and buf.priv.placement == "vram"
     imp.map()  # does not wait forever
     imp.teardown()
     buf.put()

@@ -1,5 +1,5 @@
-"""Model-only facts about the dma-buf heaps (kernel/dma_buf/heaps.py) and udmabuf
-(kernel/dma_buf/udmabuf.py): what GUP makes of their mappings, pins and seals, the CMA area,
+"""Model-only facts about the dma-buf heaps (kernel/dma_buf/dma_heap.py, heaps/, cma.py) and
+udmabuf (kernel/dma_buf/udmabuf.py): what GUP makes of their mappings, pins and seals, the CMA area,
 physical truth of the exported mappings, release and leaks, failure injection."""
 
 from __future__ import annotations
@@ -14,14 +14,10 @@ from passthru.hw.machine import Machine
 from passthru.hw.physmem import Owner
 from passthru.kernel.dma_buf import core
 from passthru.kernel.dma_buf import udmabuf as udmabuf_mod
-from passthru.kernel.dma_buf.heaps import (
-    CMA_DEFAULT_SIZE,
-    CmaHeapBuffer,
-    DmaHeapFile,
-    SystemHeapBuffer,
-    get_order,
-    page_align,
-)
+from passthru.kernel.dma_buf.cma import CMA_DEFAULT_SIZE
+from passthru.kernel.dma_buf.dma_heap import DmaHeapFile, page_align
+from passthru.kernel.dma_buf.heaps.cma_heap import CmaHeapBuffer, get_order
+from passthru.kernel.dma_buf.heaps.system_heap import SystemHeapBuffer
 from passthru.kernel.dma_buf.importers import DeviceImporter, kvm_legacy_map
 from passthru.kernel.dma_buf.udmabuf import Udmabuf
 from passthru.kernel.mm.gup import pin_user_pages
@@ -61,7 +57,7 @@ def udmabuf(h: SimHost, memfd: int, offset: int, size: int) -> int:
 
 
 def dmabuf(h: SimHost, fd: int) -> core.DmaBuf:
-    f = h.proc.fget(fd)
+    f = h.proc.lookup_fd(fd)
     assert isinstance(f, core.DmaBuf)
     return f
 
@@ -131,7 +127,7 @@ def test_udmabuf_pins_block_f_seal_write_until_released():
     h = SimHost()
     m = sealed_memfd(h, 8)
     fd = udmabuf(h, m, 2 * PAGE, 4 * PAGE)
-    cache = h.proc.fget(m).cache  # type: ignore[attr-defined]
+    cache = h.proc.lookup_fd(m).cache  # type: ignore[attr-defined]
     assert cache.has_pins() and h.kernel.live.get("pin") == 1
     with pytest.raises(OSError) as e:
         h.fcntl(m, L.F_ADD_SEALS, L.F_SEAL_WRITE)
@@ -146,13 +142,13 @@ def test_udmabuf_pins_block_f_seal_write_until_released():
 def test_udmabuf_does_not_hold_the_memfd_file():
     h = SimHost()
     m = sealed_memfd(h, 2)
-    f = h.proc.fget(m)
+    f = h.proc.lookup_fd(m)
     fd = udmabuf(h, m, 0, 2 * PAGE)
     assert f.refcount == 1  # udmabuf_create fput()s the memfd once its folios are pinned
     h.pwrite(m, b"orphaned", 0)
     h.close(m)
     assert f.released
-    buf = dmabuf(h, fd).ops
+    buf = dmabuf(h, fd).priv
     assert isinstance(buf, Udmabuf)
     (_, _, p), = list(buf.pages)[:1]
     owner = h.kernel.phys.owner_of(p)
@@ -217,7 +213,7 @@ def test_udmabuf_mapping_has_one_range_per_contiguous_extent():
     h.pwrite(other, b"y" * PAGE, PAGE)
     fd = udmabuf(h, m, 0, 6 * PAGE)  # pages 3-5 are allocated by memfd_pin_folios
     buf = dmabuf(h, fd)
-    cache_runs = [(p, e - s) for s, e, p in h.proc.fget(m).cache.pages]  # type: ignore[attr-defined]
+    cache_runs = [(p, e - s) for s, e, p in h.proc.lookup_fd(m).cache.pages]  # type: ignore[attr-defined]
     assert len(cache_runs) == 3
     dev = DeviceImporter("nic", dynamic=False)
     dev.attach(buf)
@@ -257,14 +253,14 @@ def test_heap_mapping_is_its_extents_and_the_cpu_sees_device_writes(node):
     h = SimHost()
     fd = heap_alloc(h, node, 3 * PAGE)
     buf = dmabuf(h, fd)
-    ops = buf.ops
-    assert isinstance(ops, (SystemHeapBuffer, CmaHeapBuffer))
-    assert ops.memory_model == core.PINNED and not buf.dynamic
+    buffer = buf.priv
+    assert isinstance(buffer, (SystemHeapBuffer, CmaHeapBuffer))
+    assert buf.ops.memory_model == core.PINNED and not buf.dynamic
     dev = DeviceImporter("gpu", dynamic=False)
     dev.attach(buf)
     dev.map()
     mapping = dev.attach_.mapping  # type: ignore[union-attr]
-    assert [(d, d + n) for d, n, _ in mapping.ranges] == ops.extents()
+    assert [(r.dma, r.dma + r.length) for r in mapping.ranges] == buffer.extents()
     dev.dma_write(PAGE + 5, b"dma")
     addr = h.mmap(0, 3 * PAGE, RW, L.MAP_SHARED, fd, 0)
     assert h.peek(addr + PAGE + 5, 3) == b"dma"
@@ -292,7 +288,7 @@ def test_heap_vmap_under_the_resv_lock():
 def test_access_after_release_is_a_physical_violation():
     h = SimHost()
     fd = heap_alloc(h, "/dev/dma_heap/reserved", PAGE)
-    (p, _), = dmabuf(h, fd).ops.extents()  # type: ignore[attr-defined]
+    (p, _), = dmabuf(h, fd).priv.extents()
     h.close(fd)
     h.kernel.phys.read(p, 8, "dma:stale-device")
     assert [v.kind for v in h.sched.violations] == ["physical"]
@@ -304,7 +300,7 @@ def test_access_after_release_is_a_physical_violation():
 def test_cma_exhaustion_enomem_and_reuse():
     h = SimHost()
     heap = h.open("/dev/dma_heap/reserved", L.O_RDWR)
-    area = h.proc.fget(heap).heap.priv  # type: ignore[attr-defined]
+    area = h.proc.lookup_fd(heap).heap.priv  # type: ignore[attr-defined]
     assert area.size == CMA_DEFAULT_SIZE and area.available() == CMA_DEFAULT_SIZE
     fds = []
     for _ in range(4):
@@ -320,7 +316,7 @@ def test_cma_exhaustion_enomem_and_reuse():
     h.close(fds[1])
     data = H.dma_heap_allocation_data(len=64 * MiB, fd_flags=L.O_RDWR)
     h.ioctl(heap, H.DMA_HEAP_IOCTL_ALLOC, data)
-    buf = dmabuf(h, data.fd).ops
+    buf = dmabuf(h, data.fd).priv
     assert isinstance(buf, CmaHeapBuffer) and len(buf.extents()) == 1  # contiguous
     assert area.base <= buf.base and buf.base + 64 * MiB <= area.base + area.size
     h.exit()
@@ -329,9 +325,9 @@ def test_cma_exhaustion_enomem_and_reuse():
 
 def test_cma_allocations_are_aligned_to_their_order():
     h = SimHost()
-    a = dmabuf(h, heap_alloc(h, "/dev/dma_heap/reserved", PAGE)).ops
-    b = dmabuf(h, heap_alloc(h, "/dev/dma_heap/reserved", 3 * PAGE)).ops  # order 2
-    c = dmabuf(h, heap_alloc(h, "/dev/dma_heap/reserved", 4 * MiB)).ops  # order capped at 8
+    a = dmabuf(h, heap_alloc(h, "/dev/dma_heap/reserved", PAGE)).priv
+    b = dmabuf(h, heap_alloc(h, "/dev/dma_heap/reserved", 3 * PAGE)).priv  # order 2
+    c = dmabuf(h, heap_alloc(h, "/dev/dma_heap/reserved", 4 * MiB)).priv  # order capped at 8
     assert isinstance(a, CmaHeapBuffer) and isinstance(b, CmaHeapBuffer)
     assert isinstance(c, CmaHeapBuffer)
     assert b.base % (4 * PAGE) == 0 and b.base != a.base
@@ -342,7 +338,7 @@ def test_cma_allocations_are_aligned_to_their_order():
 
 def test_cma_area_is_carved_out_of_the_page_allocator():
     h = SimHost()
-    area = h.proc.fget(h.open("/dev/dma_heap/reserved", 0)).heap.priv  # type: ignore[attr-defined]
+    area = h.proc.lookup_fd(h.open("/dev/dma_heap/reserved", 0)).heap.priv  # type: ignore[attr-defined]
     phys = h.kernel.phys
     assert not phys.free.any_in(area.base, area.base + area.size)
     ram_free = sum(e - s for s, e, _ in phys.free)
@@ -358,11 +354,12 @@ def test_cma_fault_past_the_end_sigbus():
     addr = h.mmap(0, 2 * PAGE, RW, L.MAP_SHARED, fd, 0)
     vma = h.proc.mm.find_vma(addr)
     assert vma is not None
-    ops = buf.ops
-    assert isinstance(ops, CmaHeapBuffer)
-    assert ops.fault(buf, vma, PAGE, 2 * PAGE, False) == [(PAGE, 2 * PAGE, ops.base + PAGE)]
+    buffer = buf.priv
+    assert isinstance(buffer, CmaHeapBuffer) and buf.ops.fault is not None
+    assert buf.ops.fault(buf, vma, PAGE, 2 * PAGE, False) == [
+        (PAGE, 2 * PAGE, buffer.base + PAGE)]
     with pytest.raises(Fault) as e:
-        ops.fault(buf, vma, 2 * PAGE, 3 * PAGE, False)
+        buf.ops.fault(buf, vma, 2 * PAGE, 3 * PAGE, False)
     assert e.value.kind == "SIGBUS" and e.value.address == addr + 2 * PAGE
     h.exit()
     assert h.leaks() == []
@@ -397,7 +394,7 @@ def test_heap_copy_back_efault_leaves_the_fd_installed():
         h.ioctl(heap, H.DMA_HEAP_IOCTL_ALLOC, ro)
     assert e.value.errno == errno.EFAULT
     (new,) = set(h.proc.fds) - before
-    assert isinstance(h.proc.fget(new), core.DmaBuf)
+    assert isinstance(h.proc.lookup_fd(new), core.DmaBuf)
     h.exit()
     assert h.leaks() == []
 
@@ -412,7 +409,7 @@ def test_heap_short_request_copies_in_and_out_only_its_size():
     assert h.ioctl(heap, _IOWR("H", 0, 8), arg) == 0
     assert arg == bytearray(PAGE.to_bytes(8, "little"))
     (new,) = set(h.proc.fds) - before
-    buf = h.proc.fget(new)
+    buf = h.proc.lookup_fd(new)
     assert isinstance(buf, core.DmaBuf) and buf.f_flags == L.O_RDONLY
     assert new not in h.proc.cloexec
     h.exit()
@@ -421,7 +418,7 @@ def test_heap_short_request_copies_in_and_out_only_its_size():
 
 def test_heap_file_records_its_heap():
     h = SimHost()
-    f = h.proc.fget(h.open("/dev/dma_heap/system", L.O_RDONLY))
+    f = h.proc.lookup_fd(h.open("/dev/dma_heap/system", L.O_RDONLY))
     assert isinstance(f, DmaHeapFile) and f.heap.name == "system"
 
 

@@ -217,3 +217,115 @@ def test_vm_ioctl_from_another_process_is_eio():
     with pytest.raises(OSError) as e:
         other.ioctl(3, K.KVM_CHECK_EXTENSION, K.KVM_CAP_USER_MEMORY2)
     assert e.value.errno == errno.EIO
+
+
+# ----- ioctl tables and the memslot update paths (issue 8, §3) -----------------------------
+
+
+def test_every_kvm_file_dispatches_through_its_table():
+    from passthru.kernel.kvm import guest_memfd, kvm_main
+
+    assert all(c in kvm_main.KVM_DEV_IOCTLS for c in (
+        K.KVM_GET_API_VERSION, K.KVM_CREATE_VM, K.KVM_CHECK_EXTENSION,
+        K.KVM_GET_VCPU_MMAP_SIZE))
+    assert all(c in kvm_main.KVM_VM_IOCTLS for c in (
+        K.KVM_CHECK_EXTENSION, K.KVM_SET_USER_MEMORY_REGION, K.KVM_SET_USER_MEMORY_REGION2,
+        K.KVM_CREATE_GUEST_MEMFD, K.KVM_SET_MEMORY_ATTRIBUTES, K.KVM_CREATE_VCPU))
+    assert all(c in kvm_main.KVM_VCPU_IOCTLS for c in (K.KVM_RUN, K.KVM_GET_REGS,
+                                                      K.KVM_SET_REGS))
+    h = SimHost()
+    kfd = h.open("/dev/kvm", L.O_RDWR)
+    v = vm(h)
+    g = gmem(h, v, PAGE)
+    vcpu = h.ioctl(v, K.KVM_CREATE_VCPU, 0)
+    assert h.proc.fds[g].ioctl_table is guest_memfd.KVM_GMEM_IOCTLS
+    for fd, err in ((kfd, errno.EINVAL), (v, errno.ENOTTY), (vcpu, errno.ENOTTY),
+                    (g, errno.ENOTTY)):
+        with pytest.raises(OSError) as e:
+            h.ioctl(fd, K.KVM_RUN if fd != vcpu else K.KVM_CREATE_VM, 0)
+        assert e.value.errno == err
+
+
+def test_memory_attributes_ioctl_exists_only_where_the_profile_has_it():
+    h = SimHost(profile="linux-6.18")
+    v = vm(h)
+    with pytest.raises(OSError) as e:
+        h.ioctl(v, K.KVM_SET_MEMORY_ATTRIBUTES, K.kvm_memory_attributes(address=0, size=PAGE))
+    assert e.value.errno == errno.ENOTTY
+
+
+def _hva_slot(h: SimHost, v: int, gpa: int = 0, flags: int = 0) -> int:
+    memfd = h.memfd_create("ram", 0)
+    h.ftruncate(memfd, PAGE)
+    hva = h.mmap(0, PAGE, RW, L.MAP_SHARED, memfd, 0)
+    slot(h, v, 0, gpa, PAGE, uaddr=hva, flags=flags)
+    return hva
+
+
+def test_memslot_change_kinds_and_what_they_free():
+    from passthru.kernel.kvm import memslots as M
+
+    h = SimHost()
+    v = vm(h)
+    kvm = kvm_of(h, v)
+    hva = _hva_slot(h, v)
+    req = K.kvm_userspace_memory_region2(slot=0, guest_phys_addr=0, memory_size=PAGE,
+                                         userspace_addr=hva)
+    assert kvm.memslots.classify(req, "test") is None  # nothing to change
+    for gpa, flags, kind in ((0x100000, 0, M.KVM_MR_MOVE),
+                             (0x100000, K.KVM_MEM_LOG_DIRTY_PAGES, M.KVM_MR_FLAGS_ONLY),
+                             (0, 0, M.KVM_MR_DELETE)):
+        req.guest_phys_addr, req.flags = gpa, flags
+        req.memory_size = PAGE if kind != M.KVM_MR_DELETE else 0
+        ch = kvm.memslots.classify(req, "test")
+        assert ch is not None and ch.kind == kind
+        old = kvm.memslots.by_id[0]
+        h.ioctl(v, K.KVM_SET_USER_MEMORY_REGION2, req)
+        assert old.freed and old.invalid == (kind != M.KVM_MR_FLAGS_ONLY)
+    assert len(kvm.memslots) == 0
+    _hva_slot(h, v)
+    last = kvm.memslots.by_id[0]
+    h.exit()  # the VM's last user frees its slots through the same free path
+    assert last.freed and h.leaks() == []
+
+
+@pytest.mark.parametrize("bug", [False, True])
+def test_memslot_move_waits_for_srcu_readers(bug):
+    """KVM_MR_MOVE invalidates the old slot and frees it only after synchronize_srcu, as
+    DELETE does (kvm_invalidate_memslot): a vCPU inside its SRCU section keeps it alive."""
+    from passthru.kernel.profile import KVM_MEMSLOT_DELETE_SKIPS_SRCU_SYNC, get_profile
+    from passthru.sim.locks import Completion
+    from passthru.sim.scheduler import Scheduler
+
+    class VmmFirst:  # run the VMM whenever it can run
+        def choose(self, sched, enabled, current):
+            return next((t for t in enabled if t.name == "vmm"), enabled[0])
+
+    prof = get_profile("linux-7.1")
+    if bug:
+        prof = prof.with_bugs(KVM_MEMSLOT_DELETE_SKIPS_SRCU_SYNC)
+    sched = Scheduler(chooser=VmmFirst())
+    h = SimHost(profile=prof, sched=sched)
+    v = vm(h)
+    kvm = kvm_of(h, v)
+    hva = _hva_slot(h, v)
+    old = kvm.memslots.by_id[0]
+    inside = Completion(sched, "reader inside")
+    seen = []
+
+    def reader():
+        idx = kvm.srcu.read_lock()
+        inside.complete()
+        sched.point("reader")  # the VMM moves the slot meanwhile
+        seen.append((old.invalid, old.freed))
+        kvm.srcu.read_unlock(idx)
+
+    def mover():
+        inside.wait()
+        slot(h, v, 0, 0x100000, PAGE, uaddr=hva, flags=0)
+
+    sched.spawn("reader", reader)
+    sched.spawn("vmm", mover)
+    sched.run()
+    assert seen == [(True, bug)] and old.freed and sched.violations == []
+    assert kvm.memslots.lookup(0, 0x100000) is not None and kvm.memslots.lookup(0, 0) is None

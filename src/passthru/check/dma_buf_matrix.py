@@ -2,7 +2,8 @@
 
 Each cell runs the importer's real attach-and-map path against a fresh buffer of the exporter
 on a fresh SimHost under the profile, and reports "ok" or where and with which errno it was
-refused — so the matrix is the model's behaviour, not a table typed in by hand.
+refused — so the matrix is the model's behaviour, not a table typed in by hand. The exporters
+and importers are the kernel model's own (kernel/dma_buf/): this module only pairs them.
 """
 
 from __future__ import annotations
@@ -12,49 +13,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..host.sim import SimHost
-from ..hw.physmem import Owner
 from ..kernel.core import Kernel
-from ..kernel.dma_buf import core
-from ..kernel.dma_buf.core import MOVABLE, PINNED, REVOCABLE, DmaBuf, DmaBufOps, DmaMapping
+from ..kernel.dma_buf.core import MOVABLE, PINNED, REVOCABLE, DmaBuf
 from ..kernel.dma_buf.importers import CompositorImporter, DeviceImporter, RdmaMrImporter
 from ..kernel.dma_buf.mock import mock_dmabuf
 from ..kernel.dma_buf.movable import movable_dmabuf
+from ..kernel.dma_buf.pinned import pinned_dmabuf
 
 PAGE = 4096
 
-
-class PinnedExporter(DmaBufOps):
-    """A buffer that never moves and is never revoked (a heap or udmabuf, reduced)."""
-
-    memory_model = PINNED
-    exp_name = "pinned (heap/udmabuf)"
-
-    def __init__(self, kernel: Kernel) -> None:
-        self.kernel = kernel
-        self.extents = kernel.phys.alloc(PAGE, Owner("dmabuf:pinned"))
-
-    def map_dma_buf(self, attach: object, d: int) -> DmaMapping:
-        return DmaMapping([(s, e - s, s) for s, e in self.extents])
-
-    def unmap_dma_buf(self, attach: object, m: DmaMapping, d: int) -> None:
-        pass
-
-    def release(self, buf: DmaBuf) -> None:
-        for s, e in self.extents:
-            self.kernel.phys.release(s, e)
-
-
-def _pinned(k: Kernel) -> DmaBuf:
-    ops = PinnedExporter(k)
-    try:
-        return core.dma_buf_export(k, ops, PAGE, priv=ops)
-    except OSError:
-        ops.release(None)  # type: ignore[arg-type]
-        raise
-
-
 EXPORTERS: dict[str, Callable[[Kernel], DmaBuf]] = {
-    "pinned (heap/udmabuf)": _pinned,
+    "pinned (heap/udmabuf)": lambda k: pinned_dmabuf(k, PAGE),
     "revocable (vfio-pci)": lambda k: mock_dmabuf(k, PAGE),
     "revocable (selftest mock)": lambda k: mock_dmabuf(k, PAGE, require_p2p=False),
     "movable (gpu vram)": lambda k: movable_dmabuf(k, PAGE),
@@ -63,7 +32,8 @@ EXPORTERS: dict[str, Callable[[Kernel], DmaBuf]] = {
 IMPORTERS: dict[str, Callable[[], DeviceImporter]] = {
     "static device": lambda: DeviceImporter("static", dynamic=False),
     "dynamic device": lambda: DeviceImporter("dynamic"),
-    "dynamic, no invalidate op": lambda: _no_invalidate(),
+    # importer ops without invalidate: optional from 7.1; mandatory (EINVAL) before
+    "dynamic, no invalidate op": lambda: DeviceImporter("no-invalidate", has_move_notify=False),
     "rdma pinned MR": lambda: RdmaMrImporter(mode="pinned"),
     "rdma ODP MR": lambda: RdmaMrImporter(mode="odp"),
     "iommufd": lambda: DeviceImporter("iommufd", tolerates=frozenset({REVOCABLE, PINNED})),
@@ -76,13 +46,6 @@ IMPORTERS: dict[str, Callable[[], DeviceImporter]] = {
 def errno_name(n: int) -> str:
     # Python lists 95 as ENOTSUP first; the kernel's name is EOPNOTSUPP.
     return "EOPNOTSUPP" if n == errno.EOPNOTSUPP else errno.errorcode.get(n, str(n))
-
-
-def _no_invalidate() -> DeviceImporter:
-    imp = DeviceImporter("no-invalidate")
-    assert imp.ops is not None
-    imp.ops.invalidate = None  # optional from 7.1; mandatory (EINVAL) before
-    return imp
 
 
 @dataclass(frozen=True)

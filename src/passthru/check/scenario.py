@@ -20,6 +20,7 @@ from typing import Any
 
 from ..host.sim import SimHost
 from ..kernel.profile import Profile
+from ..sim import kinds
 from ..sim.scheduler import Scheduler, Task
 from ..sim.track import Cell
 
@@ -129,7 +130,9 @@ class Sandbox:
         return h
 
     def invariant(self, name: str, check: Callable[[], str | None]) -> None:
-        """A cheap check after every step: return a message when it is broken."""
+        """A cheap check after every step: return a message when it is broken. ``name`` is
+        the kind of the violation it reports, registered here (sim/kinds.py)."""
+        kinds.register(name, "scenario")
 
         def run() -> None:
             msg = check()
@@ -139,7 +142,9 @@ class Sandbox:
         self.sched.step_checks.append(run)
 
     def final(self, name: str, check: Callable[[], str | None]) -> None:
-        """A check when every task is done, before teardown."""
+        """A check when every task is done, before teardown; ``name`` is the kind of the
+        violation it reports, registered here (sim/kinds.py)."""
+        kinds.register(name, "scenario")
         self.finals.append((name, check))
 
     def point(self, resource: str, access: str = "w") -> None:

@@ -1,4 +1,4 @@
-"""SimHost: the Host protocol served by the model (DESIGN.md contract 2).
+"""SimHost: the Host protocol served by the model (docs/design.md, contract 2).
 
 A SimHost is one process on a simulated kernel. ``SimHost()`` boots the default machine under
 the default profile; ``process(name)`` returns another process on the same kernel (its own fd
@@ -8,7 +8,13 @@ SIGSEGV.
 
 Model-only extras (not part of the protocol): ``kernel`` (the simulated kernel), ``sched``
 (its scheduler: spawn tasks, read the event log and violations), ``vcpu(fd)`` (the modelled
-vCPU behind a vCPU fd, to perform guest accesses), ``leaks()``.
+vCPU behind a vCPU fd, to perform guest accesses), ``leaks()`` (``Kernel.leaks``: core's live
+objects and every subsystem's teardown hook — what the checker's leak check reports).
+
+Booting: ``SimHost()`` makes a :class:`~passthru.kernel.core.Kernel`, which links the
+built-in subsystems and runs their initcalls (kernel/init.py); which device nodes exist is
+decided there, not here. Not shared state: a SimHost is one process's handle; everything
+tasks share lives in the kernel.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any
 from ..hw.machine import Machine, default_machine
 from ..kernel.core import Kernel
 from ..kernel.fs.process import Process
+from ..kernel.kvm.kvm_main import VcpuFile
 from ..kernel.profile import DEFAULT_PROFILE, Profile, get_profile
 from ..sim.scheduler import Scheduler
 from .protocol import IoctlArg
@@ -100,9 +107,7 @@ class SimHost:
     # ----- model-only extras ------------------------------------------------------------
     def vcpu(self, fd: int) -> Any:
         """The modelled vCPU behind vCPU fd ``fd`` (for guest memory accesses)."""
-        from ..kernel.kvm.kvm_main import VcpuFile
-
-        f = self.proc.fget(fd, "vcpu")
+        f = self.proc.lookup_fd(fd, "vcpu")  # no reference: the fd keeps it
         if not isinstance(f, VcpuFile):
             raise TypeError(f"fd {fd} is not a vCPU fd")
         return f.vcpu

@@ -10,10 +10,20 @@ ports (:class:`PciBridge` kind ``"root_port"``) and root-complex integrated endp
 slot. :func:`pci_upstream_bridge` walks one step up, as the kernel's does: a function on a
 root bus has no upstream bridge (``None``), and neither has a root port.
 
+Invariants: a BAR index is 0..5; a function's ``bdf`` is unique in its :class:`Topology`;
+every node's ``parent`` chain ends at a :class:`PciHostBridge`.
+
 Units: addresses and sizes in bytes. A BAR's ``bus_base`` is the address a peer uses on the
 PCI bus; the kernel's ``bus_offset`` is ``bus_base - base`` (pci_bus_address() -
-pci_resource_start()). Everything here is immutable after construction except ``acs_redir``
-and ``p2pdma`` (the kernel's ``pdev->p2pdma`` pointer, set by pcim_p2pdma_init()).
+pci_resource_start()).
+
+Locking (which field may change, and when):
+- ``Bar`` and the tree's shape (``parent``, ``bars``, ``Topology.functions``): built before
+  boot, immutable afterwards (the kernel's pci_bus_sem guards enumeration, which the model
+  does not do at run time).
+- ``acs_redir``: configuration, set while the topology is built.
+- ``PciFunction.p2pdma`` (``pdev->p2pdma``): set once by pcim_p2pdma_init() at an exporter's
+  probe, idempotently, and untracked — probes run in a scenario's set-up, before any task.
 
 Leaves out: config space, bus numbers and enumeration, PCI domains beyond naming, SR-IOV
 (``pci_physfn``), I/O-port BARs beyond "cannot do P2P", the vendor/device IDs the whitelist

@@ -1,25 +1,44 @@
 """Physical truth: the host's physical address space, an owner and a state for every range.
 
-Every access — host CPU through a VMA, a vCPU through EPT, a device through the IOMMU — ends
-here, in :meth:`PhysMem.access`. An access to a range that is free (use-after-free), private
-to another party, or not RAM/MMIO at all is recorded as a violation on the scheduler, like a
-KASAN report or an IOMMU fault, and is not silently served: a read returns zeros, a write is
-dropped.
+Models what KASAN, the IOMMU and the memory controller know between them (mm/page_alloc.c's
+free lists and the folios' owners and refcounts, as extents): which physical range is free,
+who owns the rest and in which state, which ranges are pinned, and what they contain.
 
-Invariants: ``owners`` and ``free`` partition the RAM; contents live in a sparse ByteStore and
-are zeroed when a range is allocated (the kernel's clear_page on a fresh shmem/gmem folio).
-Nothing is per page. Leaves out: NUMA, zones, caches, ECC.
+Every access to memory contents — host CPU through a VMA, a vCPU through (S-)EPT, a device
+through its DMA mapping, and the kernel's own clear_page/copy — goes through one of
+:meth:`PhysMem.read`, :meth:`PhysMem.write`, :meth:`PhysMem.zero` and :meth:`PhysMem.copy`,
+and each of them asks :meth:`PhysMem.check` first. An access to a range that is free
+(use-after-free), private to another party, or not RAM/MMIO at all is recorded as a
+``physical`` violation on the scheduler, like a KASAN report or an IOMMU fault, and is not
+silently served: a read returns zeros, a write is dropped. The allocator's own zeroing of a
+range it is handing out (:meth:`PhysMem.alloc`) is the one access that needs no check.
+``data`` is this module's: code elsewhere must not read or write it directly.
 
-Locking and tracking (sim/track.py): ``owners``, ``free`` and ``pins`` are the page
-allocator's state, guarded in the kernel by zone->lock and by atomic page reference counts —
-locks the model leaves implicit, so they are ``atomic`` (each update is its own critical
-section, still in the footprint). ``regions`` is written at boot only. ``data`` (memory
-contents) is not kernel state: a vCPU, a device or a user CPU writes it through its own page
-tables, and the kernel's clear_page/copy touch a page nobody else may yet see; every access
-to it is marked — contents never race, ownership is what physical truth judges. The check
-every access makes (:meth:`PhysMem.check`) is the oracle, not kernel code: it records the
-ranges it looks at (so the explorer orders an access against the free of its memory) with no
+Invariants: ``owners`` and ``free`` are disjoint, inside RAM, and together cover it except
+ranges taken out of the pool for a carve-out (:meth:`reserve`: CMA, firmware), which are in
+neither while the carve-out has not handed them out (:meth:`set_owner`, :meth:`disown`); a
+pinned range whose owner frees it stays in ``owners`` as an *orphan* until its last unpin;
+``data`` reads as zero where nothing was written since the range was allocated. Nothing is
+per page.
+
+Units: physical addresses and sizes in bytes; allocation in page multiples (the callers
+round); ``pins`` counts references per byte range.
+
+Locking and tracking (sim/track.py), one line per field:
+- ``owners``: zone->lock and the folios' refcounts, implicit in the model — ``atomic``.
+- ``free``: zone->lock — ``atomic``; kept coalesced.
+- ``pins``: page reference counts (atomic_t) — ``atomic``.
+- ``regions``: written at boot (the machine's RAM and MMIO windows), read-only after.
+- ``data``: memory contents are not kernel state: a vCPU, a device or a user CPU writes them
+  through its own page tables, and the kernel's clear_page/copy touch pages nobody else may
+  yet see; every access to them is *marked* (footprint, never a data race) — ownership is
+  what physical truth judges.
+- ``sched``, ``machine``: set at boot.
+The check (:meth:`check`) is the oracle, not kernel code: it records the owner ranges it
+looks at (so the explorer orders an access against the free of its memory) with no
 happens-before and no race check.
+
+Leaves out: NUMA, zones, caches, ECC, memory encryption keys.
 """
 
 from __future__ import annotations
@@ -29,9 +48,12 @@ from dataclasses import dataclass
 
 from ..errors import kerr
 from ..extents import ByteStore, RangeCounter, RangeMap
-from ..sim import track
+from ..sim import kinds, track
 from ..sim.scheduler import Scheduler
 from .machine import Machine
+
+# The violation every failed check reports (sim/kinds.py).
+PHYSICAL = kinds.register("physical", "hw")
 
 _marked = track.marked  # memory contents: footprint only, never a data race
 _observe = track.observe  # the oracle's look at ownership: footprint only, no happens-before
@@ -110,7 +132,7 @@ class PhysMem:
             self.free.remove(s, e)
         for s, e in got:
             self.owners.set(s, e, owner)
-            self.data.zero(s, e)
+            self.data.zero(s, e)  # the allocator clears what it hands out: no check needed
         return got
 
     def release(self, start: int, end: int) -> None:
@@ -183,28 +205,43 @@ class PhysMem:
             if kind != "ram":
                 continue
             for gs, ge in self.owners.gaps(s, e):
-                self.sched.violation(
-                    "physical",
-                    f"{who} {verb}s freed memory [{gs:#x}, {ge:#x})",
-                )
+                self.sched.violation(PHYSICAL, f"{who} {verb}s freed memory [{gs:#x}, {ge:#x})")
                 ok = False
             for os_, oe, o in self.owners.overlapping(s, e):
                 if o.state not in ("allocated", "orphan") and who not in o.allow:
                     self.sched.violation(
-                        "physical",
+                        PHYSICAL,
                         f"{who} {verb}s [{os_:#x}, {oe:#x}) owned by {o.owner} ({o.state})",
                     )
                     ok = False
         for gs, ge in self.regions.gaps(start, end):
-            self.sched.violation("physical", f"{who} {verb}s unbacked [{gs:#x}, {ge:#x})")
+            self.sched.violation(PHYSICAL, f"{who} {verb}s unbacked [{gs:#x}, {ge:#x})")
             ok = False
         return ok
 
     def read(self, start: int, n: int, who: str) -> bytes:
+        """``who`` loads ``n`` bytes at ``start`` (zeros where the check fails)."""
         if not self.check(start, n, who, write=False):
             return bytes(n)
         return self.data.read(start, n)
 
     def write(self, start: int, data: bytes, who: str) -> None:
+        """``who`` stores ``data`` at ``start`` (dropped where the check fails)."""
         if self.check(start, len(data), who, write=True):
             self.data.write(start, data)
+
+    def zero(self, start: int, end: int, who: str) -> None:
+        """``who`` clears ``[start, end)`` (clear_page, a partial-page truncation)."""
+        if self.check(start, end - start, who, write=True):
+            self.data.zero(start, end)
+
+    def copy(self, src: int, dst: int, n: int, who: str) -> None:
+        """``who`` copies ``n`` bytes from ``src`` to ``dst`` (copy-on-write, migration): a
+        checked read and a checked write, without materialising the bytes."""
+        readable = self.check(src, n, who, write=False)
+        if not self.check(dst, n, who, write=True):
+            return
+        if readable:
+            self.data.copy(src, dst, n)
+        else:
+            self.data.zero(dst, dst + n)

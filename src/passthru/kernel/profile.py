@@ -3,6 +3,14 @@
 A subsystem never asks "is this 7.1?"; it reads a field of the profile (DESIGN.md contract 3).
 ``bugs`` names deliberately seeded defects (for teaching and for the checker's own tests: a
 buggy variant of a scenario must be found); real profiles have none.
+
+Seeded bugs are registered constants (:data:`SEEDED_BUGS`, :func:`seeded_bug`): a profile
+given an unknown bug name refuses it (ValueError naming the known ones), and so does
+:meth:`Profile.has_bug`, so a misspelt name fails instead of silently seeding nothing.
+
+Invariants: a Profile is immutable (``with_bugs``/``with_design`` return new ones); ``bugs``
+only holds registered names. Units: ``kvm_max_gpa_bits`` in bits, the rest are counts or flags.
+Locking: none (immutable data, built at import).
 """
 
 from __future__ import annotations
@@ -10,6 +18,43 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from ..uapi import kvm as K
+
+# name -> what the seeded defect does. Every bug name a profile or a check site uses is here.
+SEEDED_BUGS: dict[str, str] = {}
+
+
+def seeded_bug(name: str, what: str) -> str:
+    """Register seeded bug ``name`` (what it breaks, for the error message) and return it,
+    for a module-level constant the check site and the buggy scenario both name."""
+    if SEEDED_BUGS.get(name, what) != what:
+        raise ValueError(f"seeded bug {name!r} registered twice with different meanings")
+    SEEDED_BUGS[name] = what
+    return name
+
+
+def _require_bugs(names: frozenset[str] | tuple[str, ...]) -> None:
+    unknown = sorted(set(names) - SEEDED_BUGS.keys())
+    if unknown:
+        known = ", ".join(sorted(SEEDED_BUGS))
+        raise ValueError(f"unknown seeded bug(s) {', '.join(map(repr, unknown))} "
+                         f"(known: {known})")
+
+
+# kernel/kvm/mmu.py: the fault path installs its SPTE without mmu_invalidate_retry_gfn.
+KVM_NO_MMU_INVALIDATE_RETRY = seeded_bug(
+    "kvm.no_mmu_invalidate_retry",
+    "the vCPU fault path skips the mmu_invalidate retry check (stale SPTE after punch-hole)")
+# kernel/kvm/memslots.py: a deleted (or moved, re-flagged) slot is freed without waiting for
+# SRCU readers.
+KVM_MEMSLOT_DELETE_SKIPS_SRCU_SYNC = seeded_bug(
+    "kvm.memslot_delete_skips_srcu_sync",
+    "memslot delete frees the old slot without synchronize_srcu (a vCPU reads a freed slot)")
+# kernel/dma_buf/movable.py: the movable exporter's migrate.
+DMA_BUF_MOVE_PINNED = seeded_bug(
+    "dma_buf.move_pinned", "the movable exporter migrates a pinned buffer instead of EBUSY")
+DMA_BUF_MOVE_SKIPS_FENCE_WAIT = seeded_bug(
+    "dma_buf.move_skips_fence_wait",
+    "the movable exporter copies without waiting for the importers' published fences")
 
 
 @dataclass(frozen=True)
@@ -33,8 +78,19 @@ class Profile:
     design: str = "vfio"
     bugs: frozenset[str] = field(default=frozenset())
 
+    def __post_init__(self) -> None:
+        _require_bugs(self.bugs)
+
     def with_bugs(self, *bugs: str) -> Profile:
+        """This profile with seeded ``bugs`` added (ValueError for an unregistered name)."""
+        _require_bugs(bugs)
         return replace(self, bugs=self.bugs | frozenset(bugs))
+
+    def has_bug(self, name: str) -> bool:
+        """Is seeded bug ``name`` (a registered name: ValueError otherwise) in this profile?"""
+        if name not in SEEDED_BUGS:
+            _require_bugs((name,))
+        return name in self.bugs
 
     def with_design(self, design: str) -> Profile:
         return replace(self, design=design)

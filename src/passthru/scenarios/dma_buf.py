@@ -46,6 +46,9 @@ from ..kapi import (
     revoke_buffer,
     scenario,
 )
+from ..uapi import dma_heap as H
+from ..uapi import linux as L
+from ..uapi import udmabuf as UD
 
 PAGE = 4096
 
@@ -278,9 +281,6 @@ def compositor_shot_down(s: Sandbox) -> None:
 def kvm_legacy_gup_on_heap_buffer(s: Sandbox) -> None:
     """The pKVM/crosvm report: mmap a dma-heap buffer and GUP it for the guest. The heap's
     special PTEs make pin_user_pages fail with EFAULT — refused, as designed."""
-    from ..uapi import dma_heap as H
-    from ..uapi import linux as L
-
     host = s.host
     heap = host.open("/dev/dma_heap/system", L.O_RDWR | L.O_CLOEXEC)
     alloc = H.dma_heap_allocation_data(len=4 * PAGE, fd_flags=L.O_RDWR | L.O_CLOEXEC)
@@ -302,9 +302,6 @@ def kvm_legacy_gup_on_heap_buffer(s: Sandbox) -> None:
 def udmabuf_is_the_pinnable_alternative(s: Sandbox) -> None:
     """The supported route: a udmabuf made from a sealed memfd; the VMM pins the memfd's
     pages for the guest while a device imports the same memory through the dma-buf."""
-    from ..uapi import linux as L
-    from ..uapi import udmabuf as UD
-
     host = s.host
     memfd = host.memfd_create("guest-ram", L.MFD_ALLOW_SEALING)
     host.ftruncate(memfd, 4 * PAGE)

@@ -7,6 +7,9 @@ the scheduler's *chooser* decides which runnable task goes next, so an explorer 
 interleavings. With no chooser, the running task keeps the CPU until it blocks or ends and
 tasks run in spawn order: a SimHost with no tasks is a plain library (points are no-ops).
 
+A violation's kind must be registered (sim/kinds.py): :meth:`Scheduler.violation` refuses
+any other, so a misspelt kind fails loudly instead of becoming a kind no test expects.
+
 Leaves out: priorities, real time (``now`` is model time, advanced only by timed waits), CPUs.
 """
 
@@ -19,6 +22,7 @@ from typing import Any, Protocol
 
 import greenlet
 
+from . import kinds
 from . import track as _trk
 from .log import Event, EventLog
 
@@ -109,6 +113,8 @@ class Scheduler:
             self.log.add(Event(self.step, self.current.name, subsystem, event, tuple(args.items())))
 
     def violation(self, kind: str, message: str) -> Violation:
+        """Report a broken rule of ``kind``, which must be registered (sim/kinds.py)."""
+        kinds.require(kind)
         v = Violation(kind, message, self.step, self.current.name)
         # Report each distinct violation once: the checker wants the first occurrence.
         if not any(o.kind == kind and o.message == message for o in self.violations):
@@ -157,7 +163,7 @@ class Scheduler:
         if cur is self.main or self._sched_glet is None or self._unwinding:
             msg = f"{cur.name} would sleep forever on {_name(on)} (nothing else can run)"
             if not self._unwinding:
-                self.violation("deadlock", msg)
+                self.violation(kinds.DEADLOCK, msg)
             raise SimDeadlock(msg)
         if self.tracker is not None:
             _trk.sync_access(on)  # going to sleep on ``on`` conflicts with waking it
@@ -200,7 +206,7 @@ class Scheduler:
             self.emit("sched", "task-error", error=f"{type(e).__name__}: {e}")
         if t.held and not isinstance(t.error, SimDeadlock):
             names = ", ".join(_name(h) for h in t.held)
-            self.violation("lock-held-at-exit", f"task {t.name} ended holding {names}")
+            self.violation(kinds.LOCK_HELD_AT_EXIT, f"task {t.name} ended holding {names}")
         t.state = DONE
         self.emit("sched", "exit")
 
@@ -284,7 +290,7 @@ class Scheduler:
         for t in blocked:
             held = ",".join(_name(h) for h in t.held) or "-"
             parts.append(f"{t.name} holds [{held}] waits {_name(t.waiting_on)}")
-        self.violation("deadlock", "; ".join(parts))
+        self.violation(kinds.DEADLOCK, "; ".join(parts))
         # Unwind the stuck greenlets so nothing dangles: they end with SimDeadlock. Each runs
         # as itself (its unlocks in finally blocks must find it the owner), and while
         # unwinding nothing may block or switch: a lock it still wants raises at once.

@@ -44,6 +44,9 @@ KVM_X86_SNP_VM = 4
 KVM_X86_TDX_VM = 5
 
 KVM_NR_INTERRUPTS = 256  # asm/kvm.h
+# pages into a vCPU fd's mapping, after the kvm_run page (asm/kvm.h)
+KVM_PIO_PAGE_OFFSET = 1
+KVM_COALESCED_MMIO_PAGE_OFFSET = 2
 
 # memslot flags
 KVM_MEM_LOG_DIRTY_PAGES = 1 << 0

@@ -7,8 +7,13 @@ pin past the limit fails with that error and nothing is charged — **[unconfirm
 error userspace finally sees from a pin is EAGAIN (docs/fidelity.md). Charges are whole
 buffers, never pages. Leaves out: the cgroup hierarchy (one cgroup), min/low protection.
 
-Tracking: ``usage`` and ``failcnt`` are a page_counter (atomic_long updates), so the region
-is an ``atomic`` tracked location; ``limit`` is set when the region is made.
+Invariants: 0 <= ``usage`` <= ``limit``; a failed charge changes nothing but ``failcnt``.
+Units: bytes (``usage``, ``limit``, charges); ``failcnt`` counts refusals.
+
+Locking (one line per field):
+- ``usage``, ``failcnt``: a page_counter (atomic_long updates), so the region is one
+  ``atomic`` tracked location, written by every charge and uncharge.
+- ``limit``, ``name``: set when the region is made (no dmem.max writes are modelled).
 """
 
 from __future__ import annotations

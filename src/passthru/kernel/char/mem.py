@@ -1,7 +1,9 @@
 """/dev/null (drivers/char/mem.c): reads return end of file, writes are swallowed.
 
 Modelled because VMMs and tests use it as "some fd that is not what you expect"
-(e.g. F_ADD_SEALS on a non-memfd file). Leaves out /dev/zero, /dev/mem, /dev/full.
+(e.g. F_ADD_SEALS on a non-memfd file). Registered by its initcall, fs_initcall(chr_dev_init)
+as in the kernel. No state beyond struct file's, so no invariants, units or locks of its own.
+Leaves out /dev/zero, /dev/mem, /dev/full.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..fs.file import File
+from ..init import initcall
 
 if TYPE_CHECKING:
     from ..core import Kernel
@@ -26,5 +29,6 @@ class NullFile(File):
         return len(data)
 
 
+@initcall("fs")  # fs_initcall(chr_dev_init)
 def mem_init(kernel: Kernel) -> None:
     kernel.register_device("/dev/null", lambda proc, flags: NullFile(kernel, flags, "/dev/null"))

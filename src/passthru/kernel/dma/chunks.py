@@ -25,6 +25,11 @@ Model choices (unconfirmed: no merged kernel code to read; listed in docs/fideli
   length is 32-bit, so a run is cut at ALIGN_DOWN(UINT_MAX, PAGE_SIZE) like a scatterlist
   entry; a chunk header is 16 bytes (provider pointer + u32 nr_bvecs + u32 flags) followed
   by its bio_vecs; the chunks array header is 16 bytes (u32 nr_chunks + pad + pointer).
+
+Invariants: bio_vecs are in buffer order, none longer than BVEC_MAX_LEN, contiguous runs
+merged (a compressed table: adjacent entries never continue each other).
+Locking: none — a descriptor is built by one caller in one pass and only read afterwards; it
+is not shared state (not tracked).
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ class Private:
 PRIVATE = Private()
 
 Provider = p2pdma_provider | Private | None
+Extents = Iterable[tuple[int, int]]  # (paddr, len) runs in buffer order: the input of every builder
 
 
 class bio_vec(NamedTuple):  # noqa: N801 - kernel name (physical-address variant)
@@ -75,7 +81,7 @@ class memory_chunk:  # noqa: N801 - seed name
 
     @classmethod
     def from_extents(
-        cls, extents: Iterable[Range], provider: Provider = None, cpu_mappable: bool | None = None
+        cls, extents: Extents, provider: Provider = None, cpu_mappable: bool | None = None
     ) -> memory_chunk:
         """One pass: contiguous runs merged, each cut at BVEC_MAX_LEN."""
         bvecs = list(map(bio_vec._make, segments(extents, BVEC_MAX_LEN)))
@@ -111,7 +117,7 @@ class memory_chunks:  # noqa: N801 - seed name
 
     @classmethod
     def from_extents(
-        cls, extents: Iterable[Range], provider: Provider = None, cpu_mappable: bool | None = None
+        cls, extents: Extents, provider: Provider = None, cpu_mappable: bool | None = None
     ) -> memory_chunks:
         return cls([memory_chunk.from_extents(extents, provider, cpu_mappable)])
 
@@ -142,7 +148,7 @@ class memory_chunks:  # noqa: N801 - seed name
         return MEMORY_CHUNKS_HEADER + sum(c.c_bytes() for c in self.chunks)
 
     def extents(self) -> list[Range]:
-        return [(b.paddr, b.len) for c in self.chunks for b in c.bvecs]
+        return [Range(b.paddr, b.len) for c in self.chunks for b in c.bvecs]
 
 
 class CompressedTable:
@@ -154,7 +160,7 @@ class CompressedTable:
         self._q = q
 
     @classmethod
-    def from_extents(cls, extents: Iterable[Range]) -> CompressedTable:
+    def from_extents(cls, extents: Extents) -> CompressedTable:
         flat: list[int] = []
         add = flat.append
         ca = cl = 0
@@ -179,7 +185,7 @@ class CompressedTable:
 
     def __iter__(self) -> Iterator[Range]:
         q = self._q
-        return zip(q[0::2], q[1::2], strict=True)
+        return map(Range._make, zip(q[0::2], q[1::2], strict=True))
 
     @property
     def total_length(self) -> int:

@@ -32,9 +32,15 @@ enum has PCI_P2PDMA_MAP_NONE ("not a P2P transfer") at 1, so NOT_SUPPORTED is 2,
 THRU_HOST_BRIDGE 4 (read in include/linux/pci-p2pdma.h of the 6.19 dma-buf series); older
 kernels, and shared/spec/KERNEL.md §1, number them 0-3 without NONE. Code uses the names only.
 
-Accesses (sim/track.py): the ``map_types`` cache (``<bdf>.p2pdma.map_types``) is an xarray —
-xa_load under RCU, xa_store under the xarray's spinlock — so an atomic structure; two clients
-mapping at once may both compute and store the same answer, as in the kernel.
+Invariants: a client's cached answer never changes once stored; a BAR without P2P has no
+provider. Units: ``bus_offset`` in bytes (bus address minus CPU physical address).
+
+Which lock protects which field (sim/track.py):
+- ``pci_p2pdma.map_types`` (``<bdf>.p2pdma.map_types``): an xarray — xa_load under RCU,
+  xa_store under the xarray's spinlock — so an atomic structure; two clients mapping at once
+  may both compute and store the same answer, as in the kernel;
+- ``pci_p2pdma.mem`` and every provider's fields: written by pcim_p2pdma_init (probe), read-only
+  afterwards: no lock.
 
 Model deviations: ``pci_p2pdma_map_type(None, dev)`` returns NOT_SUPPORTED where the kernel
 would dereference NULL (its callers check first). Leaves out: the p2pmem pool (gen_pool,
@@ -45,6 +51,7 @@ the provider's dma_mapping_flags.
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from typing import Any
 
 from ...hw.pci import (
@@ -75,20 +82,19 @@ PCI_P2PDMA_MAP_BUS_ADDR = PciP2pdmaMapType.PCI_P2PDMA_MAP_BUS_ADDR
 PCI_P2PDMA_MAP_THRU_HOST_BRIDGE = PciP2pdmaMapType.PCI_P2PDMA_MAP_THRU_HOST_BRIDGE
 
 
+@dataclass(slots=True, eq=False)
 class p2pdma_provider:  # noqa: N801 - kernel name
     """struct p2pdma_provider {owner, bus_offset}: one BAR's MMIO, as the DMA API sees it.
 
     ``bar`` and ``p2pdma`` are the model's container_of(): which BAR of the owner, and the
-    owner's :class:`pci_p2pdma` (where the kernel embeds the provider).
+    owner's :class:`pci_p2pdma` (where the kernel embeds the provider). Compared by identity,
+    as a pointer is.
     """
 
-    __slots__ = ("owner", "bus_offset", "bar", "p2pdma")
-
-    def __init__(self, owner: PciFunction, bus_offset: int, bar: int, p2pdma: pci_p2pdma) -> None:
-        self.owner = owner
-        self.bus_offset = bus_offset
-        self.bar = bar
-        self.p2pdma = p2pdma
+    owner: PciFunction
+    bus_offset: int
+    bar: int
+    p2pdma: pci_p2pdma
 
     def __repr__(self) -> str:
         return f"p2pdma_provider({self.owner.bdf} BAR{self.bar}, bus_offset={self.bus_offset:#x})"

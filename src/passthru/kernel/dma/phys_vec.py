@@ -28,8 +28,21 @@ The IOVA allocator is :class:`IovaBump`, a bump allocator standing in for dma-io
 iommufd and the IOMMU model arrive; it records IOVA -> physical as extents so the checker
 can translate DMA addresses back (:meth:`DmaBufSgt.phys_extents`). Without one, the device
 uses dma-direct and a DMA address is the physical address (no DMA offset, no mask check).
-Its state (``iova``: the next address and the IOVA -> physical map) is guarded in the kernel
-by the IOVA domain's and the IOMMU page table's spinlocks: atomic here (sim/track.py).
+
+Invariants: a table's entries cover exactly the vectors' bytes, in order; every IOVA a map
+linked is unlinked by dma_buf_free_sgt, once (a second free is EINVAL); the allocator never
+hands out an address twice. Units: bytes; addresses are byte addresses; ranges are
+(address, length) (:class:`~.scatterlist.Range`, phys_vec).
+
+Which lock protects which field (sim/track.py):
+- ``IovaBump.next`` (location ``iova``): the IOVA domain's spinlock (iova_rbtree_lock),
+  implicit: an ``atomic`` location;
+- ``IovaBump.map`` (``iova.map``, IOVA -> physical): the IOMMU page table's lock, implicit: an
+  ``atomic`` map;
+- a :class:`DmaBufSgt` (its entries, ``state``, ``per_range_iova``, ``freed``): the mapping's
+  owner's — made by one exporter map, freed by the matching unmap, both under the buffer's
+  resv lock (kernel/dma_buf asserts it); not shared state;
+- ``IovaBump.base``/``limit``/``max_size``: set at creation, read-only.
 
 Leaves out: dma_resv_assert_held (the caller's business: kernel/dma_buf), DMA direction,
 dma_iova_sync, swiotlb, DMA masks, -EINTR, the IOVA granule alignment rules of
@@ -68,7 +81,7 @@ class phys_vec(NamedTuple):  # noqa: N801 - kernel name
 dma_buf_phys_vec = phys_vec  # the 6.19 name
 
 
-def phys_vec_array(ranges: Iterable[Range]) -> list[phys_vec]:
+def phys_vec_array(ranges: Iterable[tuple[int, int]]) -> list[phys_vec]:
     """One vector per range as given (no merging: the exporter's list, e.g. vfio's one per
     requested dma_range)."""
     return list(map(phys_vec._make, ranges))
@@ -113,7 +126,7 @@ class IovaBump(track.Tracked):
         got = self.map.overlapping(iova, iova + length)
         if sum(e - s for s, e, _ in got) != length:
             raise LookupError(f"IOVA [{iova:#x}, {iova + length:#x}) is not fully mapped")
-        return [(p, e - s) for s, e, p in got]
+        return [Range(p, e - s) for s, e, p in got]
 
 
 class DmaBufSgt(SgTable):
@@ -127,7 +140,7 @@ class DmaBufSgt(SgTable):
         provider: p2pdma_provider,
         map_type: PciP2pdmaMapType,
         iova: IovaBump | None,
-        state: tuple[int, int] | None,
+        state: Range | None,
         has_state: bool,
         per_range_iova: list[Range],
     ) -> None:
@@ -149,11 +162,11 @@ class DmaBufSgt(SgTable):
         out: list[Range] = []
         for a, n in self.for_each_sgtable_dma_sg():
             if self.map_type == PCI_P2PDMA_MAP_BUS_ADDR:
-                out.append((a - self.provider.bus_offset, n))
+                out.append(Range(a - self.provider.bus_offset, n))
             elif self.iova is not None and (self.state is not None or self.per_range_iova):
                 out.extend(self.iova.iova_to_phys(a, n))
             else:
-                out.append((a, n))
+                out.append(Range(a, n))
         return out
 
 
@@ -178,14 +191,14 @@ def dma_buf_phys_vec_to_sgt(
     if provider is None:
         raise kerr(errno.EINVAL, "dma_buf_phys_vec_to_sgt: no p2pdma provider (MMIO only)")
     mt = pci_p2pdma_map_type(provider, dev)
-    state: tuple[int, int] | None = None
+    state: Range | None = None
     if mt == PCI_P2PDMA_MAP_BUS_ADDR:
         pass
     elif mt == PCI_P2PDMA_MAP_THRU_HOST_BRIDGE:
         if iova is not None:  # dma_iova_try_alloc: only under dma-iommu
             addr = iova.alloc(size)
             if addr is not None:
-                state = (addr, size)
+                state = Range(addr, size)
     else:
         raise kerr(
             errno.EINVAL,
@@ -218,12 +231,12 @@ def dma_buf_phys_vec_to_sgt(
                     f"{paddr + length:#x}) failed (no IOVA)",
                 )
             iova.link(got, paddr, length)
-            per_range.append((got, length))
+            per_range.append(Range(got, length))
             addr = got
         else:  # dma-direct: the DMA address is the physical address
             addr = paddr
         if length <= MAX_SG_ENT_SZ:
-            entries.append((addr, length))
+            entries.append(Range(addr, length))
         else:
             entries.extend(split_segments(addr, length, MAX_SG_ENT_SZ))
     if state is not None:

@@ -24,6 +24,13 @@ chain link (lib/scatterlist.c __sg_alloc_table()), so n entries cost
 n + ceil((n - 128) / 127) slots for n > 128. Byte counts here are those struct sizes; slab
 rounding of the kmalloc'ed chunks (kmalloc-N size classes) is not counted.
 
+Invariants: no entry is longer than its table's max_segment; a DMA-only table has
+``orig_nents`` 0 and no CPU list; ``nents`` <= ``alloc_nents``. Units: bytes (addresses,
+lengths, C sizes); entries are :class:`Range` ``(addr, length)``, the kernel's descriptor
+convention. Locking: none — a table is built by one caller (an exporter's map) and owned by
+the attachment until the unmap frees it; it is not shared state (not tracked), and reaching
+for its pages is checked as a rule, not raced.
+
 The model stands for a ``struct page *`` by the physical address of the page. Leaves out:
 chained tables built by hand (sg_chain), sg_append_table, SG_DMA_BUS_ADDRESS/SWIOTLB flags,
 DMA API debug, scrambling.
@@ -32,6 +39,9 @@ DMA API debug, scrambling.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
+from itertools import repeat
+from typing import NamedTuple
 
 PAGE_SIZE = 4096
 UINT_MAX = (1 << 32) - 1
@@ -42,7 +52,17 @@ SG_MAX_SINGLE_ALLOC = PAGE_SIZE // SCATTERLIST_SIZE  # 128
 
 PAGE_VIOLATION = "importer reached for struct page"
 
-Range = tuple[int, int]  # (address, length) in bytes
+
+
+class Range(NamedTuple):
+    """One contiguous run, ``(addr, length)`` in bytes: the kernel's descriptor convention
+    (sg_dma_address/sg_dma_len, phys_vec, bio_vec; extents.py has the two conventions)."""
+
+    addr: int
+    length: int
+
+
+_range = partial(tuple.__new__, Range)  # a Range from a pair, without the Python-level __new__
 
 
 def sg_alloc_slots(nents: int) -> int:
@@ -62,15 +82,16 @@ def split_segments(addr: int, length: int, max_segment: int) -> Iterator[Range]:
     """``[addr, addr + length)`` cut into pieces of at most ``max_segment`` (fill_sg_entry)."""
     while length:
         n = length if length < max_segment else max_segment
-        yield addr, n
+        yield _range((addr, n))
         addr += n
         length -= n
 
 
-def segments(ranges: Iterable[Range], max_segment: int, merge: bool = True) -> list[Range]:
+def segments(ranges: Iterable[tuple[int, int]], max_segment: int,
+             merge: bool = True) -> list[Range]:
     """One pass over ``ranges`` (buffer order): merge runs that continue the previous one
     (``merge``), then split each at ``max_segment``. O(ranges + splits), never per page."""
-    runs: list[Range] = []
+    runs: list[tuple[int, int]] = []
     if merge:
         ca = cl = -1
         for a, n in ranges:
@@ -87,7 +108,8 @@ def segments(ranges: Iterable[Range], max_segment: int, merge: bool = True) -> l
     else:
         runs = [(a, n) for a, n in ranges if n > 0]
     if all(n <= max_segment for _, n in runs):
-        return runs
+        # The pairs become Ranges in one C-level pass (a table may have 10^5 entries).
+        return list(map(tuple.__new__, repeat(Range), runs))
     out: list[Range] = []
     for a, n in runs:
         out.extend(split_segments(a, n, max_segment))
@@ -222,7 +244,7 @@ class SgTable:
 
 
 def sg_table_from_extents(
-    extents: Iterable[Range],
+    extents: Iterable[tuple[int, int]],
     max_segment: int = MAX_SG_ENT_SZ,
     on_page_access: Callable[[str], None] | None = None,
 ) -> SgTable:

@@ -2,59 +2,92 @@
 (drivers/dma-buf/dma-buf.c, include/linux/dma-buf.h).
 
 A DmaBuf is a file (its fd is what userspace passes around) with the exporter's ops, a
-reservation object (``resv``: the buffer's ww_mutex and fences) and its attachments. An
-exporter with pin/unpin is *dynamic*; an importer with importer ops is *dynamic* and must
-accept invalidation (``move_notify``, renamed ``invalidate_mappings`` in 7.1).
+reservation object (``resv``: the buffer's ww_mutex and fences) and its attachments. The ops
+are a static table (:class:`DmaBufOps`, a ``const struct dma_buf_ops``) and the exporter's
+state is a separate ``priv``, as dma_buf_export(exp_info) takes them: an op finds its state as
+``dmabuf.priv`` (or ``attach.dmabuf.priv``). An exporter with pin/unpin is *dynamic*; an
+importer with importer ops (:class:`DmaBufAttachOps`, its state in ``attach.importer_priv``)
+is *dynamic* and must accept invalidation (``move_notify``, renamed ``invalidate_mappings``
+in 7.1).
 
 Locking convention (dma-buf.c, since 6.2), enforced like lockdep — a call made with the wrong
 lock state is a ``dma-buf-locking`` violation naming the call:
 - importer must hold the resv lock around pin/unpin, map/unmap_attachment, vmap/vunmap;
 - importer must not hold it around attach, dynamic_attach, detach, mmap, begin/end_cpu_access
   and every ``*_unlocked`` call (they take it themselves).
+The exporter's pin/unpin/map/unmap/vmap/vunmap ops run inside those calls, so the core's
+assertion is theirs too; attach/detach/begin/end_cpu_access ops run without the lock.
 
-Memory models (KERNEL.md §1), explicit here: an exporter offers ``pinned``, ``revocable`` (with
-or without un-revoke) or ``movable``; an importer lists what it tolerates. Attach negotiates
-(see :func:`negotiate`) and refuses a pair with the errno the kernel (or the proposal) gives.
+Memory models (KERNEL.md §1), explicit here: an exporter's table offers ``pinned``,
+``revocable`` (with or without un-revoke) or ``movable``; an importer's table lists what it
+tolerates. Attach negotiates (see :func:`negotiate`) and refuses a pair with the errno the
+kernel (or the proposal) gives.
 
 Physical truth: an importer's DMA through its mapping (:meth:`DmaBufAttachment.dma_access`)
 resolves in hw; between invalidation (once the importer's callback has returned: it may
 drain DMA in flight inside it) and unmap it may read (speculatively) but a write is a
 ``revoke-contract`` violation; after the exporter reclaimed the memory, any access is a
-``physical`` violation. Leaves out: sync_file import/export, debugfs, fdinfo, the vmap
-iosys_map details, cross-device fence signalling paths.
+``physical`` violation.
 
-Shared state and how it is accessed (sim/track.py; the race detector judges plain accesses):
-- ``<buf>.attachments`` (dmabuf->attachments): plain, under the resv lock — attach and detach
-  take it around the list update, invalidate walks it with it held (dma_resv_assert_held);
-- ``<buf>.attach(<dev>)``, an attachment's mapping state (its sg table, whether it was
-  invalidated, its pins): plain, under the resv lock (map/unmap/pin/unpin assert it; the
-  importer's invalidate callback runs with it held);
-- ``<buf>.vmapping_counter``: plain, under the resv lock (dma_buf_vmap asserts it);
-- ``<buf>.name`` (DMA_BUF_SET_NAME): ``name_lock``, a spinlock: atomic;
-- the fences and the resv fence list: see fence.py and resv.py (signalled bit atomic; RCU
-  walks of the list marked);
-- device DMA (:meth:`DmaBufAttachment.dma_access`) is hardware: its reads of the mapping it
-  was programmed with are marked, and its memory accesses end in hw/physmem, whose contents
-  are marked and whose ownership check is the physical-truth oracle — physical truth and the
-  revoke contract judge the DMA, not the race detector;
-- the exporter's revoking wait for unmaps (7.1: a kref and a completion in vfio) reads the
-  attachments' mapping state marked, ordered by the wake-up of the unmapping importer.
+Invariants: an attachment is on its buffer's list from attach to detach, and a buffer is
+released with none left and not vmapped (else ``dma-buf-lifetime``); an attachment has a
+mapping exactly between map and unmap (unmapping an unmapped one is ``dma-buf-mapping``);
+``pins`` never goes below zero (``dma-buf-pin``) and a pin taken on map is dropped by the
+unmap; an exporter is dynamic iff it has both pin and unpin (dma_buf_export refuses one
+alone).
+
+Units: sizes, offsets and lengths in bytes; DMA and physical addresses are byte addresses;
+model time in nanoseconds (the 7.1 revoke's 1 s wait for unmaps).
+
+Which lock protects which field (sim/track.py; the race detector judges plain accesses):
+- :data:`db_list` (the live dma-bufs, a per-kernel static, ``dma_buf.db_list``): the kernel's
+  ``db_list`` mutex, implicit — an ``atomic`` list; export adds, release removes;
+- ``DmaBuf.attachments`` (dmabuf->attachments): the resv lock — attach and detach take it
+  around the update, dma_buf_invalidate_mappings asserts it while walking the list; the
+  release reads it (and ``vmap_count``) last, when no other reference is left;
+- ``DmaBufAttachment.mapping``, ``.invalidated``, ``.pinned_on_map`` (location
+  ``<buf>.attach(<dev>)``): the resv lock — map and unmap assert it; the device's DMA and the
+  revoking exporter's wait for unmaps read the mapping marked (see below);
+- ``DmaBufAttachment.pins``: the resv lock — dma_buf_pin and dma_buf_unpin assert it;
+- ``DmaBuf.vmap_count`` (dmabuf->vmapping_counter): the resv lock — dma_buf_vmap/vunmap
+  assert it;
+- ``DmaBuf.buf_name`` (dmabuf->name, DMA_BUF_SET_NAME): ``name_lock``, a spinlock the model
+  leaves implicit: an atomic cell;
+- ``DmaBuf.resv``'s fence list: resv.py; a fence's signalled bit: fence.py;
+- ``DmaBuf.ops``, ``.priv``, ``.size_``, ``.exp_name`` and an attachment's ``dev``,
+  ``importer_ops``, ``importer_priv``, ``peer2peer``, ``mapping_type``: written once by the
+  task that exports (attaches) before the object is shared, read-only afterwards: no lock;
+- ``DmaBufAttachment.priv``: the exporter's (set by its attach op, dropped by its detach op,
+  both while the attachment is off the list).
+Device DMA (:meth:`DmaBufAttachment.dma_access`) is hardware: its reads of the mapping it was
+programmed with are marked, and its memory accesses end in hw/physmem, whose contents are
+marked and whose ownership check is the physical-truth oracle — physical truth and the revoke
+contract judge the DMA, not the race detector. The exporter's revoking wait for unmaps (7.1:
+a kref and a completion in vfio) reads the attachments' mapping state marked, ordered by the
+wake-up of the unmapping importer.
+
+Leaves out: sync_file import/export, debugfs, fdinfo, the vmap iosys_map details,
+cross-device fence signalling paths, the fence wait of begin_cpu_access.
 """
 
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar, overload
 
-from ...errors import kerr
+from ...errors import Fault, kerr
 from ...sim import track
 from ...sim.locks import WaitQueue
 from ...sim.track import Cell, TrackedList
 from ...uapi import dma_buf as U
 from ...uapi import linux as L
-from ..fs.file import File
+from ..dma.scatterlist import MAX_SG_ENT_SZ, SgTable, segments
+from ..fs.file import File, fput
+from ..fs.ioctl_table import IoctlTable
+from ..init import kernel_static
+from ..mm.vma import VM_MAYSHARE, VM_SHARED
 from .resv import DMA_RESV_USAGE_BOOKKEEP, DMA_RESV_USAGE_KERNEL, DmaResv
 
 if TYPE_CHECKING:
@@ -65,64 +98,183 @@ if TYPE_CHECKING:
 
 PINNED, REVOCABLE, MOVABLE = "pinned", "revocable", "movable"
 MEMORY_MODELS = (PINNED, REVOCABLE, MOVABLE)
+VMALLOC_START = 0xFFFFC90000000000  # x86-64: where vmap() addresses come from
+
+T = TypeVar("T")
+
+
+class Field(Generic[T]):
+    """A field every access of which the checker sees (sim/track.py): a descriptor whose
+    value lives in the object's ``_<name>``; subclasses say how it is read and written."""
+
+    def __init__(self) -> None:
+        self.attr = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.attr = f"_{name}"
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> Field[T]: ...
+    @overload
+    def __get__(self, obj: object, owner: type) -> T: ...
+    def __get__(self, obj: object, owner: type) -> Field[T] | T:
+        return self if obj is None else self.load(obj)
+
+    def __set__(self, obj: object, value: T) -> None:
+        self.store(obj, value)
+
+    def load(self, obj: object) -> T:
+        raise NotImplementedError
+
+    def store(self, obj: object, value: T) -> None:
+        raise NotImplementedError
+
+
+class Plain(Field[T]):
+    """A field of a tracked object (sim/track.py ``Tracked``) that its lock protects: every
+    read and write is a plain access in the footprint, over ``part`` — a ``(lo, hi)`` slice of
+    the object's location; all of it when None — so the race detector judges it. The object's
+    marked accesses (``read_once``) read ``_<name>`` directly."""
+
+    def __init__(self, part: tuple[int, int] | None = None) -> None:
+        super().__init__()
+        self.lo, self.hi = part if part is not None else (track.LO, track.HI)
+
+    def load(self, obj: object) -> T:
+        track.read(obj, self.lo, self.hi)
+        value: T = getattr(obj, self.attr)
+        return value
+
+    def store(self, obj: object, value: T) -> None:
+        track.write(obj, self.lo, self.hi)
+        setattr(obj, self.attr, value)
+
+
+class InCell(Field[T]):
+    """A field whose value is its own tracked :class:`~passthru.sim.track.Cell`, ``_<name>``
+    (its own location): reading and writing the field are the cell's ``get`` and ``set``."""
+
+    def load(self, obj: object) -> T:
+        cell: Cell[T] = getattr(obj, self.attr)
+        return cell.get()
+
+    def store(self, obj: object, value: T) -> None:
+        getattr(obj, self.attr).set(value)
+
+
+db_list = kernel_static(  # the live dma-bufs: dma_buf_export adds, release removes
+    "dma_buf.db_list", lambda k: TrackedList["DmaBuf"](label="dma_buf.db_list", atomic=True))
+
+
+class DmaRange(NamedTuple):
+    """One range of a DMA mapping, in the kernel's descriptor convention — address and length,
+    as sg_dma_address/sg_dma_len and phys_vec are (extents.py gives the two conventions):
+    ``dma`` is what the device is programmed with, ``length`` its bytes, ``phys`` the physical
+    address it reaches — the model's physical truth for the access check, never something the
+    importer sees."""
+
+    dma: int
+    length: int
+    phys: int
 
 
 @dataclass
 class DmaMapping:
     """What map_dma_buf returned, reduced to what importers may use: DMA addresses.
 
-    ``ranges`` are (dma_address, length, phys) — phys is the model's physical truth for the
-    access check, not something the importer sees. ``sgt`` is the exporter's table object
+    ``ranges`` in buffer order. ``sgt`` is the exporter's table object
     (kernel/dma/scatterlist.SgTable) when it built one.
     """
 
-    ranges: list[tuple[int, int, int]]
+    ranges: list[DmaRange]
     sgt: Any = None
     kind: str = "sgt"  # "sgt" (DMA addresses) or "pal" (physical address list, a proposal)
 
     @property
     def length(self) -> int:
-        return sum(n for _, n, _ in self.ranges)
+        return sum(r.length for r in self.ranges)
 
 
+def dma_direct(extents: Iterable[tuple[int, int]]) -> DmaMapping:
+    """dma_map_sgtable on dma-direct (no IOMMU yet): one range per physical extent
+    ``(start, end)``, its DMA address the physical address."""
+    return DmaMapping([DmaRange(s, e - s, s) for s, e in extents])
+
+
+def mmap_needs_shared(vma: Vma, what: str) -> None:
+    """An exporter's mmap that refuses a private mapping (EINVAL)."""
+    if (vma.vm_flags & (VM_SHARED | VM_MAYSHARE)) == 0:
+        raise kerr(errno.EINVAL, f"mmap: {what} needs MAP_SHARED")
+
+
+def sigbus_past_the_end(vma: Vma, start: int, end: int, size: int, what: str) -> None:
+    """A mapping's vm_ops->fault for buffer range ``[start, end)`` past the buffer's ``size``
+    bytes (pgoff >= pagecount): SIGBUS at the first address beyond it."""
+    if end > size:
+        raise Fault(vma.start + (max(start, size) - vma.pgoff), "SIGBUS",
+                    f"{what} fault past the buffer (pgoff >= pagecount)")
+
+
+def vmap_address(kernel: Kernel) -> int:
+    """What an exporter's vmap op returns: a vmalloc-area address, distinct per call,
+    deterministic."""
+    return VMALLOC_START + kernel.next_id("vmap") * (1 << 32)
+
+
+@dataclass(frozen=True, kw_only=True)
 class DmaBufOps:
-    """struct dma_buf_ops. Exporters subclass it and define the methods they have; a method
-    left as None is absent, as a NULL op is in C."""
+    """``const struct dma_buf_ops``: one static table per kind of exporter; an op left None is
+    absent, as a NULL op is in C. Every op finds the exporter's state in ``dmabuf.priv``.
 
-    attach: Any = None  # (dmabuf, attach) -> None, may raise OSError
-    detach: Any = None
-    pin: Any = None  # (attach) -> None
-    unpin: Any = None
-    map_dma_buf: Any = None  # (attach, direction) -> DmaMapping
-    unmap_dma_buf: Any = None  # (attach, mapping, direction) -> None
-    release: Any = None  # (dmabuf) -> None
-    mmap: Any = None  # (dmabuf, vma) -> None
-    fault: Any = None  # (dmabuf, vma, start, end, write) -> pieces; vm_ops->fault of mmap
-    vmap: Any = None  # (dmabuf) -> int
-    vunmap: Any = None
-    begin_cpu_access: Any = None  # (dmabuf, direction) -> None
-    end_cpu_access: Any = None
-    # passthru: the memory model this exporter offers (KERNEL.md §1, "the three models")
+    map_dma_buf, unmap_dma_buf and release are mandatory (dma_buf_export checks); pin and
+    unpin come together. The last four fields are passthru's: the memory model the exporter
+    offers (KERNEL.md §1, "the three models"), whether a revoke can be undone, the name in
+    messages and events, and the mapping types of the 2026 proposal."""
+
+    attach: Callable[[DmaBuf, DmaBufAttachment], None] | None = None  # may raise OSError
+    detach: Callable[[DmaBuf, DmaBufAttachment], None] | None = None
+    pin: Callable[[DmaBufAttachment], None] | None = None
+    unpin: Callable[[DmaBufAttachment], None] | None = None
+    map_dma_buf: Callable[[DmaBufAttachment, int], DmaMapping] | None = None  # (attach, dir)
+    unmap_dma_buf: Callable[[DmaBufAttachment, DmaMapping, int], None] | None = None
+    release: Callable[[DmaBuf], None] | None = None
+    mmap: Callable[[DmaBuf, Vma], None] | None = None
+    # vm_ops->fault of the mmap: (dmabuf, vma, start, end, write) -> (start, end, phys) pieces
+    fault: Callable[[DmaBuf, Vma, int, int, bool], Sequence[tuple[int, int, int]]] | None = None
+    vmap: Callable[[DmaBuf], int] | None = None
+    vunmap: Callable[[DmaBuf], None] | None = None
+    begin_cpu_access: Callable[[DmaBuf, int], None] | None = None  # (dmabuf, direction)
+    end_cpu_access: Callable[[DmaBuf, int], None] | None = None
     memory_model: str = PINNED
     can_unrevoke: bool = False
     exp_name: str = "exporter"
-    # The 2026 mapping-type proposal: which kinds this exporter can hand out.
     mapping_types: tuple[str, ...] = ("sgt",)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DmaBufAttachOps:
-    """struct dma_buf_attach_ops, plus what the importer tolerates (passthru's negotiation)."""
+    """``const struct dma_buf_attach_ops``, plus what the importer tolerates (passthru's
+    negotiation). ``invalidate`` is move_notify (``invalidate_mappings`` in 7.1): called with
+    the resv lock held; the importer finds its state in ``attach.importer_priv``. ``name``
+    names the importer in refusals (empty: the attaching device's name)."""
 
+    invalidate: Callable[[DmaBufAttachment], None] | None = None
     allow_peer2peer: bool = False
-    invalidate: Callable[[DmaBufAttachment], None] | None = None  # move_notify / 7.1 name
     tolerates: frozenset[str] = frozenset(MEMORY_MODELS)
-    name: str = "importer"
+    name: str = ""
+
+
+def _not_a_dma_buf_ioctl(dmabuf: DmaBuf, proc: Process, cmd: int, arg: UserArg) -> int:
+    raise kerr(errno.ENOTTY, f"ioctl {cmd:#x}: not a dma-buf ioctl")
+
+
+DMA_BUF_IOCTLS = IoctlTable("dma-buf", _not_a_dma_buf_ioctl)  # dma_buf_ioctl's switch
 
 
 class DmaBuf(File):
     kind = "dma-buf"
     noexec = False
+    ioctl_table = DMA_BUF_IOCTLS
 
     def __init__(self, kernel: Kernel, ops: DmaBufOps, size: int, flags: int, priv: Any) -> None:
         super().__init__(kernel, flags, f"dmabuf{kernel.next_id('dmabuf')}")
@@ -139,29 +291,14 @@ class DmaBuf(File):
         self.sched = kernel.sched
         # Made here, not on first use: a location is named by the task that creates it.
         self._unmap_wq = WaitQueue(self.sched, f"{self.name}.unmaps")
-        kernel.dmabufs.append(self)
+        db_list(kernel).append(self)
 
     def exporter_wq(self) -> WaitQueue:
         """Where a revoking exporter waits for importers to unmap."""
         return self._unmap_wq
 
-    @property
-    def buf_name(self) -> str:
-        """dmabuf->name, under the name_lock spinlock."""
-        return self._buf_name.get()
-
-    @buf_name.setter
-    def buf_name(self, name: str) -> None:
-        self._buf_name.set(name)
-
-    @property
-    def vmap_count(self) -> int:
-        """dmabuf->vmapping_counter (resv lock)."""
-        return self._vmap_count.get()
-
-    @vmap_count.setter
-    def vmap_count(self, n: int) -> None:
-        self._vmap_count.set(n)
+    buf_name = InCell[str]()  # dmabuf->name, under the name_lock spinlock
+    vmap_count = InCell[int]()  # dmabuf->vmapping_counter (resv lock)
 
     @property
     def dynamic(self) -> bool:
@@ -177,8 +314,9 @@ class DmaBuf(File):
                                  f"{len(self.attachments)} attachment(s) left")
         if self.vmap_count:
             self.sched.violation("dma-buf-lifetime", f"{self.name} released while vmapped")
+        assert self.ops.release is not None  # dma_buf_export refused a table without it
         self.ops.release(self)
-        self.kernel.dmabufs.remove(self)
+        db_list(self.kernel).remove(self)
 
     # ----- userspace: mmap and ioctls ----------------------------------------------------
     def mmap(self, proc: Process, vma: Vma) -> None:
@@ -192,37 +330,47 @@ class DmaBuf(File):
 
     def fault(self, vma: Vma, start: int, end: int, write: bool) -> list[tuple[int, int, int]]:
         if self.ops.fault is None:
-            from ...errors import Fault
-
             raise Fault(vma.start + (start - vma.pgoff), "SIGBUS", f"{self.exp_name}: no fault")
-        return self.ops.fault(self, vma, start, end, write)  # type: ignore[no-any-return]
+        return list(self.ops.fault(self, vma, start, end, write))
 
-    def ioctl(self, proc: Process, cmd: int, arg: UserArg) -> int:
-        if cmd == U.DMA_BUF_IOCTL_SYNC:
-            sync = arg.copy_from_user(U.dma_buf_sync)
-            flags = sync.flags
-            if flags & ~U.DMA_BUF_SYNC_VALID_FLAGS_MASK:
-                raise kerr(errno.EINVAL, f"DMA_BUF_IOCTL_SYNC: unknown flags {flags:#x}")
-            if not flags & U.DMA_BUF_SYNC_RW:
-                raise kerr(errno.EINVAL, "DMA_BUF_IOCTL_SYNC: neither READ nor WRITE")
-            op = self.ops.end_cpu_access if flags & U.DMA_BUF_SYNC_END else \
-                self.ops.begin_cpu_access
-            if op is not None:
-                op(self, flags & U.DMA_BUF_SYNC_RW)
-            return 0
-        if cmd in (U.DMA_BUF_SET_NAME_A, U.DMA_BUF_SET_NAME_B):
-            raw = b""
-            for i in range(U.DMA_BUF_NAME_LEN + 1):
-                c = arg.read(1, i) if arg.length() is None or i < (arg.length() or 0) else b"\0"
-                if c == b"\0":
-                    break
-                raw += c
-            else:
-                raise kerr(errno.EINVAL, f"DMA_BUF_SET_NAME: name longer than "
-                           f"{U.DMA_BUF_NAME_LEN - 1} bytes (strndup_user)")
-            self.buf_name = raw.decode(errors="replace")
-            return 0
-        raise kerr(errno.ENOTTY, f"ioctl {cmd:#x}: not a dma-buf ioctl")
+
+
+# ----- the dma-buf file's ioctls (dma_buf_ioctl) --------------------------------------------
+# The buffer is the file's private data, held by the syscall's fdget for the whole call.
+@DMA_BUF_IOCTLS.handler(U.DMA_BUF_IOCTL_SYNC)
+def dma_buf_ioctl_sync(dmabuf: DmaBuf, proc: Process, arg: UserArg) -> int:
+    """DMA_BUF_IOCTL_SYNC: copy in and check the flags, then begin or end CPU access."""
+    flags = arg.copy_from_user(U.dma_buf_sync).flags
+    if flags & ~U.DMA_BUF_SYNC_VALID_FLAGS_MASK:
+        raise kerr(errno.EINVAL, f"DMA_BUF_IOCTL_SYNC: unknown flags {flags:#x}")
+    if not flags & U.DMA_BUF_SYNC_RW:
+        raise kerr(errno.EINVAL, "DMA_BUF_IOCTL_SYNC: neither READ nor WRITE")
+    direction = flags & U.DMA_BUF_SYNC_RW
+    if flags & U.DMA_BUF_SYNC_END:
+        dma_buf_end_cpu_access(dmabuf, direction)
+    else:
+        dma_buf_begin_cpu_access(dmabuf, direction)
+    return 0
+
+
+def strndup_user(arg: UserArg, n: int, what: str) -> str:
+    """strndup_user: the NUL-terminated string at ``arg``, at most ``n`` - 1 bytes (EINVAL
+    if longer); a Python buffer that ends without a NUL ends the string."""
+    raw = b""
+    size = arg.length()
+    for i in range(n + 1):
+        c = arg.read(1, i) if size is None or i < size else b"\0"
+        if c == b"\0":
+            return raw.decode(errors="replace")
+        raw += c
+    raise kerr(errno.EINVAL, f"{what}: name longer than {n - 1} bytes (strndup_user)")
+
+
+@DMA_BUF_IOCTLS.handler(U.DMA_BUF_SET_NAME_A, U.DMA_BUF_SET_NAME_B)
+def dma_buf_set_name(dmabuf: DmaBuf, proc: Process, arg: UserArg) -> int:
+    """DMA_BUF_SET_NAME: copy the name in, then replace it under name_lock."""
+    dmabuf.buf_name = strndup_user(arg, U.DMA_BUF_NAME_LEN, "DMA_BUF_SET_NAME")
+    return 0
 
 
 # The parts of an attachment's location: its mapping state, its pins.
@@ -254,36 +402,10 @@ class DmaBufAttachment(track.Tracked):
     def __repr__(self) -> str:
         return f"<attach {self.dmabuf.name}->{self.dev}>"
 
-    # The mapping state: every access is in the footprint, plain (the resv lock guards it).
-    @property
-    def mapping(self) -> DmaMapping | None:
-        track.read(self, *_MAP)
-        return self._mapping
-
-    @mapping.setter
-    def mapping(self, m: DmaMapping | None) -> None:
-        track.write(self, *_MAP)
-        self._mapping = m
-
-    @property
-    def invalidated(self) -> bool:
-        track.read(self, *_MAP)
-        return self._invalidated
-
-    @invalidated.setter
-    def invalidated(self, v: bool) -> None:
-        track.write(self, *_MAP)
-        self._invalidated = v
-
-    @property
-    def pins(self) -> int:
-        track.read(self, *_PINS)
-        return self._pins
-
-    @pins.setter
-    def pins(self, n: int) -> None:
-        track.write(self, *_PINS)
-        self._pins = n
+    # The mapping state and the pins: plain, the resv lock guards them.
+    mapping = Plain[DmaMapping | None](_MAP)
+    invalidated = Plain[bool](_MAP)
+    pins = Plain[int](_PINS)
 
     def peek_mapping(self) -> DmaMapping | None:
         """The mapping, read lock-free and marked: for the device (it uses what it was
@@ -325,16 +447,16 @@ class DmaBufAttachment(track.Tracked):
         phys = self.dmabuf.kernel.phys
         # The memory itself: hw/physmem's contents are marked and its ownership check is the
         # physical-truth oracle (footprint only), so the DMA is judged there, never as a race.
-        for _, length, p in m.ranges:
-            if offset < pos + length and offset + n > pos:
+        for r in m.ranges:
+            if offset < pos + r.length and offset + n > pos:
                 s = max(offset, pos)
-                e = min(offset + n, pos + length)
+                e = min(offset + n, pos + r.length)
                 if write:
                     assert data is not None
-                    phys.write(p + (s - pos), data[s - offset : e - offset], who)
+                    phys.write(r.phys + (s - pos), data[s - offset : e - offset], who)
                 else:
-                    out += phys.read(p + (s - pos), e - s, who)
-            pos += length
+                    out += phys.read(r.phys + (s - pos), e - s, who)
+            pos += r.length
         return bytes(out)
 
 
@@ -351,7 +473,7 @@ def _must_not_hold(dmabuf: DmaBuf, api: str) -> None:
 
 def dma_buf_export(kernel: Kernel, ops: DmaBufOps, size: int, priv: Any,
                    flags: int = L.O_RDWR) -> DmaBuf:
-    """dma_buf_export: the mandatory ops, pin and unpin together."""
+    """dma_buf_export(exp_info): the mandatory ops, pin and unpin together."""
     if priv is None or ops.map_dma_buf is None or ops.unmap_dma_buf is None \
             or ops.release is None:
         raise kerr(errno.EINVAL, "dma_buf_export: priv, map_dma_buf, unmap_dma_buf and "
@@ -376,8 +498,8 @@ def dma_buf_get(proc: Process, fd: int) -> DmaBuf:
     """dma_buf_get: a reference to the dma-buf behind ``fd`` (EBADF, EINVAL if not one)."""
     f = proc.fget(fd, "dma_buf_get")
     if not isinstance(f, DmaBuf):
+        fput(f)
         raise kerr(errno.EINVAL, f"dma_buf_get: fd {fd} is a {f.kind}, not a dma-buf")
-    f.get()
     return f
 
 
@@ -397,8 +519,8 @@ def negotiate(dmabuf: DmaBuf, attach: DmaBufAttachment) -> None:
     model = dmabuf.ops.memory_model
     imp = attach.importer_ops
     if imp is not None and model not in imp.tolerates:
-        raise kerr(errno.EOPNOTSUPP, f"attach: importer {imp.name} does not accept "
-                   f"{model} buffers ({dmabuf.exp_name})")
+        raise kerr(errno.EOPNOTSUPP, f"attach: importer {imp.name or attach.dev} does not "
+                   f"accept {model} buffers ({dmabuf.exp_name})")
     if imp is None and model == MOVABLE and dmabuf.ops.pin is None:
         raise kerr(errno.EOPNOTSUPP, "attach: a static importer needs a pinnable exporter")
 
@@ -478,16 +600,41 @@ def dma_buf_pin(attach: DmaBufAttachment) -> None:
     buf.kernel.track("dma-buf-pin", +1)
 
 
+def _warn_on_zero(buf: DmaBuf, count: int, kind: str, what: str) -> bool:
+    """WARN_ON(!count) before an undo: with nothing to undo, a ``kind`` violation and True."""
+    if count == 0:
+        buf.sched.violation(kind, what)
+    return count == 0
+
+
 def dma_buf_unpin(attach: DmaBufAttachment) -> None:
     buf = attach.dmabuf
     _must_hold(buf, "dma_buf_unpin")
-    if attach.pins == 0:
-        buf.sched.violation("dma-buf-pin", f"unpin of {attach!r} that holds no pin")
+    if _warn_on_zero(buf, attach.pins, "dma-buf-pin", f"unpin of {attach!r} that holds no pin"):
         return
     if buf.ops.unpin is not None:
         buf.ops.unpin(attach)
     attach.pins -= 1
     buf.kernel.track("dma-buf-pin", -1)
+
+
+def _importer_view(attach: DmaBufAttachment, mapping: DmaMapping) -> DmaMapping:
+    """What the importer gets of the exporter's mapping: a physical address list for a "pal"
+    attachment (the same ranges by physical address, no DMA mapping); otherwise a DMA-address
+    -only sg_table, whose page links are not to be used (scrambled in debug builds) — an
+    importer that reaches for them is flagged like lockdep would."""
+    buf = attach.dmabuf
+    if attach.mapping_type == "pal":
+        return DmaMapping([DmaRange(r.phys, r.length, r.phys) for r in mapping.ranges],
+                          None, "pal")
+    if mapping.sgt is None:
+
+        def flag(msg: str, dev: str = attach.dev) -> None:
+            buf.sched.violation("sgt-page-access", f"{dev}: {msg} of {buf.name}")
+
+        dma = segments([(r.dma, r.length) for r in mapping.ranges], MAX_SG_ENT_SZ)
+        mapping.sgt = SgTable(dma, pages_valid=False, on_page_access=flag)
+    return mapping
 
 
 def dma_buf_map_attachment(attach: DmaBufAttachment, direction: int = 0) -> DmaMapping:
@@ -500,26 +647,14 @@ def dma_buf_map_attachment(attach: DmaBufAttachment, direction: int = 0) -> DmaM
     if buf.dynamic and not attach.dynamic:
         dma_buf_pin(attach)
         pinned_here = True
+    assert buf.ops.map_dma_buf is not None  # mandatory (dma_buf_export)
     try:
         mapping = buf.ops.map_dma_buf(attach, direction)
     except OSError:
         if pinned_here:
             dma_buf_unpin(attach)
         raise
-    if attach.mapping_type == "pal":
-        # A physical address list: the same ranges, by physical address, no DMA mapping.
-        mapping = DmaMapping([(p, n, p) for _, n, p in mapping.ranges], None, "pal")
-    elif mapping.sgt is None:
-        # What map_dma_buf hands importers: a DMA-address-only sg_table. Its page links are
-        # not to be used (scrambled in debug builds); an importer that reaches for them is
-        # flagged like lockdep would.
-        from ..dma.scatterlist import MAX_SG_ENT_SZ, SgTable, segments
-
-        def flag(msg: str, dev: str = attach.dev) -> None:
-            buf.sched.violation("sgt-page-access", f"{dev}: {msg} of {buf.name}")
-
-        dma = segments([(d, n) for d, n, _ in mapping.ranges], MAX_SG_ENT_SZ)
-        mapping.sgt = SgTable(dma, pages_valid=False, on_page_access=flag)
+    mapping = _importer_view(attach, mapping)
     if not attach.dynamic:
         buf.resv.wait_timeout(DMA_RESV_USAGE_KERNEL)
     attach.mapping = mapping
@@ -536,6 +671,7 @@ def dma_buf_unmap_attachment(attach: DmaBufAttachment, direction: int = 0) -> No
     if attach.mapping is None:
         buf.sched.violation("dma-buf-mapping", f"unmap of {attach!r} that is not mapped")
         return
+    assert buf.ops.unmap_dma_buf is not None  # mandatory (dma_buf_export)
     buf.ops.unmap_dma_buf(attach, attach.mapping, direction)
     attach.mapping = None
     attach.invalidated = False
@@ -599,8 +735,8 @@ def dma_buf_vmap(buf: DmaBuf) -> int:
 
 def dma_buf_vunmap(buf: DmaBuf) -> None:
     _must_hold(buf, "dma_buf_vunmap")
-    if buf.vmap_count == 0:
-        buf.sched.violation("dma-buf-lifetime", f"vunmap of {buf.name} that is not vmapped")
+    if _warn_on_zero(buf, buf.vmap_count, "dma-buf-lifetime",
+                     f"vunmap of {buf.name} that is not vmapped"):
         return
     if buf.ops.vunmap is not None:
         buf.ops.vunmap(buf)

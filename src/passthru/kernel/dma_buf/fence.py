@@ -3,13 +3,21 @@
 A fence signals once; waiters sleep on it (with a model-time timeout). Leaves out: callbacks,
 fence contexts and seqno ordering, error propagation beyond a recorded error code.
 
-Accesses (sim/track.py): the signalled state is ``fence->flags``' SIGNALED bit. The signaller
-sets it with test_and_set_bit under ``fence->lock`` (dma_fence_signal_timestamp_locked): an
-atomic read-modify-write, so a marked write; readers test it lock-free (dma_fence_is_signaled:
-test_bit), a marked read. Neither is ever a data race. Happens-before: what the signaller did
-before signalling is ordered before whatever a task does after it *saw* the fence signalled —
-by waiting (dma_fence_wait) or by testing the bit (dma_fence_is_signaled, dma_resv's pruning
-of signalled fences): the fence is the dma-buf world's release/acquire.
+Invariants: a fence signals at most once; its error is set before it signals. Units: timeouts
+in nanoseconds of model time; ``error`` a negative errno (0: none).
+
+Which lock protects which field (sim/track.py):
+- ``_signaled`` (``fence->flags``' SIGNALED bit, location ``fence:<name>``): the signaller
+  sets it with test_and_set_bit under ``fence->lock`` (dma_fence_signal_timestamp_locked): an
+  atomic read-modify-write, so a marked write; readers test it lock-free
+  (dma_fence_is_signaled: test_bit), a marked read. Neither is ever a data race;
+- ``error``: written by the signaller before it publishes the bit, read by those who saw it
+  set (ordered by the release/acquire below);
+- ``name``, ``sched``, the wait queue: set at creation, never rebound.
+Happens-before: what the signaller did before signalling is ordered before whatever a task
+does after it *saw* the fence signalled — by waiting (dma_fence_wait) or by testing the bit
+(dma_fence_is_signaled, dma_resv's pruning of signalled fences): the fence is the dma-buf
+world's release/acquire.
 """
 
 from __future__ import annotations

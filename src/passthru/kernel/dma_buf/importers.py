@@ -20,30 +20,52 @@
 Drivers (drivers/infiniband/core/umem_dmabuf.c, drivers/gpu/drm/drm_prime.c, amdgpu/xe) are
 reduced to the attach/map/invalidate protocol and their device's DMA.
 
-Locking, as those drivers do it: an importer touches its attachment's mapping state and its own
-invalidation state (``<dev>.importer``: needs-unmap, the invalidation count, a lost context)
-only with the buffer's resv lock held — its invalidate callback runs with it held, and every
-driver path takes it (ib_umem_dmabuf_map_pages, amdgpu_dma_buf_move_notify). A job hands the
-device the mapping it captured under the lock; the device's DMA is hardware (core.dma_access).
-The quiescing importer's in-flight count is an atomic_t (``<dev>.inflight``).
+Ops and state, as the kernel separates them: every importer attaches with a static
+:class:`~.core.DmaBufAttachOps` table (:func:`importer_ops`: one frozen table per
+configuration — peer2peer, tolerated memory models, whether it has move_notify — shared by
+every importer with it) whose ``invalidate`` is :func:`importer_move_notify`; the driver's
+state is the importer object, passed as ``importer_priv`` and found again in
+``attach.importer_priv``, as amdgpu finds its bo.
+
+Invariants: an importer unmaps what it was told to drop — at once ("sync", or in the callback
+after draining), from its work item ("work"), or never (the broken one the exporter's wait
+catches); a fenced job's fence signals after its DMA; a pinned RDMA MR is never invalidated
+(``rdma-pinned-moved``). Units: bytes (offsets into the buffer).
+
+Which lock protects which field (sim/track.py):
+- ``needs_unmap``, ``invalidations`` (location ``<dev>.importer``) and the compositor's
+  ``context_lost``: the buffer's resv lock — the invalidate callback runs with it held
+  (dma_buf_invalidate_mappings asserts it) and every driver path takes it around them
+  (ib_umem_dmabuf_map_pages, amdgpu_dma_buf_move_notify); plain accesses;
+- the attachment's mapping state: the resv lock (core.py);
+- ``QuiescingImporter.inflight`` (``<dev>.inflight``): an atomic_t, an atomic cell;
+- ``dev``, ``dynamic``, ``unmap``, ``uses_fences``, ``ops``, ``attach_``, ``mode``: set by
+  the driver before (or while) it attaches, read-only while tasks run.
+A job hands the device the mapping it captured under the lock; the device's DMA is hardware
+(core.dma_access).
 """
 
 from __future__ import annotations
 
+from functools import cache
 from typing import TYPE_CHECKING
 
 from ...sim import track
 from ...sim.locks import WaitQueue
 from ...sim.track import Cell
+from ...uapi import linux as L
+from ..mm.gup import pin_user_pages
 from . import core
 from .core import (
     MEMORY_MODELS,
     MOVABLE,
     PINNED,
+    REVOCABLE,
     DmaBuf,
     DmaBufAttachment,
     DmaBufAttachOps,
     DmaMapping,
+    Plain,
 )
 from .fence import DmaFence
 from .resv import DMA_RESV_USAGE_WRITE
@@ -52,45 +74,47 @@ if TYPE_CHECKING:
     from ..fs.process import Process
 
 
+def importer_move_notify(attach: DmaBufAttachment) -> None:
+    """The importers' move_notify / invalidate_mappings (resv held): the driver's state is
+    ``attach.importer_priv``."""
+    imp: DeviceImporter = attach.importer_priv
+    imp.move_notify(attach)
+
+
+@cache
+def importer_ops(allow_peer2peer: bool, tolerates: frozenset[str],
+                 has_move_notify: bool = True) -> DmaBufAttachOps:
+    """The static dma_buf_attach_ops of one importer configuration (one shared frozen table
+    per distinct argument tuple). ``has_move_notify`` False: ops without the callback, which
+    attach refuses before 7.1 (EINVAL) and 7.1 allows for non-revocable buffers."""
+    return DmaBufAttachOps(invalidate=importer_move_notify if has_move_notify else None,
+                           allow_peer2peer=allow_peer2peer, tolerates=tolerates)
+
+
 class DeviceImporter(track.Tracked):
+    """A device driver importing one dma-buf. ``dynamic`` False: a static importer (no ops:
+    pin on map); ``has_move_notify`` False: importer ops without the callback."""
+
     def __init__(self, dev: str, dynamic: bool = True, unmap: str = "sync",
                  p2p: bool = True, tolerates: frozenset[str] = frozenset(MEMORY_MODELS),
-                 uses_fences: bool = True) -> None:
+                 uses_fences: bool = True, has_move_notify: bool = True) -> None:
         assert unmap in ("sync", "work", "never")
         self.dev = dev
         self.dynamic = dynamic
         self.unmap = unmap
         self.uses_fences = uses_fences
-        self.ops = DmaBufAttachOps(allow_peer2peer=p2p, invalidate=self._invalidate,
-                                   tolerates=tolerates, name=dev) if dynamic else None
+        self.ops = importer_ops(p2p, tolerates, has_move_notify) if dynamic else None
         self.attach_: DmaBufAttachment | None = None
         self._invalidations = 0
         self._needs_unmap = False
         self.track_init(f"{dev}.importer")
 
     # The importer's own invalidation state: plain, under the buffer's resv lock.
-    @property
-    def needs_unmap(self) -> bool:
-        track.read(self)
-        return self._needs_unmap
+    needs_unmap = Plain[bool]()
+    invalidations = Plain[int]()
 
-    @needs_unmap.setter
-    def needs_unmap(self, v: bool) -> None:
-        track.write(self)
-        self._needs_unmap = v
-
-    @property
-    def invalidations(self) -> int:
-        track.read(self)
-        return self._invalidations
-
-    @invalidations.setter
-    def invalidations(self, n: int) -> None:
-        track.write(self)
-        self._invalidations = n
-
-    # importer ops
-    def _invalidate(self, attach: DmaBufAttachment) -> None:
+    def move_notify(self, attach: DmaBufAttachment) -> None:
+        """The driver's reaction to invalidation (resv held): unmap now, or later."""
         self.invalidations += 1
         if attach.mapping is None:
             return
@@ -120,6 +144,7 @@ class DeviceImporter(track.Tracked):
 
     def _may_unmap(self) -> bool:
         """Whether the lazy unmap is due (resv held)."""
+        self._a().dmabuf.resv.assert_held("the importer's lazy unmap")
         return self.needs_unmap
 
     def unmap_if_invalidated(self) -> None:
@@ -169,16 +194,21 @@ class DeviceImporter(track.Tracked):
             a.dmabuf.resv.unlock()
 
     def teardown(self) -> None:
+        """The driver lets go: drop what it holds under the resv lock, then detach."""
         a = self.attach_
         if a is None or a.detached:
             return
         a.dmabuf.resv.lock_ctx()
         try:
-            if a.mapping is not None:
-                core.dma_buf_unmap_attachment(a)
+            self._drop(a)
         finally:
             a.dmabuf.resv.unlock()
         core.dma_buf_detach(a.dmabuf, a)
+
+    def _drop(self, a: DmaBufAttachment) -> None:
+        """What teardown undoes with the resv lock held: the mapping."""
+        if a.mapping is not None:
+            core.dma_buf_unmap_attachment(a)
 
     def _a(self) -> DmaBufAttachment:
         assert self.attach_ is not None, "attach first"
@@ -214,7 +244,7 @@ class QuiescingImporter(DeviceImporter):
             self._idle_wq = WaitQueue(buf.sched, f"{self.dev}.idle")
         return self._idle_wq
 
-    def _invalidate(self, attach: DmaBufAttachment) -> None:
+    def move_notify(self, attach: DmaBufAttachment) -> None:
         self.invalidations += 1
         if attach.mapping is None:
             return
@@ -228,7 +258,7 @@ class QuiescingImporter(DeviceImporter):
             core.dma_buf_unmap_attachment(attach)
 
     def _may_unmap(self) -> bool:
-        return self.needs_unmap and not self.inflight.get()
+        return super()._may_unmap() and not self.inflight.get()
 
     def dma_burst(self, offset: int, chunks: list[bytes]) -> None:
         """One DMA job writing ``chunks`` back to back through the live mapping (no fence).
@@ -262,13 +292,13 @@ class RdmaMrImporter(DeviceImporter):
                          unmap="work" if mode == "odp" else "sync")
         self.mode = mode
 
-    def _invalidate(self, attach: DmaBufAttachment) -> None:
+    def move_notify(self, attach: DmaBufAttachment) -> None:
         if self.mode == "pinned":
             # ib_umem_dmabuf_unsupported_move_notify: a pinned MR must never be moved.
             attach.dmabuf.sched.violation(
                 "rdma-pinned-moved", f"{self.dev}: move_notify on a pinned MR")
             return
-        super()._invalidate(attach)
+        super().move_notify(attach)
 
     def register(self, buf: DmaBuf) -> None:
         """ibv_reg_dmabuf_mr: attach, pin (pinned mode), map."""
@@ -286,19 +316,11 @@ class RdmaMrImporter(DeviceImporter):
         finally:
             buf.resv.unlock()
 
-    def teardown(self) -> None:
-        a = self.attach_
-        if a is None or a.detached:
-            return
-        a.dmabuf.resv.lock_ctx()
-        try:
-            if a.mapping is not None:
-                core.dma_buf_unmap_attachment(a)
-            while a.pins:
-                core.dma_buf_unpin(a)
-        finally:
-            a.dmabuf.resv.unlock()
-        core.dma_buf_detach(a.dmabuf, a)
+    def _drop(self, a: DmaBufAttachment) -> None:
+        """ib_umem_dmabuf_release: unmap, then unpin (a pinned MR)."""
+        super()._drop(a)
+        while a.pins:
+            core.dma_buf_unpin(a)
 
 
 class CompositorImporter(DeviceImporter):
@@ -307,25 +329,23 @@ class CompositorImporter(DeviceImporter):
     def __init__(self, dev: str = "compositor-gpu", accepts_revocable: bool = False) -> None:
         tol = frozenset(MEMORY_MODELS) if accepts_revocable else frozenset({PINNED, MOVABLE})
         super().__init__(dev, dynamic=True, p2p=True, tolerates=tol)
-        self.context_lost = False
+        self._context_lost = False
 
-    def _invalidate(self, attach: DmaBufAttachment) -> None:
-        if attach.dmabuf.ops.memory_model == "revocable":
+    context_lost = Plain[bool]()  # resv held: written by the callback
+
+    def move_notify(self, attach: DmaBufAttachment) -> None:
+        if attach.dmabuf.ops.memory_model == REVOCABLE:
             # A revoked client buffer under scan-out/composition: the GPU context faults.
-            track.write(self)  # resv held: the callback's
             self.context_lost = True
             attach.dmabuf.sched.violation(
                 "compositor-shot-down", f"{self.dev}: a client revoked {attach.dmabuf.name} "
                 "while the compositor used it; its GPU context is lost")
-        super()._invalidate(attach)
+        super().move_notify(attach)
 
 
 def kvm_legacy_map(proc: Process, fd: int, length: int) -> int:
     """The legacy KVM path: mmap the dma-buf, then pin_user_pages it (as KVM's hva_to_pfn
     would for a long-term pin). Returns the address; raises EFAULT on special PTEs."""
-    from ...uapi import linux as L
-    from ..mm.gup import pin_user_pages
-
     addr = proc.mmap(0, length, L.PROT_READ | L.PROT_WRITE, L.MAP_SHARED, fd, 0)
     try:
         pin = pin_user_pages(proc.mm, addr, length, write=True)

@@ -10,11 +10,22 @@ signal the move fence; unlock. Static importers pin on map, so
 their buffers stay put. Leaves out: eviction heuristics, GPU page tables, the copy engine
 (the copy happens in the CPU's model time, as one step).
 
-Accesses (sim/track.py): the placement — which memory backs the buffer (``extents``,
-``placement``, ``moves``) — and the pin count are one location, ``<buf>.placement``, read and
-written plain under the resv lock, as TTM's bo->resource and pin_count are (dma_resv_assert_held
-in ttm_bo_pin/unpin, ttm_bo_validate; the exporter's pin/unpin/map run with it held); the
-release reads it last, alone.
+The ops are the static :data:`MOVABLE_OPS`; the buffer object (TTM's ``ttm_buffer_object``,
+reduced) is the :class:`MovableExporter` in ``dmabuf.priv``.
+
+Invariants: a pinned buffer never moves (EBUSY; the seeded bug ``dma_buf.move_pinned`` moves
+it and reports ``pinned-moved``); every fence a move publishes signals, with the error if the
+move fails after publishing it; the old placement is freed only after the importers were
+told and every published fence retired (``dma_buf.move_skips_fence_wait`` skips the wait).
+Units: bytes; ``extents`` are physical (start, end) byte ranges in buffer order.
+
+Which lock protects which field (sim/track.py; one location ``<buf>.placement``, plain):
+- ``placement``, ``extents``, ``moves``: the resv lock, as TTM's bo->resource is —
+  :meth:`MovableExporter.migrate` takes it, the map op runs under the core's assertion; the
+  release reads them last, alone;
+- ``pin_count``: the resv lock, as TTM's pin_count (dma_resv_assert_held in ttm_bo_pin/unpin):
+  the pin/unpin ops run under dma_buf_pin/unpin's assertion;
+- ``kernel``, ``size``, ``dmem``: set before the buffer is shared, read-only afterwards.
 """
 
 from __future__ import annotations
@@ -28,7 +39,15 @@ from ...sim import track
 from ...uapi import linux as L
 from ..cgroup.dmem import DmemRegion
 from . import core
-from .core import MOVABLE, DmaBuf, DmaBufAttachment, DmaBufOps, DmaMapping
+from .core import (
+    MOVABLE,
+    DmaBuf,
+    DmaBufAttachment,
+    DmaBufOps,
+    DmaMapping,
+    Plain,
+    dma_direct,
+)
 from .fence import DmaFence
 from .resv import DMA_RESV_USAGE_BOOKKEEP, DMA_RESV_USAGE_KERNEL
 
@@ -40,9 +59,8 @@ _PLACEMENT = (0, 1)
 _PINS = (1, 2)
 
 
-class MovableExporter(DmaBufOps, track.Tracked):
-    memory_model = MOVABLE
-    exp_name = "gpu-movable"
+class MovableExporter(track.Tracked):
+    """The buffer object (``dmabuf.priv``): its placement, its pins, and the move."""
 
     def __init__(self, kernel: Kernel, size: int, placement: str = "vram",
                  dmem: DmemRegion | None = None) -> None:
@@ -55,68 +73,10 @@ class MovableExporter(DmaBufOps, track.Tracked):
         self._moves = 0
 
     # The placement and the pin count: plain accesses, the resv lock guards them.
-    @property
-    def placement(self) -> str:
-        track.read(self, *_PLACEMENT)
-        return self._placement
-
-    @placement.setter
-    def placement(self, to: str) -> None:
-        track.write(self, *_PLACEMENT)
-        self._placement = to
-
-    @property
-    def extents(self) -> list[tuple[int, int]]:
-        track.read(self, *_PLACEMENT)
-        return self._extents
-
-    @extents.setter
-    def extents(self, ext: list[tuple[int, int]]) -> None:
-        track.write(self, *_PLACEMENT)
-        self._extents = ext
-
-    @property
-    def moves(self) -> int:
-        track.read(self, *_PLACEMENT)
-        return self._moves
-
-    @moves.setter
-    def moves(self, n: int) -> None:
-        track.write(self, *_PLACEMENT)
-        self._moves = n
-
-    @property
-    def pin_count(self) -> int:
-        track.read(self, *_PINS)
-        return self._pin_count
-
-    @pin_count.setter
-    def pin_count(self, n: int) -> None:
-        track.write(self, *_PINS)
-        self._pin_count = n
-
-    def pin(self, attach: DmaBufAttachment) -> None:
-        # Pinning device memory charges the dmem cgroup (a pinned buffer cannot be evicted);
-        # over the limit the pin fails and nothing is charged or pinned.
-        if self.dmem is not None and self.placement == "vram":
-            self.dmem.try_charge(self.size, f"pin of {attach.dmabuf.name}")
-        self.pin_count += 1
-
-    def unpin(self, attach: DmaBufAttachment) -> None:
-        self.pin_count -= 1
-        if self.dmem is not None and self.placement == "vram":
-            self.dmem.uncharge(self.size)
-
-    def map_dma_buf(self, attach: DmaBufAttachment, direction: int) -> DmaMapping:
-        return DmaMapping([(s, e - s, s) for s, e in self.extents])
-
-    def unmap_dma_buf(self, attach: DmaBufAttachment, mapping: DmaMapping, d: int) -> None:
-        pass
-
-    def release(self, buf: DmaBuf) -> None:
-        for s, e in self.extents:
-            self.kernel.phys.release(s, e)
-        self.extents = []
+    placement = Plain[str](_PLACEMENT)
+    extents = Plain[list[tuple[int, int]]](_PLACEMENT)
+    moves = Plain[int](_PLACEMENT)
+    pin_count = Plain[int](_PINS)
 
     def migrate(self, buf: DmaBuf, to: str) -> None:
         """Move the buffer to placement ``to`` ("vram" or "system")."""
@@ -182,11 +142,49 @@ class MovableExporter(DmaBufOps, track.Tracked):
             pos += n
 
 
+# ----- dma_buf_ops ---------------------------------------------------------------------------
+def movable_pin(attach: DmaBufAttachment) -> None:
+    """Pinning device memory charges the dmem cgroup (a pinned buffer cannot be evicted);
+    over the limit the pin fails and nothing is charged or pinned."""
+    exp: MovableExporter = attach.dmabuf.priv
+    if exp.dmem is not None and exp.placement == "vram":
+        exp.dmem.try_charge(exp.size, f"pin of {attach.dmabuf.name}")
+    exp.pin_count += 1
+
+
+def movable_unpin(attach: DmaBufAttachment) -> None:
+    exp: MovableExporter = attach.dmabuf.priv
+    exp.pin_count -= 1
+    if exp.dmem is not None and exp.placement == "vram":
+        exp.dmem.uncharge(exp.size)
+
+
+def movable_map_dma_buf(attach: DmaBufAttachment, direction: int) -> DmaMapping:
+    exp: MovableExporter = attach.dmabuf.priv
+    return dma_direct(exp.extents)
+
+
+def movable_unmap_dma_buf(attach: DmaBufAttachment, mapping: DmaMapping, direction: int) -> None:
+    pass
+
+
+def movable_release(buf: DmaBuf) -> None:
+    exp: MovableExporter = buf.priv
+    for s, e in exp.extents:
+        exp.kernel.phys.release(s, e)
+    exp.extents = []
+
+
+MOVABLE_OPS = DmaBufOps(pin=movable_pin, unpin=movable_unpin,
+                        map_dma_buf=movable_map_dma_buf, unmap_dma_buf=movable_unmap_dma_buf,
+                        release=movable_release, memory_model=MOVABLE, exp_name="gpu-movable")
+
+
 def movable_dmabuf(kernel: Kernel, size: int, placement: str = "vram",
                    dmem: DmemRegion | None = None) -> DmaBuf:
     exp = MovableExporter(kernel, size, placement, dmem)
     try:
-        buf = core.dma_buf_export(kernel, exp, exp.size, priv=exp)
+        buf = core.dma_buf_export(kernel, MOVABLE_OPS, exp.size, priv=exp)
     except OSError:
         for s, e in exp._extents:  # the error path frees the VRAM (found by fail_nth)
             kernel.phys.release(s, e)

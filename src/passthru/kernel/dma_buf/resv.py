@@ -7,12 +7,17 @@ waiting for BOOKKEEP waits for everything and waiting for KERNEL only for memory
 (moves, clears). Adding a fence needs the lock held (dma_resv_assert_held), as does reading
 the list without RCU — violations are reported like lockdep would.
 
-Accesses (sim/track.py): the fence list (``<buf>.resv.fences``) is written only under the
-lock (dma_resv_add_fence: plain) and published by RCU; :meth:`DmaResv.pending`,
-:meth:`test_signaled` and :meth:`wait_timeout` read it as the kernel's unlocked dma_resv_iter
-does — RCU, so marked reads; ``pending(usage, locked=True)`` is dma_resv_for_each_fence, the
-locked walk (plain, lock asserted). The list is an immutable tuple replaced on every update, as
-an RCU reader would see a consistent snapshot.
+Invariants: a fence joins the list only with the lock held, and the signalled fences are
+pruned whenever one is added; the list is an immutable tuple replaced on every update, so an
+RCU reader sees a consistent snapshot. Units: timeouts in nanoseconds of model time.
+
+Which lock protects which field (sim/track.py):
+- ``_fences`` (``<buf>.resv.fences``): the resv lock for writes — dma_resv_add_fence asserts
+  it (plain write) — and for the locked walk, ``pending(usage, locked=True)``
+  (dma_resv_for_each_fence: plain, asserted); :meth:`DmaResv.pending`,
+  :meth:`test_signaled` and :meth:`wait_timeout` read it as the kernel's unlocked
+  dma_resv_iter does — RCU, so marked reads;
+- ``lock`` (the ww_mutex itself), ``name``, ``sched``: set at creation, never rebound.
 Leaves out: fence slot reservation (dma_resv_reserve_fences), seqcount retries.
 """
 

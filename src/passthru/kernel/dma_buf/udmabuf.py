@@ -29,11 +29,23 @@ the udmabuf keeps the old one (udmabuf's known coherency caveat).
 
 Pins block F_SEAL_WRITE on the memfd (memfd_wait_for_pins: EBUSY) while the buffer lives.
 
-Accesses (sim/track.py): the buffer's pages (``udmabuf.pages``) are written while it is built
-and at release, read in between; its own location (``udmabuf``) holds the sg table pointer,
-which begin_cpu_udmabuf fills in with no lock at all (two concurrent DMA_BUF_IOCTL_SYNC calls
-race on it in the kernel too: plain, so the model reports that race), and the vmap count,
-under the resv lock (vmap_udmabuf asserts it): plain.
+The ops are the static :data:`UDMABUF_OPS` (udmabuf_ops); the buffer is the :class:`Udmabuf`
+in ``dmabuf.priv``. /dev/udmabuf's ioctls are the table :data:`UDMABUF_IOCTLS`.
+
+Invariants: ``pages`` covers ``[0, size)`` from export until release and every page in it is
+held by one of ``pins``; a failed create leaves nothing pinned; the memfd's file reference is
+dropped once its range is pinned.
+Units: bytes (offsets, sizes); ``pagecount`` in pages; ``pages`` maps buffer offsets to
+physical byte addresses.
+
+Which lock protects which field (sim/track.py):
+- ``pages`` (``udmabuf.pages``), ``pins``, ``pagecount``: written while the buffer is built
+  (before export) and at release, read in between: plain, no lock;
+- ``sg`` (location ``udmabuf``, first part): no lock at all — begin_cpu_udmabuf fills it in
+  plain, and two concurrent DMA_BUF_IOCTL_SYNC calls race on it in the kernel too, so the
+  model reports that race;
+- ``vmap_cnt`` (location ``udmabuf``, second part): the resv lock — the vmap/vunmap ops run
+  under dma_buf_vmap/vunmap's assertion; plain.
 
 Model deviations (docs/fidelity.md): the fault handler's prefault of the whole VMA happens at
 mmap time (mm/vma.py raises SIGBUS on a VM_PFNMAP hole without asking vm_ops->fault); a
@@ -47,20 +59,30 @@ from __future__ import annotations
 
 import ctypes
 import errno
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
-from ...errors import Fault, kerr
-from ...extents import RangeMap
+from ...errors import kerr
+from ...extents import Extent, RangeMap
 from ...sim import track
 from ...uapi import linux as L
 from ...uapi import udmabuf as U
-from ..fs.file import File
+from ..fs.file import File, fput
+from ..fs.ioctl_table import IoctlTable
+from ..init import initcall
 from ..mm.gup import Pin
 from ..mm.memfd import MemfdFile
-from ..mm.vma import VM_DONTDUMP, VM_DONTEXPAND, VM_MAYSHARE, VM_PFNMAP, VM_SHARED, page_up
+from ..mm.vma import VM_DONTDUMP, VM_DONTEXPAND, VM_PFNMAP, page_up
 from . import core
-from .core import PINNED, DmaBuf, DmaBufAttachment, DmaBufOps, DmaMapping
-from .heaps import vmap_address
+from .core import (
+    PINNED,
+    DmaBuf,
+    DmaBufAttachment,
+    DmaBufOps,
+    DmaMapping,
+    dma_direct,
+    mmap_needs_shared,
+    sigbus_past_the_end,
+)
 
 if TYPE_CHECKING:
     from ..core import Kernel
@@ -80,13 +102,10 @@ _SG = (0, 1)
 _VMAP = (1, 2)
 
 
-class Udmabuf(DmaBufOps, track.Tracked):
-    """struct udmabuf plus udmabuf_ops. ``pages`` maps buffer offsets to physical addresses
-    (linear extents, so physically contiguous neighbours merge); ``pins`` are the long-term
-    pins memfd_pin_folios took, one per item."""
-
-    memory_model = PINNED
-    exp_name = "udmabuf"
+class Udmabuf(track.Tracked):
+    """struct udmabuf, the export's private data (``dmabuf.priv``). ``pages`` maps buffer
+    offsets to physical addresses (linear extents, so physically contiguous neighbours
+    merge); ``pins`` are the long-term pins memfd_pin_folios took, one per item."""
 
     def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
@@ -118,70 +137,90 @@ class Udmabuf(DmaBufOps, track.Tracked):
             pin.unpin()
         self.pins.clear()
 
-    # ----- dma_buf_ops ---------------------------------------------------------------------
-    def map_dma_buf(self, attach: DmaBufAttachment, direction: int) -> DmaMapping:
-        """get_sg_table + dma_map_sgtable on dma-direct: DMA address = physical address, one
-        range per physically contiguous run."""
-        if self.kernel.sched.fault("kzalloc"):
-            raise kerr(errno.ENOMEM, "map_udmabuf: sg table allocation failed (injected)")
-        return DmaMapping([(p, e - s, p) for s, e, p in self.pages])
 
-    def unmap_dma_buf(self, attach: DmaBufAttachment, mapping: DmaMapping, d: int) -> None:
-        pass
+# ----- udmabuf_ops ---------------------------------------------------------------------------
+def map_udmabuf(attach: DmaBufAttachment, direction: int) -> DmaMapping:
+    """get_sg_table + dma_map_sgtable on dma-direct: DMA address = physical address, one
+    range per physically contiguous run."""
+    ubuf: Udmabuf = attach.dmabuf.priv
+    if ubuf.kernel.sched.fault("kzalloc"):
+        raise kerr(errno.ENOMEM, "map_udmabuf: sg table allocation failed (injected)")
+    return dma_direct((p, p + (e - s)) for s, e, p in ubuf.pages)
 
-    def mmap(self, buf: DmaBuf, vma: Vma) -> None:
-        """mmap_udmabuf: MAP_SHARED only; a VM_PFNMAP VMA."""
-        if (vma.vm_flags & (VM_SHARED | VM_MAYSHARE)) == 0:
-            raise kerr(errno.EINVAL, "mmap: udmabuf needs MAP_SHARED")
-        vma.vm_flags |= VM_PFNMAP | VM_DONTEXPAND | VM_DONTDUMP
-        # udmabuf_vm_fault's prefault: every page of the VMA at once (see the module).
-        start = vma.pgoff
-        for s, e, p in self.pages.overlapping(start, start + (vma.end - vma.start)):
-            vma.ptes.set(vma.start + (s - start), vma.start + (e - start), p)
 
-    def fault(self, buf: DmaBuf, vma: Vma, start: int, end: int,
-              write: bool) -> list[tuple[int, int, int]]:
-        """udmabuf_vm_fault: vmf_insert_pfn; SIGBUS at pgoff >= pagecount."""
-        if end > self.size:
-            addr = vma.start + (max(start, self.size) - vma.pgoff)
-            raise Fault(addr, "SIGBUS", "udmabuf fault past the buffer (pgoff >= pagecount)")
-        return [(s, e, p) for s, e, p in self.pages.overlapping(start, end)]
+def unmap_udmabuf(attach: DmaBufAttachment, mapping: DmaMapping, direction: int) -> None:
+    pass
 
-    def vmap(self, buf: DmaBuf) -> int:
-        """vmap_udmabuf: vmap_pfn of every page (EINVAL if it fails)."""
-        if self.kernel.sched.fault("vmap"):
-            raise kerr(errno.EINVAL, "vmap_udmabuf: vmap_pfn failed (injected)")
-        track.write(self, *_VMAP)  # resv held (dma_buf_vmap)
-        self.vmap_cnt += 1
-        return vmap_address(self.kernel)
 
-    def vunmap(self, buf: DmaBuf) -> None:
-        track.write(self, *_VMAP)
-        self.vmap_cnt -= 1
+def mmap_udmabuf(buf: DmaBuf, vma: Vma) -> None:
+    """mmap_udmabuf: MAP_SHARED only; a VM_PFNMAP VMA."""
+    mmap_needs_shared(vma, "udmabuf")
+    vma.vm_flags |= VM_PFNMAP | VM_DONTEXPAND | VM_DONTDUMP
+    # udmabuf_vm_fault's prefault: every page of the VMA at once (see the module).
+    start = vma.pgoff
+    for s, e, p in buf.priv.pages.overlapping(start, start + (vma.end - vma.start)):
+        vma.ptes.set(vma.start + (s - start), vma.start + (e - start), p)
 
-    def begin_cpu_access(self, buf: DmaBuf, direction: int) -> None:
-        """begin_cpu_udmabuf: build the sg table on first use, else sync it for the CPU.
-        No lock: ubuf->sg is read and set plain."""
-        track.read(self, *_SG)
-        if not self.sg:
-            if self.kernel.sched.fault("kzalloc"):
-                raise kerr(errno.ENOMEM, "begin_cpu_udmabuf: sg table allocation failed "
-                           "(injected)")
-            track.write(self, *_SG)
-            self.sg = True
 
-    def end_cpu_access(self, buf: DmaBuf, direction: int) -> None:
-        """end_cpu_udmabuf: EINVAL without a table (no DMA_BUF_SYNC_START came first)."""
-        track.read(self, *_SG)
-        if not self.sg:
-            raise kerr(errno.EINVAL, "end_cpu_udmabuf: no sg table (sync END before START)")
+def udmabuf_vm_fault(buf: DmaBuf, vma: Vma, start: int, end: int,
+                     write: bool) -> list[Extent[int]]:
+    """udmabuf_vm_fault: vmf_insert_pfn; SIGBUS at pgoff >= pagecount."""
+    ubuf: Udmabuf = buf.priv
+    sigbus_past_the_end(vma, start, end, ubuf.size, "udmabuf")
+    return ubuf.pages.overlapping(start, end)
 
-    def release(self, buf: DmaBuf) -> None:
-        """release_udmabuf: put the sg table, unpin every folio."""
-        track.write(self, *_SG)
-        self.sg = False
-        self.unpin_all()
-        self.pages.clear()
+
+def vmap_udmabuf(buf: DmaBuf) -> int:
+    """vmap_udmabuf: vmap_pfn of every page (EINVAL if it fails)."""
+    ubuf: Udmabuf = buf.priv
+    if ubuf.kernel.sched.fault("vmap"):
+        raise kerr(errno.EINVAL, "vmap_udmabuf: vmap_pfn failed (injected)")
+    track.write(ubuf, *_VMAP)  # resv held (dma_buf_vmap asserted it)
+    ubuf.vmap_cnt += 1
+    return core.vmap_address(ubuf.kernel)
+
+
+def vunmap_udmabuf(buf: DmaBuf) -> None:
+    ubuf: Udmabuf = buf.priv
+    track.write(ubuf, *_VMAP)  # resv held (dma_buf_vunmap asserted it)
+    ubuf.vmap_cnt -= 1
+
+
+def begin_cpu_udmabuf(buf: DmaBuf, direction: int) -> None:
+    """begin_cpu_udmabuf: build the sg table on first use, else sync it for the CPU.
+    No lock: ubuf->sg is read and set plain."""
+    ubuf: Udmabuf = buf.priv
+    track.read(ubuf, *_SG)
+    if not ubuf.sg:
+        if ubuf.kernel.sched.fault("kzalloc"):
+            raise kerr(errno.ENOMEM, "begin_cpu_udmabuf: sg table allocation failed "
+                       "(injected)")
+        track.write(ubuf, *_SG)
+        ubuf.sg = True
+
+
+def end_cpu_udmabuf(buf: DmaBuf, direction: int) -> None:
+    """end_cpu_udmabuf: EINVAL without a table (no DMA_BUF_SYNC_START came first)."""
+    ubuf: Udmabuf = buf.priv
+    track.read(ubuf, *_SG)
+    if not ubuf.sg:
+        raise kerr(errno.EINVAL, "end_cpu_udmabuf: no sg table (sync END before START)")
+
+
+def release_udmabuf(buf: DmaBuf) -> None:
+    """release_udmabuf: put the sg table, unpin every folio."""
+    ubuf: Udmabuf = buf.priv
+    track.write(ubuf, *_SG)
+    ubuf.sg = False
+    ubuf.unpin_all()
+    ubuf.pages.clear()
+
+
+UDMABUF_OPS = DmaBufOps(map_dma_buf=map_udmabuf, unmap_dma_buf=unmap_udmabuf,
+                        release=release_udmabuf, mmap=mmap_udmabuf, fault=udmabuf_vm_fault,
+                        vmap=vmap_udmabuf, vunmap=vunmap_udmabuf,
+                        begin_cpu_access=begin_cpu_udmabuf, end_cpu_access=end_cpu_udmabuf,
+                        memory_model=PINNED, exp_name="udmabuf")
 
 
 def memfd_pin_folios(memfd: MemfdFile, start: int, end: int) -> Pin:
@@ -219,9 +258,18 @@ def check_memfd_seals(memfd: File) -> MemfdFile:
     return memfd
 
 
-def udmabuf_create(proc: Process, flags: int,
-                   items: list[tuple[int, int, int]]) -> int:
-    """udmabuf_create for (memfd, offset, size) items; returns the new dma-buf fd."""
+class UdmabufItem(NamedTuple):
+    """One range of a create request (struct udmabuf_create_item): ``size`` bytes at
+    ``offset`` of the memfd behind fd ``memfd``."""
+
+    memfd: int
+    offset: int
+    size: int
+
+
+def udmabuf_create(proc: Process, flags: int, items: list[UdmabufItem]) -> int:
+    """udmabuf_create: check the items, pin each memfd range (fget … fput per item: the pins,
+    not the file, keep the pages), export, install the fd; returns the new dma-buf fd."""
     kernel = proc.kernel
     sched = kernel.sched
     if sched.fault("kzalloc"):
@@ -244,16 +292,21 @@ def udmabuf_create(proc: Process, flags: int,
                    "(injected)")
     ubuf = Udmabuf(kernel)
     try:
-        for i, (fd, offset, size) in enumerate(items):
-            f = proc.fds.get(fd)
+        for i, item in enumerate(items):
+            f = proc.fget_or_none(item.memfd)
             if f is None:
-                raise kerr(errno.EBADFD, f"udmabuf: item {i}: fd {fd} is not open (fget)")
-            # inode_lock_shared against a concurrent memfd_add_seals
-            sched.point(f"{f.name}.i_rwsem", "r")
-            memfd = check_memfd_seals(f)
-            loff = offset - (1 << 64) if offset > LOFF_MAX else offset
-            ubuf.pin_folios(memfd, loff, size)
-        buf = core.dma_buf_export(kernel, ubuf, ubuf.size, priv=ubuf, flags=L.O_RDWR)
+                raise kerr(errno.EBADFD, f"udmabuf: item {i}: fd {item.memfd} is not open "
+                           "(fget)")
+            try:
+                # inode_lock_shared against a concurrent memfd_add_seals
+                sched.point(f"{f.name}.i_rwsem", "r")
+                memfd = check_memfd_seals(f)
+                offset = item.offset
+                loff = offset - (1 << 64) if offset > LOFF_MAX else offset
+                ubuf.pin_folios(memfd, loff, item.size)
+            finally:
+                fput(f)
+        buf = core.dma_buf_export(kernel, UDMABUF_OPS, ubuf.size, priv=ubuf, flags=L.O_RDWR)
     except OSError:
         ubuf.unpin_all()
         raise
@@ -262,29 +315,43 @@ def udmabuf_create(proc: Process, flags: int,
     return core.dma_buf_fd(proc, buf, cloexec)  # EMFILE: the put releases (unpins) it
 
 
+# ----- /dev/udmabuf and its ioctls (udmabuf_ioctl) --------------------------------------------
+def _not_a_udmabuf_ioctl(dev: File, proc: Process, cmd: int, arg: UserArg) -> int:
+    raise kerr(errno.ENOTTY, f"ioctl {cmd:#x}: not a udmabuf ioctl")
+
+
+UDMABUF_IOCTLS = IoctlTable("udmabuf", _not_a_udmabuf_ioctl)
+
+
+@UDMABUF_IOCTLS.handler(U.UDMABUF_CREATE)
+def udmabuf_ioctl_create(dev: File, proc: Process, arg: UserArg) -> int:
+    """udmabuf_ioctl_create: copy the request in; one item."""
+    c = arg.copy_from_user(U.udmabuf_create)
+    return udmabuf_create(proc, c.flags, [UdmabufItem(c.memfd, c.offset, c.size)])
+
+
+@UDMABUF_IOCTLS.handler(U.UDMABUF_CREATE_LIST)
+def udmabuf_ioctl_create_list(dev: File, proc: Process, arg: UserArg) -> int:
+    """udmabuf_ioctl_create_list: the header (``count`` within list_limit), then the items."""
+    head = arg.copy_from_user(U.udmabuf_create_list)
+    if head.count > list_limit:
+        raise kerr(errno.EINVAL, f"UDMABUF_CREATE_LIST: count {head.count} > "
+                   f"list_limit {list_limit}")
+    item = ctypes.sizeof(U.udmabuf_create_item)
+    raw = arg.read(item * head.count, ctypes.sizeof(U.udmabuf_create_list))
+    items = [U.udmabuf_create_item.from_buffer_copy(raw, i * item) for i in range(head.count)]
+    return udmabuf_create(proc, head.flags,
+                          [UdmabufItem(it.memfd, it.offset, it.size) for it in items])
+
+
 class UdmabufDevFile(File):
     """An open /dev/udmabuf (udmabuf_fops: unlocked_ioctl only)."""
 
     kind = "udmabuf-dev"
-
-    def ioctl(self, proc: Process, cmd: int, arg: UserArg) -> int:
-        if cmd == U.UDMABUF_CREATE:
-            c = arg.copy_from_user(U.udmabuf_create)
-            return udmabuf_create(proc, c.flags, [(c.memfd, c.offset, c.size)])
-        if cmd == U.UDMABUF_CREATE_LIST:
-            head = arg.copy_from_user(U.udmabuf_create_list)
-            if head.count > list_limit:
-                raise kerr(errno.EINVAL, f"UDMABUF_CREATE_LIST: count {head.count} > "
-                           f"list_limit {list_limit}")
-            item = ctypes.sizeof(U.udmabuf_create_item)
-            raw = arg.read(item * head.count, ctypes.sizeof(U.udmabuf_create_list))
-            items = [U.udmabuf_create_item.from_buffer_copy(raw, i * item)
-                     for i in range(head.count)]
-            return udmabuf_create(proc, head.flags,
-                                  [(it.memfd, it.offset, it.size) for it in items])
-        raise kerr(errno.ENOTTY, f"ioctl {cmd:#x}: not a udmabuf ioctl")
+    ioctl_table = UDMABUF_IOCTLS
 
 
+@initcall("device")  # module_init(udmabuf_dev_init)
 def udmabuf_init(kernel: Kernel) -> None:
     """udmabuf_dev_init: misc_register /dev/udmabuf."""
     kernel.register_device("/dev/udmabuf",

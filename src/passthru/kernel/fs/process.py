@@ -2,18 +2,30 @@
 Host protocol calls (fs/open.c, fs/read_write.c, fs/ioctl.c, fs/fcntl.c, mm/mmap.c).
 
 Each syscall does the VFS's generic checks in the kernel's order, then calls the file's f_op.
+A syscall on an fd holds a reference to its file for the whole call (:meth:`Process.fdget`,
+fget … fput), so a close racing it only drops the fd: the file is released when the syscall
+ends, as in Linux. :meth:`Process.fget` is the kernel's fget (a reference the caller drops
+with ``fput``); :meth:`Process.lookup_fd` looks a file up without one, for model-only callers
+that inspect an open fd (the fd keeps the file alive).
 
-Locking: the fd table (``fds``, and the close-on-exec bits in ``cloexec``, which are recorded
-as accesses to the fd's slot of the table) is changed under files->file_lock and read by
-fdget under RCU — a spinlock the model leaves implicit, so the table is ``atomic``.
-Leaves out: credentials and permissions beyond f_mode, signals, O_APPEND, dup2/dup3, the
-file reference fdget takes in a multi-threaded process (here a close racing a syscall on the
-same fd can release the file while the syscall still runs; in Linux the release waits).
+Invariants: every file in ``fds`` holds one reference per fd pointing at it; fds are
+``FD_START`` ≤ fd < ``RLIMIT_NOFILE`` and the lowest free one is used.
+Locking (which lock protects which field):
+- ``fds`` (the fd table): files->file_lock for changes, RCU for fdget's lookup — a spinlock
+  the model leaves implicit, so the table is an ``atomic`` tracked dict;
+- ``cloexec`` (the close_on_exec bits): under the same file_lock, recorded as accesses to the
+  fd's slot of ``fds`` (``_fd_bits``);
+- ``mm``: the address space, with its own mmap_lock (mm/vma.py).
+Leaves out: credentials and permissions beyond f_mode, signals, O_APPEND, dup2/dup3, fdget's
+single-threaded shortcut (the kernel takes no reference when the fd table is not shared; the
+model's tasks share one table, so every syscall takes one).
 """
 
 from __future__ import annotations
 
 import errno
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from ...errors import kerr
@@ -22,7 +34,7 @@ from ...sim.track import TrackedDict
 from ...uapi import linux as L
 from ..mm.memfd import MAX_LFS_FILESIZE, memfd_create
 from ..mm.vma import Mm
-from .file import FMODE_READ, FMODE_WRITE, File
+from .file import FMODE_READ, FMODE_WRITE, File, fput
 from .uaccess import UserArg
 
 if TYPE_CHECKING:
@@ -48,7 +60,7 @@ class Process:
         while fd in self.fds:
             fd += 1
         if fd >= RLIMIT_NOFILE:
-            file.put()
+            fput(file)
             raise kerr(errno.EMFILE, f"no free fd below RLIMIT_NOFILE ({RLIMIT_NOFILE})")
         self.fds[fd] = file
         if cloexec:
@@ -60,11 +72,31 @@ class Process:
         if track.active() is not None:
             (track.write if write else track.read)(self.fds, fd, fd + 1)
 
-    def fget(self, fd: int, what: str = "") -> File:
+    def lookup_fd(self, fd: int, what: str = "") -> File:
+        """files_lookup_fd_raw: the file at ``fd`` *without* a reference (EBADF if none),
+        for callers that only look while the fd keeps the file alive."""
         f = self.fds.get(fd)
         if f is None:
             raise kerr(errno.EBADF, f"{what or 'fget'}: fd {fd} is not open")
         return f
+
+    def fget_or_none(self, fd: int) -> File | None:
+        """fget as the kernel spells it: the file at ``fd`` with a new reference, or None."""
+        f = self.fds.get(fd)
+        return None if f is None else f.get()
+
+    def fget(self, fd: int, what: str = "") -> File:
+        """fget: the file at ``fd`` with a new reference (EBADF if none); drop it with fput."""
+        return self.lookup_fd(fd, what).get()
+
+    @contextmanager
+    def fdget(self, fd: int, what: str) -> Iterator[File]:
+        """``CLASS(fd, f)(fd)``: the file at ``fd``, held (fget) for the block, fput after."""
+        f = self.fget(fd, what)
+        try:
+            yield f
+        finally:
+            fput(f)
 
     # ----- syscalls ----------------------------------------------------------------------
     def open(self, path: str, flags: int) -> int:
@@ -77,18 +109,18 @@ class Process:
             raise kerr(errno.EBADF, f"close: fd {fd} is not open")
         self._fd_bits(fd, True)
         self.cloexec.discard(fd)
-        f.put()
+        fput(f)
 
     def ioctl(self, fd: int, request: int, arg: Any) -> int:
-        f = self.fget(fd, f"ioctl {request:#x}")
-        request &= 0xFFFFFFFF  # the kernel's cmd is an unsigned int
-        return f.ioctl(self, request, UserArg(self, arg))
+        with self.fdget(fd, f"ioctl {request:#x}") as f:
+            request &= 0xFFFFFFFF  # the kernel's cmd is an unsigned int
+            return f.ioctl(self, request, UserArg(self, arg))
 
     def mmap(self, addr: int, length: int, prot: int, flags: int, fd: int, offset: int) -> int:
-        file = None
-        if not flags & L.MAP_ANONYMOUS:
-            file = self.fget(fd, "mmap")
-        return self.mm.mmap(addr, length, prot, flags, file, offset)
+        if flags & L.MAP_ANONYMOUS:
+            return self.mm.mmap(addr, length, prot, flags, None, offset)
+        with self.fdget(fd, "mmap") as file:  # the VMA takes its own reference
+            return self.mm.mmap(addr, length, prot, flags, file, offset)
 
     def munmap(self, addr: int, length: int) -> None:
         self.mm.munmap(addr, length)
@@ -98,7 +130,11 @@ class Process:
         return self.fd_install(f, bool(flags & L.MFD_CLOEXEC))
 
     def fcntl(self, fd: int, cmd: int, arg: int) -> int:
-        f = self.fget(fd, f"fcntl {cmd}")
+        with self.fdget(fd, f"fcntl {cmd}") as f:
+            return self._do_fcntl(f, fd, cmd, arg)
+
+    def _do_fcntl(self, f: File, fd: int, cmd: int, arg: int) -> int:
+        """do_fcntl, with the file held."""
         if cmd == L.F_GETFD:
             self._fd_bits(fd, False)
             return L.FD_CLOEXEC if fd in self.cloexec else 0
@@ -134,51 +170,49 @@ class Process:
     def ftruncate(self, fd: int, length: int) -> None:
         if length < 0:
             raise kerr(errno.EINVAL, "ftruncate: negative length")
-        f = self.fget(fd, "ftruncate")
-        if not f.regular or not f.f_mode & FMODE_WRITE:
-            raise kerr(errno.EINVAL, "ftruncate: not a regular file open for writing")
-        if length > MAX_LFS_FILESIZE:
-            raise kerr(errno.EFBIG, "ftruncate: length beyond the file system's maximum")
-        f.truncate(length)
+        with self.fdget(fd, "ftruncate") as f:
+            if not f.regular or not f.f_mode & FMODE_WRITE:
+                raise kerr(errno.EINVAL, "ftruncate: not a regular file open for writing")
+            if length > MAX_LFS_FILESIZE:
+                raise kerr(errno.EFBIG, "ftruncate: length beyond the file system's maximum")
+            f.truncate(length)
 
     def fallocate(self, fd: int, mode: int, offset: int, length: int) -> None:
-        f = self.fget(fd, "fallocate")
-        if offset < 0 or length <= 0:
-            raise kerr(errno.EINVAL, "fallocate: negative offset or non-positive length")
-        if mode & L.FALLOC_FL_PUNCH_HOLE and not mode & L.FALLOC_FL_KEEP_SIZE:
-            raise kerr(errno.EOPNOTSUPP, "fallocate: PUNCH_HOLE without KEEP_SIZE")
-        if not f.f_mode & FMODE_WRITE:
-            raise kerr(errno.EBADF, "fallocate: fd not open for writing")
-        if not f.regular:
-            raise kerr(errno.ENODEV, f"fallocate: {f.kind} is not a regular file")
-        if offset + length > MAX_LFS_FILESIZE:
-            raise kerr(errno.EFBIG, "fallocate: range beyond the maximum file size")
-        f.fallocate(mode, offset, length)
+        with self.fdget(fd, "fallocate") as f:
+            if offset < 0 or length <= 0:
+                raise kerr(errno.EINVAL, "fallocate: negative offset or non-positive length")
+            if mode & L.FALLOC_FL_PUNCH_HOLE and not mode & L.FALLOC_FL_KEEP_SIZE:
+                raise kerr(errno.EOPNOTSUPP, "fallocate: PUNCH_HOLE without KEEP_SIZE")
+            if not f.f_mode & FMODE_WRITE:
+                raise kerr(errno.EBADF, "fallocate: fd not open for writing")
+            if not f.regular:
+                raise kerr(errno.ENODEV, f"fallocate: {f.kind} is not a regular file")
+            if offset + length > MAX_LFS_FILESIZE:
+                raise kerr(errno.EFBIG, "fallocate: range beyond the maximum file size")
+            f.fallocate(mode, offset, length)
 
-    def _rw_check(self, f: File, mode: int, what: str, pos: int | None) -> None:
-        if not f.f_mode & mode:
-            verb = "reading" if mode == FMODE_READ else "writing"
-            raise kerr(errno.EBADF, f"{what}: fd not open for {verb}")
+    @contextmanager
+    def _fdget_rw(self, fd: int, pos: int | None, mode: int) -> Iterator[File]:
+        """ksys_read/ksys_pread64 (and the write forms): the offset, the fd, FMODE_PREAD,
+        then the file's mode, in the kernel's order; the file held for the block."""
+        verb, ing = ("read", "reading") if mode == FMODE_READ else ("write", "writing")
+        what = verb if pos is None else f"p{verb}"
         if pos is not None and pos < 0:
             raise kerr(errno.EINVAL, f"{what}: negative offset")
-
-    def _pos_check(self, fd: int, pos: int | None, what: str) -> File:
-        if pos is not None and pos < 0:
-            raise kerr(errno.EINVAL, f"{what}: negative offset")
-        f = self.fget(fd, what)
-        if pos is not None and not f.fmode_pread:
-            raise kerr(errno.ESPIPE, f"{what}: {f.kind} is not seekable (no FMODE_PREAD)")
-        return f
+        with self.fdget(fd, what) as f:
+            if pos is not None and not f.fmode_pread:
+                raise kerr(errno.ESPIPE, f"{what}: {f.kind} is not seekable (no FMODE_PREAD)")
+            if not f.f_mode & mode:
+                raise kerr(errno.EBADF, f"{verb}: fd not open for {ing}")
+            yield f
 
     def read(self, fd: int, n: int, pos: int | None = None) -> bytes:
-        f = self._pos_check(fd, pos, "pread" if pos is not None else "read")
-        self._rw_check(f, FMODE_READ, "read", pos)
-        return f.read(self, n, pos)
+        with self._fdget_rw(fd, pos, FMODE_READ) as f:
+            return f.read(self, n, pos)
 
     def write(self, fd: int, data: bytes, pos: int | None = None) -> int:
-        f = self._pos_check(fd, pos, "pwrite" if pos is not None else "write")
-        self._rw_check(f, FMODE_WRITE, "write", pos)
-        return f.write(self, bytes(data), pos)
+        with self._fdget_rw(fd, pos, FMODE_WRITE) as f:
+            return f.write(self, bytes(data), pos)
 
     def exit(self) -> None:
         """do_exit: close every fd and tear down the address space."""

@@ -5,6 +5,12 @@ callers, as a ctypes object or bytearray standing for the user buffer. copy_from
 bytes than the buffer holds is EFAULT here; the real kernel would read whatever lies beyond
 the object in user memory (docs/fidelity.md). Integer arguments used as pointers are read
 from and written to the calling process's own memory, exactly as on LinuxHost.
+
+Invariants: a UserArg is either a value/user pointer (``value``) or a caller's buffer
+(``buf``), never both. Units: offsets and lengths in bytes; ``value`` is the kernel's 64-bit
+``unsigned long``.
+Locking: a UserArg belongs to one syscall; user memory is reached through the process's
+address space, which takes its own mmap_lock (mm/vma.py).
 """
 
 from __future__ import annotations

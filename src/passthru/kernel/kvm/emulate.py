@@ -6,30 +6,34 @@ registers 0) and runs until an exit: an access with no memslot behind it (KVM_EX
 I/O (KVM_EXIT_IO, data in the PIO page at kvm_run + 4096), or HLT. An MMIO or port read is
 completed on the next KVM_RUN from the data the VMM left in kvm_run, as the kernel's
 complete_userspace_io does. Guest memory goes through the modelled MMU, so it obeys memslots,
-guest_memfd and physical truth.
+guest_memfd and physical truth. Exits are written into kvm_run through the uAPI mirror's
+structs (``Vcpu.write_exit``), never packed by hand.
 
 Instructions: nop, hlt, mov r8/r16 imm, mov al/ax <-> moffs16, in/out al with imm8 or dx,
-jmp rel8/rel16. Anything else: KVM_EXIT_INTERNAL_ERROR (emulation failure). Leaves out
-protected/long mode, interrupts, flags arithmetic, segments other than the reset values.
+jmp rel8/rel16. Anything else: KVM_EXIT_INTERNAL_ERROR (emulation failure).
+Invariants: ``pending_read`` is set only between an MMIO/IO read exit and the next KVM_RUN.
+Units: register values and ``ip`` are 16-bit; offsets into kvm_run in bytes.
+Locking: a RealModeCpu belongs to one vCPU and is used only under its ``vcpu->mutex``
+(kvm_main.py asserts it for every vCPU ioctl).
+Leaves out: protected/long mode, interrupts, flags arithmetic, segments other than the reset
+values.
 """
 
 from __future__ import annotations
 
 import errno
-import struct
 from typing import TYPE_CHECKING
 
 from ...errors import kerr
 from ...uapi import kvm as K
+from ...uapi import linux as L
 
 if TYPE_CHECKING:
     from .kvm_main import Vcpu
 
-KVM_EXIT_INTERNAL_ERROR = 17
-KVM_EXIT_INTR = 10
-RUN_EXIT_REASON = K.kvm_run.exit_reason.offset  # the kernel's layout, from the uAPI mirror
-RUN_UNION = K.kvm_run.mmio.offset
-PIO_OFFSET = 4096
+# Where the data of an MMIO read exit and of port I/O live in the vCPU's mapping.
+MMIO_DATA = K.kvm_run.mmio.offset + K._kvm_run_mmio.data.offset
+PIO_OFFSET = K.KVM_PIO_PAGE_OFFSET * L.PAGE_SIZE
 MAX_STEPS = 100_000
 REG8 = ["al", "cl", "dl", "bl", "ah", "ch", "dh", "bh"]
 REG16 = ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi"]
@@ -64,7 +68,7 @@ def kvm_arch_vcpu_ioctl_run(vcpu: Vcpu) -> int:
     cpu = vcpu.cpu
     if cpu.pending_read is not None:
         kind, size = cpu.pending_read
-        off = RUN_UNION + 8 if kind == "mmio" else PIO_OFFSET
+        off = MMIO_DATA if kind == "mmio" else PIO_OFFSET
         val = int.from_bytes(vcpu.run_read(off, size), "little")
         if size == 1:
             cpu.set8("al", val)
@@ -74,14 +78,14 @@ def kvm_arch_vcpu_ioctl_run(vcpu: Vcpu) -> int:
     for _ in range(MAX_STEPS):
         ex = _step(vcpu, cpu)
         if ex is not None:
-            vcpu.run_write(RUN_EXIT_REASON, struct.pack("<I", ex))
+            vcpu.write_exit(ex)
             vcpu.kvm.sched.emit("kvm", "run-exit", vcpu=vcpu.vcpu_id, reason=ex)
             if ex == K.KVM_EXIT_MEMORY_FAULT:
                 # api.rst: KVM_RUN fails with EFAULT and exit_reason MEMORY_FAULT is valid.
                 raise kerr(errno.EFAULT, "KVM_RUN: KVM_EXIT_MEMORY_FAULT (private/shared "
                            "mismatch), see kvm_run.memory_fault")
             return 0
-    vcpu.run_write(RUN_EXIT_REASON, struct.pack("<I", KVM_EXIT_INTR))
+    vcpu.write_exit(K.KVM_EXIT_INTR)
     return 0
 
 
@@ -94,7 +98,7 @@ def _fetch(vcpu: Vcpu, cpu: RealModeCpu, n: int) -> bytes | None:
 def _step(vcpu: Vcpu, cpu: RealModeCpu) -> int | None:
     code = _fetch(vcpu, cpu, 1)
     if code is None:
-        return KVM_EXIT_INTERNAL_ERROR  # fetching from MMIO: emulation failure
+        return K.KVM_EXIT_INTERNAL_ERROR  # fetching from MMIO: emulation failure
     op = code[0]
     ip = cpu.regs["rip"] & 0xFFFF
 
@@ -143,7 +147,9 @@ def _step(vcpu: Vcpu, cpu: RealModeCpu) -> int | None:
             port = cpu.regs["rdx"] & 0xFFFF
             advance(1)
         out = op in (0xE6, 0xEE)
-        vcpu.run_write(RUN_UNION, struct.pack("<BBHIQ", int(out), 1, port, 1, PIO_OFFSET))
+        direction = K.KVM_EXIT_IO_OUT if out else K.KVM_EXIT_IO_IN
+        vcpu.write_exit(K.KVM_EXIT_IO, "io", K._kvm_run_io(
+            direction=direction, size=1, port=port, count=1, data_offset=PIO_OFFSET))
         if out:
             vcpu.run_write(PIO_OFFSET, bytes([cpu.get8("al")]))
         else:
@@ -156,5 +162,5 @@ def _step(vcpu: Vcpu, cpu: RealModeCpu) -> int | None:
         rel = imm(2)
         advance(3 + (rel - 65536 if rel & 0x8000 else rel))
     else:
-        return KVM_EXIT_INTERNAL_ERROR
+        return K.KVM_EXIT_INTERNAL_ERROR
     return None

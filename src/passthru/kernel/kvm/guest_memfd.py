@@ -6,26 +6,33 @@ memslot does not hold the file, and releasing the file unbinds its slots.
 
 Rules (kvm_gmem_create, kvm_gmem_mmap, kvm_gmem_fallocate, kvm_gmem_fault_user_mapping):
 - flags beyond the VM's supported set, size 0 or unaligned: EINVAL; reserved[] not checked;
-- read/write: no such methods (EINVAL); ftruncate: EINVAL (kvm_gmem_setattr);
+- read/write: no such methods (EINVAL); ftruncate: EINVAL (kvm_gmem_setattr); ioctl: none
+  (kvm_gmem_fops has no unlocked_ioctl: ENOTTY through an empty table);
 - mmap: needs GUEST_MEMFD_FLAG_MMAP (ENODEV) and MAP_SHARED (EINVAL);
 - a host fault on a page that is not shared (no INIT_SHARED) or past the size: SIGBUS;
 - fallocate: KEEP_SIZE required and no other mode bit (EOPNOTSUPP), page aligned (EINVAL),
   inside the size (EINVAL); PUNCH_HOLE invalidates KVM's mappings of bound slots first
   (invalidate_begin: zap + mmu_invalidate_in_progress), then frees, then invalidate_end.
 
+Invariants: a file range is bound to at most one slot (``bindings`` never overlap); a bound
+slot's ``gmem`` is this file until unbind or release; the file holds one VM reference.
+Units: ``i_size``, file offsets and ``Binding.start``/``end`` are bytes.
 Locking (which lock protects which field): ``invalidate_lock`` (filemap_invalidate_lock, an
 rw_semaphore) —
 - ``bindings`` (gmem_file->bindings): written under it for write (kvm_gmem_bind,
-  kvm_gmem_unbind, kvm_gmem_release), read under it by punch hole (kvm_gmem_invalidate_begin
-  runs with it held for write: lockdep_assert_held_write);
-- population and truncation of ``cache``: fallocate and kvm_gmem_get_pfn populate under it
-  for read, punch hole truncates under it for write. The page cache's own xarray (xa_lock)
-  is implicit (filemap.py). Upstream kvm_gmem_get_pfn serialises against truncation with the
-  folio lock (filemap_lock_folio) rather than invalidate_lock; the model has no folio locks
-  and takes invalidate_lock for read in its place.
-- ``Memslot.gmem`` is written with WRITE_ONCE under invalidate_lock (memslots.py);
+  kvm_gmem_unbind, kvm_gmem_release: asserted in :meth:`GmemFile._set_binding`), read under it
+  by punch hole (kvm_gmem_invalidate_begin/end: lockdep_assert_held_write); release's
+  xa_destroy comes after the unlock, when no one else can reach the file (as upstream);
+- ``cache`` (population and truncation): fallocate and kvm_gmem_get_pfn populate under it for
+  read (asserted in :meth:`GmemFile._populate`), punch hole truncates under it for write
+  (it takes the lock itself, around the invalidation). The host's fault populates under the
+  folio lock upstream; the model has no folio locks (the page cache's xarray is atomic,
+  filemap.py), and upstream kvm_gmem_get_pfn serialises against truncation with the folio lock
+  (filemap_lock_folio) where the model takes invalidate_lock for read;
+- ``Memslot.gmem``: written with WRITE_ONCE under it for write (memslots.py, asserted);
   kvm_gmem_release also holds ``kvm.slots_lock`` so that no memslot update unbinds
-  concurrently, and invalidates through the mmu_invalidate protocol (mmu.py).
+  concurrently, and invalidates through the mmu_invalidate protocol (mmu.py);
+- ``i_size``, ``gflags``, ``kvm``: set at creation, immutable.
 Leaves out: in-place shared/private conversion (later proposals), hugepage support, NUMA
 mempolicy, arch prepare/invalidate hooks (RMP updates), several VMs per inode.
 """
@@ -41,8 +48,9 @@ from ...extents import RangeMap
 from ...sim.locks import RwSem
 from ...uapi import kvm as K
 from ...uapi import linux as L
-from ..fs.file import File
-from ..lockdep_assert import lockdep_assert_held_write
+from ..fs.file import File, no_such_ioctl
+from ..fs.ioctl_table import IoctlTable
+from ..lockdep_assert import lockdep_assert_held, lockdep_assert_held_write
 from ..mm.filemap import PageCache
 from ..mm.vma import VM_DONTDUMP, VM_MAYSHARE, VM_SHARED
 
@@ -53,6 +61,10 @@ if TYPE_CHECKING:
     from .memslots import Memslot
 
 PAGE = L.PAGE_SIZE
+
+# kvm_gmem_fops has no unlocked_ioctl: every request is ENOTTY. Future guest_memfd ioctls
+# (the in-place conversion series) register here.
+KVM_GMEM_IOCTLS = IoctlTable("guest_memfd", no_such_ioctl)
 
 
 @dataclass
@@ -65,6 +77,7 @@ class Binding:
 class GmemFile(File):
     kind = "guest_memfd"
     regular = True  # an S_IFREG anon inode: ftruncate reaches kvm_gmem_setattr (EINVAL)
+    ioctl_table = KVM_GMEM_IOCTLS
 
     def __init__(self, kvm: Kvm, size: int, flags: int) -> None:
         super().__init__(kvm.kernel, L.O_RDWR | L.O_CLOEXEC, f"gmem{kvm.kernel.next_id('gmem')}")
@@ -118,9 +131,15 @@ class GmemFile(File):
             raise kerr(errno.EINVAL, "fallocate: guest_memfd range past its size")
         self.invalidate_lock.down_read()
         try:
-            self.cache.populate(offset, offset + length)
+            self._populate(offset, offset + length)
         finally:
             self.invalidate_lock.up_read()
+
+    def _populate(self, start: int, end: int) -> list[tuple[int, int, int]]:
+        """kvm_gmem_get_folio for ``[start, end)``: allocate its holes; invalidate_lock held
+        (either mode) so that no punch hole truncates meanwhile."""
+        lockdep_assert_held(self.invalidate_lock, "kvm_gmem_get_folio")
+        return self.cache.populate(start, end)
 
     def punch_hole(self, start: int, end: int) -> None:
         """kvm_gmem_punch_hole: invalidate, truncate, end the invalidation, all under
@@ -154,7 +173,7 @@ class GmemFile(File):
         """kvm_gmem_get_pfn: the page at ``offset``, allocated on first use."""
         self.invalidate_lock.down_read()
         try:
-            (s, _, phys), = self.cache.populate(offset, offset + PAGE)
+            (s, _, phys), = self._populate(offset, offset + PAGE)
             return phys + (offset - s)
         finally:
             self.invalidate_lock.up_read()
@@ -179,9 +198,17 @@ class GmemFile(File):
             # The slot is not published yet: the fault path will see the file.
             slot.gmem_offset = offset
             slot.set_gmem(self)
-            self.bindings.set(offset, offset + size, Binding(slot, offset, offset + size))
+            self._set_binding(offset, offset + size, slot)
         finally:
             self.invalidate_lock.up_write()
+
+    def _set_binding(self, start: int, end: int, slot: Memslot | None) -> None:
+        """xa_store_range / xa_erase on ``bindings``: invalidate_lock held for write."""
+        lockdep_assert_held_write(self.invalidate_lock, "kvm_gmem_bind/unbind")
+        if slot is None:
+            self.bindings.remove(start, end)
+        else:
+            self.bindings.set(start, end, Binding(slot, start, end))
 
     def unbind(self, slot: Memslot) -> None:
         """kvm_gmem_unbind (a memslot is freed: under slots_lock, or by the VM's last user):
@@ -189,7 +216,7 @@ class GmemFile(File):
         kvm_gmem_get_pfn away from the slot."""
         self.invalidate_lock.down_write()
         try:
-            self.bindings.remove(slot.gmem_offset, slot.gmem_offset + slot.npages * PAGE)
+            self._set_binding(slot.gmem_offset, slot.gmem_offset + slot.npages * PAGE, None)
             slot.set_gmem(None)
         finally:
             self.invalidate_lock.up_write()

@@ -2,8 +2,10 @@
 catch in arch/x86/kvm/mmu/: an SPTE that outlives the page it maps).
 
 :func:`sptes_backed` — every SPTE (shared and private) points at memory that is still
-allocated, and not an orphan a file dropped. Read from outside (an invariant is not an
-access: the checker runs it with tracking off).
+allocated, and not an orphan a file dropped; reported as :data:`STALE_SPTE`.
+Units: GPAs and physical addresses in bytes.
+Locking: none taken — read from outside (an invariant is not an access: the checker runs it
+with tracking off, between steps, when no task is inside a critical section).
 """
 
 from __future__ import annotations
@@ -11,9 +13,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ...sim import kinds
+
 if TYPE_CHECKING:
     from ...hw.physmem import PhysMem
     from .kvm_main import Kvm
+
+# The kind scenarios name this invariant with: ``s.invariant(STALE_SPTE, sptes_backed(...))``.
+STALE_SPTE = kinds.register("stale-spte", "kvm")
 
 
 def sptes_backed(phys: PhysMem, vms: list[Kvm]) -> Callable[[], str | None]:

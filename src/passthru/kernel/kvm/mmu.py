@@ -29,6 +29,11 @@ Locking (which lock protects which field; asserted where the kernel asserts it):
   a guest_memfd slot's pfn comes from kvm_gmem_get_pfn (guest_memfd.py).
 - Memory attributes are read with xa_load under RCU (marked, kvm_main.py); a change is an
   invalidation, so the retry check covers it.
+Invariants: an SPTE is installed only if no invalidation began or ended since the fault
+snapshotted ``mmu_invalidate_seq`` and its slot is still valid (checked under mmu_lock); a
+private access is served only by ``spte_private`` and a shared one only by ``spte``; every
+SPTE maps allocated memory (invariants.py checks it after each step).
+Units: GPAs, host-physical addresses and ranges in bytes (SPTEs are extents, not pages).
 Leaves out: shadow paging, huge SPTEs, A/D bits, TLB flush latency (a zap is a flush),
 the lockless mmu_invalidate_retry_gfn_unsafe pre-check, mmu_lock as an rwlock (a mutex here).
 """
@@ -46,6 +51,7 @@ from ...sim.track import Cell
 from ...uapi import kvm as K
 from ...uapi import linux as L
 from ..lockdep_assert import lockdep_assert_held, marked
+from ..profile import KVM_NO_MMU_INVALIDATE_RETRY
 
 if TYPE_CHECKING:
     from .guest_memfd import GmemFile
@@ -190,7 +196,6 @@ class KvmMmu:
     def page_fault(self, gpa: int, n: int, write: bool, data: bytes | None,
                    private: bool | None) -> KvmExit | None:
         kvm = self.kvm
-        bugs = kvm.kernel.profile.bugs
         idx = kvm.srcu.read_lock()
         try:
             slot = kvm.memslots.lookup(0, gpa)
@@ -220,7 +225,7 @@ class KvmMmu:
                 with self.mmu_lock:
                     slot.touch()
                     stale = self.retry(mmu_seq)
-                    if "kvm.no_mmu_invalidate_retry" in bugs:
+                    if kvm.kernel.profile.has_bug(KVM_NO_MMU_INVALIDATE_RETRY):
                         stale = False
                     if stale or slot.is_invalid():
                         kvm.sched.emit("kvm", "fault-retry", gpa=page)

@@ -5,7 +5,14 @@ physically contiguous run, never one entry per page. ``mappers`` is the inode's 
 VMAs that map it), so truncation can zap their PTEs (unmap_mapping_range); ``invalidators``
 are in-kernel users that must drop their translations first (KVM for guest_memfd).
 
-Units: bytes; every range handed in is page aligned.
+Invariants: ``pages`` extents never overlap; every page in ``pages`` is owned (hw) by this
+cache's name until truncation releases it; a range leaves ``pages`` only after every
+invalidator and every mapper has dropped its translations of it.
+
+Units: bytes. File offsets index ``pages``; its values are physical addresses. The ranges
+handed to :meth:`PageCache.populate` and :meth:`PageCache.truncate_range` are page aligned;
+``read``/``write``/``zero`` take any byte range and reach memory through PhysMem's checked
+accessors (hw/physmem.py).
 
 Locking (which lock protects which field):
 - ``pages`` is the mapping's i_pages xarray: every insertion and removal is under its xa_lock
@@ -15,6 +22,7 @@ Locking (which lock protects which field):
 - ``mappers`` is i_mmap, changed under i_mmap_rwsem for write (vma_link/unlink) and walked
   under it for read (unmap_mapping_range); each access is one step with no scheduling point
   inside, so it is ``atomic`` here. ``invalidators`` likewise.
+- ``kernel``, ``name``: set at creation, never rebound.
 Leaves out: folio sizes (large folios are just longer extents), LRU, swap, writeback, folio
 locks.
 """
@@ -63,7 +71,7 @@ class PageCache:
                 for _, _, p in self.pages.remove(s, e):
                     self.kernel.phys.release(p, p + (e - s))
             raise
-        return self.pages.overlapping(start, end)
+        return list(self.pages.overlapping(start, end))
 
     def truncate_range(self, start: int, end: int) -> None:
         """Drop ``[start, end)``: in-kernel users first, then user PTEs, then the memory."""
@@ -88,9 +96,10 @@ class PageCache:
         for s, e, p in self.pages.overlapping(off, off + len(data)):
             self.kernel.phys.write(p, data[s - off : e - off], who)
 
-    def zero(self, off: int, n: int) -> None:
+    def zero(self, off: int, n: int, who: str = "kernel") -> None:
+        """Clear ``[off, off + n)`` in place (the partial pages of a truncation)."""
         for s, e, p in self.pages.overlapping(off, off + n):
-            self.kernel.phys.data.zero(p, p + (e - s))
+            self.kernel.phys.zero(p, p + (e - s), who)
 
     def has_pins(self) -> bool:
         pins = self.kernel.phys.pins

@@ -9,7 +9,13 @@ Locking: the whole walk — finding each VMA, faulting pages in (including the w
 that gives unpopulated private memory a page) and taking the page references — runs with
 ``mm.mmap_lock`` held for read (pin_user_pages_unlocked → __get_user_pages, whose
 mmap_assert_locked is asserted here). The references (``PhysMem.pins``) are atomic page
-refcounts.
+refcounts. A :class:`Pin` belongs to whoever took it: ``extents`` and ``what`` are set at
+creation; ``released`` is a plain field its owner writes once (a second unpin is a ``gup``
+violation, not a race).
+
+Invariants: while a Pin is held, every byte of its ``extents`` has a pin count of at least
+one in hw, so the memory is not reused even if its owner frees it. Units: user addresses,
+lengths and physical extents in bytes; a pin covers whole pages (the range is rounded out).
 
 Leaves out: FOLL_LONGTERM migration out of movable zones, FOLL_PCI_P2PDMA, fast GUP.
 """
@@ -20,11 +26,15 @@ import errno
 from typing import TYPE_CHECKING
 
 from ...errors import Fault, kerr
+from ...sim import kinds
 from ..lockdep_assert import lockdep_assert_held
-from .vma import VM_READ, VM_WRITE, Mm, page_down, page_up
+from .mm import VM_READ, VM_WRITE, page_down, page_up
+from .vma import Mm
 
 if TYPE_CHECKING:
     from ..core import Kernel
+
+GUP = kinds.register("gup", "mm")  # a double unpin
 
 
 class Pin:
@@ -41,7 +51,7 @@ class Pin:
 
     def unpin(self) -> None:
         if self.released:
-            self.kernel.sched.violation("gup", f"double unpin of {self.what}")
+            self.kernel.sched.violation(GUP, f"double unpin of {self.what}")
             return
         self.released = True
         for s, e in self.extents:

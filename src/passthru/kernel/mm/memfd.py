@@ -14,6 +14,10 @@ that enforce them:
 
 Without MFD_ALLOW_SEALING (or MFD_NOEXEC_SEAL) the file starts with F_SEAL_SEAL.
 
+Invariants: seals only ever grow; ``i_mmap_writable`` counts exactly the VMAs that map the
+file VM_SHARED with VM_MAYWRITE (vma.py keeps it). Units: bytes (``i_size``, offsets, lengths);
+``seals`` is a bitmask of F_SEAL_*.
+
 Locking (which lock protects which field; the fields are ranges of the file's tracked
 location):
 - ``i_size`` and ``seals``: written under the inode lock (``inode_lock``, i_rwsem, held for
@@ -24,7 +28,9 @@ location):
   without the inode lock too; mapping_deny_writable's atomic protocol is what orders it
   against F_SEAL_WRITE, so that read is marked.
 - ``i_mmap_writable`` is an atomic_t (mapping_map_writable / mapping_deny_writable): marked.
-- the page cache: filemap.py. ``f_pos`` (f_pos_lock) is not tracked.
+- ``exec_bits``: set by memfd_create before the file is visible; read under the inode lock.
+- ``inode_lock``, ``cache``: set at creation, never rebound; the page cache's own fields:
+  filemap.py. ``f_pos`` (f_pos_lock) is not tracked.
 Leaves out: hugetlbfs (MFD_HUGETLB is accepted and behaves as shmem here), swap, xattrs.
 """
 
@@ -40,7 +46,7 @@ from ...uapi import linux as L
 from ..fs.file import FMODE_WRITE, File
 from ..lockdep_assert import lockdep_assert_held_write
 from .filemap import PageCache
-from .vma import I_MMAP_WRITABLE, VM_MAYWRITE, VM_SHARED, VM_WRITE, page_down, page_up
+from .mm import VM_MAYWRITE, VM_SHARED, VM_WRITE, page_down, page_up
 
 if TYPE_CHECKING:
     from ..core import Kernel
@@ -54,6 +60,7 @@ MAX_LFS_FILESIZE = (1 << 63) - 1
 # Fields of a file's tracked location (sim/track.py ranges).
 I_SIZE = (0, 1)
 SEALS = (1, 2)
+I_MMAP_WRITABLE = (2, 3)  # also counted by vma.py when a shared writable mapping comes or goes
 
 
 class MemfdFile(File):

@@ -7,6 +7,11 @@ zapped when the file drops that range; private (anonymous or copy-on-write) page
 the VMA and are freed with it. A VM_IO|VM_PFNMAP VMA holds *special* PTEs: no struct page
 behind them, so GUP refuses them (mm/gup.c).
 
+Units: user (virtual) addresses and lengths in bytes, page aligned once mmap/munmap have
+rounded them; ``Vma.pgoff`` is the file offset of ``start`` in bytes (the kernel's is in
+pages); PTE values are physical addresses. Every load or store through a PTE reaches memory
+through PhysMem's checked accessors (hw/physmem.py), the kernel's copy-on-write included.
+
 Locking (which lock protects which field):
 - the VMA tree (``Mm._starts``/``_vmas``, one tracked location per mm, and each VMA's bounds
   and flags): ``mmap_lock`` (an rw_semaphore) — write for mmap/munmap/exit, read for faults
@@ -19,6 +24,9 @@ Locking (which lock protects which field):
 - ``Mm.notifiers`` (the mmu_notifier subscription list): changed under the subscriptions'
   spinlock (registration also holds mmap_lock for write) and walked under the notifier
   SRCU: ``atomic`` here.
+- ``Vma.file``/``pgoff``/``writable_counted``: set while the VMA is made or split, under
+  ``mmap_lock`` held for write, like its bounds.
+- ``Mm.proc``, ``kernel``, ``who``, ``mmap_lock``: set at creation, never rebound.
 Leaves out: mprotect, mremap, THP, NUMA policy, the zero page (unpopulated private memory
 reads as zeros without allocating), stack guard gaps, per-VMA locks, the mmu_notifier SRCU.
 """
@@ -27,7 +35,7 @@ from __future__ import annotations
 
 import errno
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from ...errors import Fault, kerr
@@ -37,26 +45,33 @@ from ...sim import track
 from ...sim.locks import RwSem
 from ...sim.track import TrackedList
 from ...uapi import linux as L
+from ..fs.file import FMODE_READ, FMODE_WRITE
 from ..lockdep_assert import lockdep_assert_held, lockdep_assert_held_write
+from .memfd import I_MMAP_WRITABLE, MemfdFile
+
+# include/linux/mm.h's names, defined in mm.py; importers may take them from here too.
+from .mm import (
+    PAGE,
+    VM_DONTDUMP,
+    VM_DONTEXPAND,
+    VM_EXEC,
+    VM_IO,
+    VM_MAYEXEC,
+    VM_MAYREAD,
+    VM_MAYSHARE,
+    VM_MAYWRITE,
+    VM_PFNMAP,
+    VM_READ,
+    VM_SHARED,
+    VM_WRITE,
+    page_down,
+    page_up,
+)
 
 if TYPE_CHECKING:
     from ..fs.file import File
     from ..fs.process import Process
 
-PAGE = L.PAGE_SIZE
-I_MMAP_WRITABLE = (2, 3)  # the file location's i_mmap_writable slot (memfd.py)
-VM_READ = 0x1
-VM_WRITE = 0x2
-VM_EXEC = 0x4
-VM_SHARED = 0x8
-VM_MAYREAD = 0x10
-VM_MAYWRITE = 0x20
-VM_MAYEXEC = 0x40
-VM_MAYSHARE = 0x80
-VM_PFNMAP = 0x400
-VM_IO = 0x4000
-VM_DONTEXPAND = 0x40000
-VM_DONTDUMP = 0x4000000
 # include/linux/mman.h LEGACY_MAP_MASK: what MAP_SHARED_VALIDATE accepts (x86-64 values)
 LEGACY_MAP_MASK = (
     L.MAP_SHARED | L.MAP_PRIVATE | L.MAP_FIXED | L.MAP_ANONYMOUS | 0x0800 | 0x1000 | 0x4000000
@@ -64,14 +79,6 @@ LEGACY_MAP_MASK = (
 )
 MMAP_BASE = 0x7F0000000000
 MMAP_MIN_ADDR = 0x10000
-
-
-def page_down(x: int) -> int:
-    return x & ~(PAGE - 1)
-
-
-def page_up(x: int) -> int:
-    return (x + PAGE - 1) & ~(PAGE - 1)
 
 
 class Vma:
@@ -223,8 +230,6 @@ class Mm(track.Tracked):
         vm_flags |= VM_WRITE if prot & L.PROT_WRITE else 0
         vm_flags |= VM_EXEC if prot & L.PROT_EXEC else 0
         if file is not None:
-            from ..fs.file import FMODE_READ, FMODE_WRITE
-
             if maptype == L.MAP_SHARED_VALIDATE and flags & ~LEGACY_MAP_MASK:
                 raise kerr(errno.EOPNOTSUPP, f"mmap: MAP_SHARED_VALIDATE with unknown flags "
                            f"{flags & ~LEGACY_MAP_MASK:#x}")
@@ -255,8 +260,6 @@ class Mm(track.Tracked):
             vma = Vma(self, addr, addr + length, vm_flags, file, offset)
             if file is None and shared:
                 # shmem_zero_setup: shared anonymous memory is an unlinked shmem file.
-                from .memfd import MemfdFile
-
                 file = MemfdFile(self.kernel, "dev/zero", L.O_RDWR, size=length)
                 vma.file = file
                 vma.pgoff = 0
@@ -354,6 +357,7 @@ class Mm(track.Tracked):
     def _fault(self, vma: Vma, start: int, end: int, write: bool) -> list[tuple[int, int, int]]:
         """Resolve virtual ``[start, end)`` (page aligned, inside vma) to physical pieces."""
         out: list[tuple[int, int, int]] = []
+        holes: Iterable[tuple[int, int]]
         private = not vma.vm_flags & VM_SHARED
         if private:
             for s, e, p in vma.anon.overlapping(start, end):
@@ -371,7 +375,7 @@ class Mm(track.Tracked):
                 for ps, pe in self.kernel.phys.alloc(he - hs, Owner(f"anon:{self.proc.name}")):
                     vma.anon.set(pos, pos + (pe - ps), ps)
                     if src:
-                        self.kernel.phys.data.write(ps, src[pos - hs : pos - hs + (pe - ps)])
+                        self.kernel.phys.write(ps, src[pos - hs : pos - hs + (pe - ps)], "kernel")
                     pos += pe - ps
                 out.extend(vma.anon.overlapping(hs, he))
                 continue
@@ -394,15 +398,18 @@ class Mm(track.Tracked):
         return out
 
     def _read_file_pages(self, vma: Vma, start: int, end: int) -> bytes:
+        """What the file shows at virtual ``[start, end)``: the source of a copy-on-write
+        (zeros past its end), read by the kernel (cow_user_page)."""
         assert vma.file is not None
         buf = bytearray(end - start)
         try:
             pieces = vma.file.fault(vma, vma.foff(start), vma.foff(end), False)
         except Fault:
             return bytes(buf)
-        for fs, fe, phys in pieces:
+        phys = self.kernel.phys
+        for fs, fe, p in pieces:
             vs = vma.start + (fs - vma.pgoff)
-            buf[vs - start : vs - start + (fe - fs)] = self.kernel.phys.data.read(phys, fe - fs)
+            buf[vs - start : vs - start + (fe - fs)] = phys.read(p, fe - fs, "kernel")
         return bytes(buf)
 
     def resolve(self, addr: int, n: int, write: bool) -> list[tuple[int, int, int]]:
