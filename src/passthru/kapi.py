@@ -4,8 +4,10 @@ Everything an outside engineer needs to write a scenario against the model, with
 names: the scenario decorator and sandbox, tracked shared state, the sleeping locks, reaching
 a kernel object from a file descriptor, writing a dma-buf exporter or importer as a static ops
 table plus private data (as ``dma_buf_export(exp_info)`` and ``dma_buf_dynamic_attach(...,
-importer_ops, importer_priv)`` take them), device DMA through a mapping, and substituting one
-kernel function for a patched version within one scenario (:func:`patch`).
+importer_ops, importer_priv)`` take them), device DMA through a mapping, substituting one
+kernel function for a patched version within one scenario (:func:`patch`), the lock assertion
+kernel code makes (:func:`lockdep_assert_held`), and the names of the seeded bugs a buggy
+variant asks for (``@scenario(bugs=(KVM_NO_MMU_INVALIDATE_RETRY,))``).
 
 What it models is what the functions it calls model (kernel/dma_buf/core.py for dma-buf,
 drivers/dma-buf/dma-buf.c); this module only gives them stable, typed names. Leaves out:
@@ -25,7 +27,6 @@ from .errors import Fault, kerr
 from .hw.physmem import Owner
 from .kernel.dma_buf import core as _dmabuf
 from .kernel.dma_buf import importers as _importers
-from .kernel.dma_buf import invariants as _dmabuf_invariants
 from .kernel.dma_buf.core import MEMORY_MODELS, MOVABLE, PINNED, REVOCABLE
 from .kernel.dma_buf.core import DmaBuf as DmaBuf
 from .kernel.dma_buf.core import DmaBufAttachment as Attachment
@@ -44,7 +45,14 @@ from .kernel.dma_buf.movable import movable_dmabuf as _movable_dmabuf
 from .kernel.kvm import invariants as _kvm_invariants
 from .kernel.kvm.guest_memfd import GmemFile
 from .kernel.kvm.kvm_main import KvmVmFile
+from .kernel.lockdep_assert import lockdep_assert_held as lockdep_assert_held
 from .kernel.mm import gup as _gup
+
+# Seeded bugs (kernel/profile.py): the names a buggy variant passes as ``@scenario(bugs=...)``.
+from .kernel.profile import DMA_BUF_MOVE_PINNED as DMA_BUF_MOVE_PINNED
+from .kernel.profile import DMA_BUF_MOVE_SKIPS_FENCE_WAIT as DMA_BUF_MOVE_SKIPS_FENCE_WAIT
+from .kernel.profile import KVM_MEMSLOT_DELETE_SKIPS_SRCU_SYNC as KVM_MEMSLOT_DELETE_SKIPS_SRCU_SYNC
+from .kernel.profile import KVM_NO_MMU_INVALIDATE_RETRY as KVM_NO_MMU_INVALIDATE_RETRY
 from .sim.locks import Completion, Mutex, RwSem, WaitQueue
 from .sim.track import Cell, read, read_once, write, write_once
 
@@ -54,7 +62,9 @@ if TYPE_CHECKING:
     from .kernel.fs.file import File
 
 __all__ = [
-    "MEMORY_MODELS", "MOVABLE", "PATCHABLE", "PINNED", "REVOCABLE", "Attachment", "Cell",
+    "DMA_BUF_MOVE_PINNED", "DMA_BUF_MOVE_SKIPS_FENCE_WAIT", "KVM_MEMSLOT_DELETE_SKIPS_SRCU_SYNC",
+    "KVM_NO_MMU_INVALIDATE_RETRY", "MEMORY_MODELS", "MOVABLE", "PATCHABLE", "PINNED",
+    "REVOCABLE", "Attachment", "Cell",
     "Completion", "CompositorImporter", "DeviceImporter", "DmaBuf", "DmaRange", "ExporterOps",
     "Fault", "ImporterOps", "Mapping", "Mutex", "QuiescingImporter", "RdmaMrImporter", "RwSem",
     "Sandbox", "WaitQueue", "alloc_ram", "attach", "detach", "dma_buf_get",
@@ -310,25 +320,15 @@ def kvm_legacy_map(host: SimHost, fd: int, length: int) -> int:
 
 
 def dma_buf_mappings_backed(host: SimHost) -> str | None:
-    """Invariant: every dma-buf mapping still points at memory its exporter owns."""
-    return _dmabuf_invariants.dma_buf_mappings_backed(host.kernel)
+    """Invariant: every dma-buf mapping still points at memory its exporter owns (the
+    kernel's registered ``dma-buf-mapping-backed``, kernel/dma_buf/invariants.py)."""
+    return host.kernel.invariant("dma-buf-mapping-backed")()
 
 
 def sptes_backed(host: SimHost, *vm_fds: int) -> Callable[[], str | None]:
     """Invariant over the VMs behind ``vm_fds``: every SPTE maps memory still allocated
     (kernel/kvm/invariants.py). Use as ``s.invariant("stale-spte", sptes_backed(h, vm))``."""
     return _kvm_invariants.sptes_backed(host.kernel.phys, [vm_of(host, fd) for fd in vm_fds])
-
-
-# ----- lock rules ---------------------------------------------------------------------------
-
-
-def lockdep_assert_held(lock: Mutex | RwSem | Any, what: str) -> None:
-    """lockdep_assert_held: a ``lockdep`` violation naming ``what`` unless the running task
-    holds ``lock`` (a Mutex, an RwSem in either mode, or a dma_resv's ww_mutex)."""
-    held = lock.held() if isinstance(lock, RwSem) else lock.held_by_current()
-    if not held:
-        lock.sched.violation("lockdep", f"{what}: lockdep_assert_held({lock.name}) failed")
 
 
 # ----- patching one kernel function --------------------------------------------------------

@@ -13,8 +13,17 @@ vCPU's fault path.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from ..host.sim import SimHost
-from ..kapi import Sandbox, scenario, sptes_backed
+from ..kapi import (
+    KVM_MEMSLOT_DELETE_SKIPS_SRCU_SYNC,
+    KVM_NO_MMU_INVALIDATE_RETRY,
+    Sandbox,
+    scenario,
+    sptes_backed,
+)
 from ..uapi import kvm as K
 from ..uapi import linux as L
 
@@ -37,21 +46,28 @@ def _vm_with_gmem(host: SimHost) -> tuple[int, int, int]:
     return vm, gmem, host.ioctl(vm, K.KVM_CREATE_VCPU, 0)
 
 
-def _punch_vs_vcpu(s: Sandbox) -> None:
+def _vcpu_vs_vmm(s: Sandbox, guest: Callable[[Any], None], vmm_task: str,
+                 vmm: Callable[[SimHost, int, int], None]) -> None:
+    """Task ``vcpu0`` runs ``guest(vcpu)`` on a VM whose slot 0 is a guest_memfd while task
+    ``vmm_task`` runs ``vmm(host, vm, gmem)``; no SPTE may outlive the memory it maps."""
     host = s.host
     vm, gmem, vcpu_fd = _vm_with_gmem(host)
-    vcpu = host.vcpu(vcpu_fd)
+    s.spawn("vcpu0", guest, host.vcpu(vcpu_fd))
+    s.spawn(vmm_task, vmm, host, vm, gmem)
+    s.invariant("stale-spte", sptes_backed(host, vm))
 
-    def guest() -> None:
+
+def _punch_hole(host: SimHost, vm: int, gmem: int) -> None:
+    """The VMM punches a hole over the first four pages of the guest_memfd."""
+    host.fallocate(gmem, L.FALLOC_FL_PUNCH_HOLE | L.FALLOC_FL_KEEP_SIZE, 0, 4 * PAGE)
+
+
+def _punch_vs_vcpu(s: Sandbox) -> None:
+    def guest(vcpu: Any) -> None:
         vcpu.access(0x1000, data=b"\xaa" * 8)
         vcpu.access(0x1000, data=b"\xbb" * 8)  # through the SPTE the first access installed
 
-    def punch() -> None:
-        host.fallocate(gmem, L.FALLOC_FL_PUNCH_HOLE | L.FALLOC_FL_KEEP_SIZE, 0, 4 * PAGE)
-
-    s.spawn("vcpu0", guest)
-    s.spawn("punch", punch)
-    s.invariant("stale-spte", sptes_backed(host, vm))
+    _vcpu_vs_vmm(s, guest, "punch", _punch_hole)
 
 
 @scenario(profiles=PROFILES, expect="safe")
@@ -60,29 +76,23 @@ def gmem_punch_hole_vs_vcpu(s: Sandbox) -> None:
     _punch_vs_vcpu(s)
 
 
-@scenario(profiles=PROFILES, expect="violation", bugs=("kvm.no_mmu_invalidate_retry",))
+@scenario(profiles=PROFILES, expect="violation", bugs=(KVM_NO_MMU_INVALIDATE_RETRY,))
 def gmem_punch_hole_vs_vcpu_buggy(s: Sandbox) -> None:
     """The same race with the fault's mmu_invalidate retry check removed: stale SPTE."""
     _punch_vs_vcpu(s)
 
 
 def _delete_vs_vcpu(s: Sandbox) -> None:
-    host = s.host
-    vm, gmem, vcpu_fd = _vm_with_gmem(host)
-    vcpu = host.vcpu(vcpu_fd)
-
-    def guest() -> None:
+    def guest(vcpu: Any) -> None:
         vcpu.access(0x2000, data=b"\x11" * 4)
 
-    def delete() -> None:
+    def delete(host: SimHost, vm: int, gmem: int) -> None:
         host.ioctl(vm, K.KVM_SET_USER_MEMORY_REGION2,
                    K.kvm_userspace_memory_region2(slot=0, flags=K.KVM_MEM_GUEST_MEMFD,
                                                   guest_phys_addr=0, memory_size=0,
                                                   guest_memfd=gmem))
 
-    s.spawn("vcpu0", guest)
-    s.spawn("vmm", delete)
-    s.invariant("stale-spte", sptes_backed(host, vm))
+    _vcpu_vs_vmm(s, guest, "vmm", delete)
 
 
 @scenario(profiles=PROFILES, expect="safe")
@@ -91,7 +101,7 @@ def memslot_delete_vs_vcpu(s: Sandbox) -> None:
     _delete_vs_vcpu(s)
 
 
-@scenario(profiles=PROFILES, expect="violation", bugs=("kvm.memslot_delete_skips_srcu_sync",))
+@scenario(profiles=PROFILES, expect="violation", bugs=(KVM_MEMSLOT_DELETE_SKIPS_SRCU_SYNC,))
 def memslot_delete_vs_vcpu_buggy(s: Sandbox) -> None:
     """The same race with synchronize_srcu removed from the delete: use-after-free."""
     _delete_vs_vcpu(s)
@@ -110,6 +120,5 @@ def gmem_punch_hole_vs_two_vcpus(s: Sandbox) -> None:
 
     s.spawn("vcpu0", guest, cpus[0], 0x1000)
     s.spawn("vcpu1", guest, cpus[1], 0x3000)
-    s.spawn("punch", lambda: host.fallocate(
-        gmem, L.FALLOC_FL_PUNCH_HOLE | L.FALLOC_FL_KEEP_SIZE, 0, 4 * PAGE))
+    s.spawn("punch", _punch_hole, host, vm, gmem)
     s.invariant("stale-spte", sptes_backed(host, vm))

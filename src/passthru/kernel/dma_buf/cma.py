@@ -72,7 +72,7 @@ class CmaArea:
             if s + n <= ge:
                 self.used.set(s, s + n, True)
                 self.kernel.phys.set_owner(s, s + n, Owner(f"cma:{self.name}"))
-                self.kernel.phys.data.zero(s, s + n)  # cma_heap_allocate clears the pages
+                self.kernel.phys.zero(s, s + n, "kernel")  # cma_heap_allocate clears the pages
                 return s
         return None
 

@@ -87,7 +87,7 @@ from ..dma.scatterlist import MAX_SG_ENT_SZ, SgTable, segments
 from ..fs.file import File, fput
 from ..fs.ioctl_table import IoctlTable
 from ..init import kernel_static
-from ..mm.vma import VM_MAYSHARE, VM_SHARED
+from ..mm.mm import VM_MAYSHARE, VM_SHARED
 from .resv import DMA_RESV_USAGE_BOOKKEEP, DMA_RESV_USAGE_KERNEL, DmaResv
 
 if TYPE_CHECKING:

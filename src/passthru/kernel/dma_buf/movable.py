@@ -38,6 +38,7 @@ from ...hw.physmem import Owner
 from ...sim import track
 from ...uapi import linux as L
 from ..cgroup.dmem import DmemRegion
+from ..profile import DMA_BUF_MOVE_PINNED, DMA_BUF_MOVE_SKIPS_FENCE_WAIT
 from . import core
 from .core import (
     MOVABLE,
@@ -81,10 +82,10 @@ class MovableExporter(track.Tracked):
     def migrate(self, buf: DmaBuf, to: str) -> None:
         """Move the buffer to placement ``to`` ("vram" or "system")."""
         sched = self.kernel.sched
-        bugs = self.kernel.profile.bugs
+        profile = self.kernel.profile
         buf.resv.lock_ctx()
         try:
-            if self.pin_count and "dma_buf.move_pinned" not in bugs:
+            if self.pin_count and not profile.has_bug(DMA_BUF_MOVE_PINNED):
                 raise kerr(errno.EBUSY, f"migrate: {buf.name} is pinned")
             if self.pin_count:
                 sched.violation("pinned-moved", f"{buf.name} moved while pinned "
@@ -99,7 +100,7 @@ class MovableExporter(track.Tracked):
             buf.resv.add_fence(fence, DMA_RESV_USAGE_KERNEL)
             try:
                 core.dma_buf_move_notify(buf)
-                if "dma_buf.move_skips_fence_wait" not in bugs:
+                if not profile.has_bug(DMA_BUF_MOVE_SKIPS_FENCE_WAIT):
                     for f in buf.resv.pending(DMA_RESV_USAGE_BOOKKEEP):
                         if f is not fence:
                             f.wait()
@@ -123,7 +124,7 @@ class MovableExporter(track.Tracked):
             buf.resv.unlock()
 
     def _copy(self, old: list[tuple[int, int]], new: list[tuple[int, int]]) -> None:
-        data = self.kernel.phys.data
+        phys = self.kernel.phys
         src = [(s, e) for s, e in old]
         pos = 0
         for ns, ne in new:
@@ -135,7 +136,7 @@ class MovableExporter(track.Tracked):
                 for s, e in src:
                     if acc + (e - s) > pos + off:
                         take = min(e - s - (pos + off - acc), n - off)
-                        data.copy(s + (pos + off - acc), ns + off, take)
+                        phys.copy(s + (pos + off - acc), ns + off, take, "kernel")
                         off += take
                         break
                     acc += e - s

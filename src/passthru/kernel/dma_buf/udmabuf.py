@@ -71,7 +71,7 @@ from ..fs.ioctl_table import IoctlTable
 from ..init import initcall
 from ..mm.gup import Pin
 from ..mm.memfd import MemfdFile
-from ..mm.vma import VM_DONTDUMP, VM_DONTEXPAND, VM_PFNMAP, page_up
+from ..mm.mm import VM_DONTDUMP, VM_DONTEXPAND, VM_PFNMAP, page_up
 from . import core
 from .core import (
     PINNED,

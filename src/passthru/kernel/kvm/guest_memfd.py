@@ -52,7 +52,7 @@ from ..fs.file import File, no_such_ioctl
 from ..fs.ioctl_table import IoctlTable
 from ..lockdep_assert import lockdep_assert_held, lockdep_assert_held_write
 from ..mm.filemap import PageCache
-from ..mm.vma import VM_DONTDUMP, VM_MAYSHARE, VM_SHARED
+from ..mm.mm import VM_DONTDUMP, VM_MAYSHARE, VM_SHARED
 
 if TYPE_CHECKING:
     from ..fs.process import Process

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from ....errors import kerr
 from ....extents import Extent
-from ...mm.vma import VM_DONTDUMP, VM_DONTEXPAND, VM_IO, VM_PFNMAP
+from ...mm.mm import VM_DONTDUMP, VM_DONTEXPAND, VM_IO, VM_PFNMAP
 from ..cma import CMA_DEFAULT_SIZE, PAGE, CmaArea, cma_declare_default
 from ..core import DmaBuf, mmap_needs_shared, sigbus_past_the_end
 from ..dma_heap import DmaHeap, dma_heap_add
