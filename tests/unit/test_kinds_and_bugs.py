@@ -4,9 +4,13 @@ and every kind the model reports is registered by the time a kernel exists."""
 
 from __future__ import annotations
 
+import ast
 import importlib
+import json
 import pkgutil
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,6 +54,44 @@ def test_every_kind_reported_in_src_is_registered() -> None:
     assert found and not {k for k in found if not kinds.is_registered(k)}
     for k in ("use-after-free", "stale-spte", "physical", "data-race", "lockdep"):
         assert kinds.is_registered(k), k
+
+
+def _literal_kinds(path: Path) -> set[str]:
+    """The kinds ``path`` reports by literal: ``violation("kind", ...)``."""
+    return {node.args[0].value for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Call) and node.args
+            and getattr(node.func, "attr", getattr(node.func, "id", None)) == "violation"
+            and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)}
+
+
+_IMPORT_EACH_ALONE = """
+import importlib, json, sys
+missing = {}
+for mod, reported in json.loads(sys.argv[1]).items():
+    for name in [m for m in sys.modules if m == "passthru" or m.startswith("passthru.")]:
+        del sys.modules[name]  # a fresh registry: nothing another module registered
+    importlib.import_module(mod)
+    kinds = sys.modules["passthru.sim.kinds"]
+    unknown = [k for k in reported if not kinds.is_registered(k)]
+    if unknown:
+        missing[mod] = unknown
+print(json.dumps(missing))
+"""
+
+
+def test_each_module_registers_the_kinds_it_reports() -> None:
+    """Importing a module, and only it, registers every kind it reports by literal: the
+    registration sits with the reporter (sim/kinds.py keeps no table for anyone)."""
+    reported = {}
+    for f in sorted(SRC.rglob("*.py")):
+        found = _literal_kinds(f)
+        if found:
+            mod = ".".join(("passthru",) + f.relative_to(SRC).with_suffix("").parts)
+            reported[mod.removesuffix(".__init__")] = sorted(found)
+    assert "passthru.kernel.dma_buf.core" in reported  # the scan sees the reporters
+    out = subprocess.run([sys.executable, "-c", _IMPORT_EACH_ALONE, json.dumps(reported)],
+                         capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == {}
 
 
 def test_unknown_bug_names_are_refused() -> None:

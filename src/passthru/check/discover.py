@@ -21,6 +21,8 @@ def _from_module(mod: object) -> list[Scenario]:
 
 
 def builtin() -> list[Scenario]:
+    # Lazy on purpose, not for a cycle: the built-in library (and the violation kinds its
+    # scenarios register) loads only when asked for, never beside a user's PATHS.
     from .. import scenarios
 
     out: list[Scenario] = []

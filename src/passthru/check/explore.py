@@ -1,4 +1,4 @@
-"""Stateless exploration of schedules (DESIGN.md, "Concurrency and exploration").
+"""Stateless exploration of schedules (docs/design.md, "Concurrency and exploration").
 
 The model is deterministic, so a schedule is the list of task choices at each decision and
 exploring replays the scenario from scratch for each one. Every decision records the enabled

@@ -14,8 +14,10 @@ from typing import Any
 from ..errors import Fault
 from ..host.sim import SimHost
 from ..kernel.profile import get_profile
+from ..sim import kinds
 from ..sim.log import EventLog
 from ..sim.scheduler import Chooser, Scheduler, SimDeadlock, Violation
+from . import schedfile
 from .explore import (
     Decision,
     DfsExplorer,
@@ -27,7 +29,13 @@ from .explore import (
 )
 from .scenario import Sandbox, Scenario
 
-SCHEDULE_VERSION = 1
+SCHEDULE_VERSION = schedfile.SCHEDULE_VERSION  # the schedule file's, for older imports
+
+# What a run reports beyond the model's own rules (sim/kinds.py).
+LEAK = kinds.register("leak", "check.runner")  # something alive after teardown
+CRASH = kinds.register("crash", "check.runner")  # the model, a task or a check raised
+TASK_ERROR = kinds.register("task-error", "check.runner")  # a task's unexpected errno or Fault
+DEADLOCK = kinds.register("deadlock", "check.runner")  # a final check or teardown would sleep
 
 
 class ScenarioError(Exception):
@@ -107,7 +115,7 @@ def run_once(
                 h.exit()
             leaks = host.leaks()
             if leaks:
-                sched.violation("leak", "after teardown: " + "; ".join(leaks))
+                sched.violation(LEAK, "after teardown: " + "; ".join(leaks))
         _guarded(sched, "teardown", teardown)
     for undo in reversed(sb.undo):
         undo()
@@ -132,13 +140,13 @@ def _guarded(sched: Scheduler, what: str, fn: Any) -> None:
     try:
         fn()
     except SimDeadlock:
-        if not any(v.kind == "deadlock" for v in sched.violations):
-            sched.violation("deadlock", f"{what} would sleep forever")
+        if not any(v.kind == DEADLOCK for v in sched.violations):
+            sched.violation(DEADLOCK, f"{what} would sleep forever")
     except (OSError, Fault) as e:
         if not sched.faults_failed:
-            sched.violation("crash", f"{what} failed: {type(e).__name__}: {e}")
+            sched.violation(CRASH, f"{what} failed: {type(e).__name__}: {e}")
     except Exception as e:  # noqa: BLE001 - a crash in the model is a finding, not a traceback
-        sched.violation("crash", f"{what} raised {type(e).__name__}: {e}")
+        sched.violation(CRASH, f"{what} raised {type(e).__name__}: {e}")
 
 
 def _task_errors(sched: Scheduler, sb: Sandbox) -> None:
@@ -156,7 +164,7 @@ def _task_errors(sched: Scheduler, sb: Sandbox) -> None:
                 continue
         if any(isinstance(x, type) and isinstance(err, x) for x in t.expect_errors):
             continue
-        kind = "task-error" if isinstance(err, (OSError, Fault)) else "crash"
+        kind = TASK_ERROR if isinstance(err, (OSError, Fault)) else CRASH
         sched.violation(kind, f"task {t.name} raised {type(err).__name__}: {err}")
 
 
@@ -210,10 +218,8 @@ class Verdict:
 
     def schedule_json(self) -> dict[str, Any]:
         """The counterexample as a schedule file (:mod:`passthru.check.schedfile`)."""
-        from .schedfile import schedule_json
-
         cx = self.counterexample
-        return schedule_json(self.scenario, self.profile, self.design,
+        return schedfile.schedule_json(self.scenario, self.profile, self.design,
                              cx.choices if cx else [], cx.fail_nth if cx else ())
 
 

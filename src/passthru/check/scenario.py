@@ -8,8 +8,8 @@
 
 ``expect`` is "safe" (no violation in any explored schedule) or "violation" (a known bug:
 the checker must find it). ``bugs`` seeds named defects into the profile for the buggy
-variant of a demo. ``designs`` lists coordination designs (DESIGN.md contract 3) to run under;
-scenarios that do not care leave it empty. Nothing here assumes a subsystem.
+variant of a demo. ``designs`` lists coordination designs (docs/design.md contract 3) to run
+under; scenarios that do not care leave it empty. Nothing here assumes a subsystem.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""LinuxHost: the Host protocol (DESIGN.md contract 2) over the real kernel's system calls.
+"""LinuxHost: the Host protocol (docs/design.md contract 2) over the real kernel's system calls.
 
 Every call goes through libc by ctypes (``use_errno=True``), so a failure carries the errno the
 kernel returned; it is raised as ``OSError(errno, "<call>(<arguments>) [ENAME]")``. Addresses

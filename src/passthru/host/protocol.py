@@ -1,4 +1,4 @@
-"""The Host protocol: the libc-shaped calls every passthru user makes (DESIGN.md contract 2).
+"""The Host protocol: the libc-shaped calls every passthru user makes (docs/design.md contract 2).
 
 SimHost (the model) and LinuxHost (the real kernel) both implement it, so the same VMM code and
 the same conformance tests run on both. Failures raise OSError with the kernel's errno; a

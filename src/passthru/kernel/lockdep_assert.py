@@ -1,7 +1,8 @@
 """Lock rules as code: lockdep_assert_held and its write form (include/linux/lockdep.h,
 mmap_assert_locked in include/linux/mmap_lock.h), and the *marked* accesses of
 include/asm-generic/rwonce.h and include/linux/rcupdate.h (READ_ONCE, WRITE_ONCE,
-rcu/srcu_dereference) as the model spells them (DESIGN.md, "Data races are violations").
+rcu/srcu_dereference) as the model spells them (docs/design.md, "Data races are
+violations").
 
 A module's docstring states which lock protects which field; the functions that the kernel
 guards with ``lockdep_assert_held`` call the same assertion here. When the running task does
@@ -28,8 +29,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..sim import track
+from ..sim import kinds, track
 from ..sim.locks import RwSem
+
+LOCKDEP = kinds.register("lockdep", "kernel.lockdep_assert")  # a lockdep_assert_held failed
 
 
 def _held(lock: Any) -> bool:
@@ -40,7 +43,7 @@ def _held(lock: Any) -> bool:
 
 def _report(lock: Any, what: str, form: str) -> None:
     s = lock.sched
-    s.violation("lockdep", f"{what}: {form}({lock.name}) fails: {s.current.name} does not "
+    s.violation(LOCKDEP, f"{what}: {form}({lock.name}) fails: {s.current.name} does not "
                 f"hold {lock.name}")
 
 

@@ -1,6 +1,6 @@
 """Kernel profiles: behaviour that differs across kernel versions and proposals, as data.
 
-A subsystem never asks "is this 7.1?"; it reads a field of the profile (DESIGN.md contract 3).
+A subsystem never asks "is this 7.1?"; it reads a field of the profile (docs/design.md contract 3).
 ``bugs`` names deliberately seeded defects (for teaching and for the checker's own tests: a
 buggy variant of a scenario must be found); real profiles have none.
 

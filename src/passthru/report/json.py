@@ -22,6 +22,7 @@ import re
 from typing import Any
 
 from ..check.runner import RunResult, Verdict
+from ..check.schedfile import passthru_version
 from ..sim.scheduler import Violation
 
 REPORT_VERSION = 1  # fields are only ever added
@@ -96,8 +97,6 @@ def run_json(res: RunResult) -> dict[str, Any]:
 def meta_json(verdicts: list[Verdict], options: dict[str, Any] | None = None,
               date: str | None = None) -> dict[str, Any]:
     """The run's metadata: profiles, designs, passthru version, options and (given) date."""
-    from ..check.schedfile import passthru_version
-
     return {
         "passthru": passthru_version(),
         "date": date,

@@ -5,14 +5,14 @@ Verdicts, counterexample files and tests compare runs by it, so a kind is a regi
 constant, never a string made up where it is reported: :meth:`Scheduler.violation` refuses a
 kind nobody registered (a misspelt kind would otherwise be a new kind that no test expects).
 
-Who registers (at import, before anything can report):
-- each subsystem, where it defines the kind it reports:
-  ``USE_AFTER_FREE = register("use-after-free", "kvm")``;
+Who registers (at import, before anything can report): the module that reports the kind —
+- each module of the model, near its top:
+  ``USE_AFTER_FREE = register("use-after-free", "kvm")`` (the scheduler, the locks, lockdep
+  and the race detector in sim/, every subsystem in kernel/ and hw/, the runner in check/);
 - a scenario, for the invariants and final checks it names (``Sandbox.invariant(name, ...)``
   registers ``name``; a scenario that reports through ``sched.violation`` itself calls
-  :func:`register` first);
-- this module, for the modules that do not register their own kinds yet (the end of this
-  file, each under the subsystem that reports it).
+  :func:`register` first).
+This module registers nothing itself: it knows no reporter.
 
 A kind may have several owners (``lockdep`` comes from kernel code and from kapi; several
 scenarios name a check ``teardown``): registering a known kind again adds an owner. Kind
@@ -64,24 +64,3 @@ def require(kind: str) -> str:
             f"with passthru.sim.kinds.register({kind!r}, owner) (known: {', '.join(known())})")
     return kind
 
-
-# ----- sim: the scheduler, the sleeping locks, lockdep, the race detector -------------------
-DEADLOCK = register("deadlock", "sim")  # scheduler.py, locks.py (and check/runner.py)
-LOCK_HELD_AT_EXIT = register("lock-held-at-exit", "sim")  # scheduler.py
-LOCK = register("lock", "sim.locks")  # unlocking a lock the task does not hold
-LOCK_ORDER = register("lock-order", "sim.lockdep")
-DATA_RACE = register("data-race", "sim.track")
-
-# ----- kinds reported by modules that do not register their own yet --------------------------
-# The reporting subsystem -> the kinds it reports (by string, at the call site, today).
-NOT_YET_SELF_REGISTERED: dict[str, tuple[str, ...]] = {
-    "kernel/lockdep_assert.py": ("lockdep",),  # lockdep_assert_held failed
-    "kapi": ("lockdep",),  # kapi.lockdep_assert_held
-    "dma-buf": ("dma-buf-lifetime", "dma-buf-mapping", "dma-buf-locking", "dma-buf-pin",
-                "revoke-contract", "revoke-timeout", "sgt-page-access", "pinned-moved",
-                "rdma-pinned-moved", "compositor-shot-down"),
-    "check/runner.py": ("leak", "crash", "task-error", "deadlock"),
-}
-for _owner, _kinds in NOT_YET_SELF_REGISTERED.items():
-    for _kind in _kinds:
-        register(_kind, _owner)

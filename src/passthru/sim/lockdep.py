@@ -10,8 +10,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from . import kinds
+
 if TYPE_CHECKING:
     from .scheduler import Scheduler
+
+LOCK_ORDER = kinds.register("lock-order", "sim.lockdep")  # two lock classes taken in both orders
 
 
 class LockDep:
@@ -42,8 +46,6 @@ class LockDep:
         for h in cur.held:
             hcls = h.cls
             if hcls == cls:
-                if getattr(lock, "nestable", False):
-                    continue
                 continue  # same class nesting (e.g. two dma_resv under one ww ctx) is allowed
             if cls in self.edges.get(hcls, {}):
                 continue
@@ -54,7 +56,7 @@ class LockDep:
                 first = self.edges[back[0]][back[1]]
                 chain = " -> ".join(back)
                 self.sched.violation(
-                    "lock-order",
+                    LOCK_ORDER,
                     f"possible circular locking: {hcls} -> {cls} ({where}) "
                     f"inverts {chain} (first seen {first})",
                 )

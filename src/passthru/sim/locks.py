@@ -14,8 +14,11 @@ import errno
 from collections.abc import Callable
 from typing import Any
 
-from . import track
+from . import kinds, track
 from .scheduler import Scheduler, SimDeadlock, Task
+
+DEADLOCK = kinds.register("deadlock", "sim.locks")  # recursive locking: would wait forever
+LOCK = kinds.register("lock", "sim.locks")  # unlocking a lock the task does not hold
 
 
 def _sync(obj: Any, write: bool = True) -> None:
@@ -47,46 +50,85 @@ def _rel(obj: Any, suffix: str = "") -> None:
     _clock(obj, suffix, True)
 
 
-class Mutex(track.Tracked):
-    def __init__(self, sched: Scheduler, name: str, cls: str | None = None) -> None:
+# Every sleeping lock's acquire and release, around what each kind of lock decides itself.
+def _lock_begin(lock: Any, how: str, write: bool = True) -> Scheduler:
+    """might_sleep() and lock_acquire(): a scheduling point naming the lock, lockdep's order
+    check (before waiting, so an inversion is reported even if this then deadlocks), and the
+    lock's state in the footprint. Returns the lock's scheduler."""
+    s: Scheduler = lock.sched
+    s.point(lock.name, how)
+    s.lockdep.acquire(lock)
+    _sync(lock, write)
+    return s
+
+
+def _lock_wait(lock: Any, write: bool = True) -> None:
+    """Contended: sleep until woken (an unlock, a wound), then look at the lock's state again."""
+    lock.sched.block(lock)
+    _sync(lock, write)
+
+
+def _lock_taken(lock: Any, *clocks: str) -> None:
+    """The lock is the current task's: it acquires what was released into ``clocks`` (the
+    lock's one clock unless named)."""
+    for suffix in clocks or ("",):
+        _acq(lock, suffix)
+    lock.sched.lockdep.acquired(lock)
+
+
+def _lock_released(lock: Any, clock: str = "", write: bool = True) -> None:
+    """The current task has given the lock up (its state already says so): what it did
+    happens-before the next owner (``clock``); lockdep forgets it; the waiters wake."""
+    s = lock.sched
+    _sync(lock, write)
+    _rel(lock, clock)
+    s.lockdep.release(lock)
+    s.wake(lock)
+
+
+class _OwnedLock(track.Tracked):
+    """What a mutex and a ww_mutex share (a struct ww_mutex wraps a struct mutex): one owner,
+    and the unlock that releases it."""
+
+    def __init__(self, sched: Scheduler, name: str, cls: str) -> None:
         self.sched = sched
         self.name = name
-        self.cls = cls or name
+        self.cls = cls
         self.owner: Task | None = None
-        self.track_init(name)
-
-    def lock(self) -> None:
-        s = self.sched
-        s.point(self.name, "acquire")
-        s.lockdep.acquire(self)
-        _sync(self)
-        while self.owner is not None:
-            if self.owner is s.current:
-                msg = f"recursive locking of {self.name} by {s.current.name}"
-                s.violation("deadlock", msg)
-                raise SimDeadlock(msg)
-            s.block(self)
-            _sync(self)
-        self.owner = s.current
-        _acq(self)
-        s.lockdep.acquired(self)
 
     def unlock(self) -> None:
         s = self.sched
         if self.owner is not s.current:
-            s.violation("lock", f"{s.current.name} unlocks {self.name} it does not hold")
+            s.violation(LOCK, f"{s.current.name} unlocks {self.name} it does not hold")
             return
-        _sync(self)
-        _rel(self)
+        self._disown()
+        _lock_released(self)
+
+    def _disown(self) -> None:
         self.owner = None
-        s.lockdep.release(self)
-        s.wake(self)
 
     def is_locked(self) -> bool:
         return self.owner is not None
 
     def held_by_current(self) -> bool:
         return self.owner is self.sched.current
+
+
+class Mutex(_OwnedLock):
+    def __init__(self, sched: Scheduler, name: str, cls: str | None = None) -> None:
+        super().__init__(sched, name, cls or name)
+        self.track_init(name)
+
+    def lock(self) -> None:
+        s = _lock_begin(self, "acquire")
+        while self.owner is not None:
+            if self.owner is s.current:
+                msg = f"recursive locking of {self.name} by {s.current.name}"
+                s.violation(DEADLOCK, msg)
+                raise SimDeadlock(msg)
+            _lock_wait(self)
+        self.owner = s.current
+        _lock_taken(self)
 
     def __enter__(self) -> Mutex:
         self.lock()
@@ -110,61 +152,44 @@ class RwSem(track.Tracked):
         self.track_init(name)
 
     def down_read(self) -> None:
-        s = self.sched
-        s.point(self.name, "r")
-        s.lockdep.acquire(self)
-        _sync(self, write=False)
+        s = _lock_begin(self, "r", write=False)
         while self.writer is not None:
             if self.writer is s.current:
-                s.violation("deadlock", f"{s.current.name} read-locks {self.name} it holds")
+                s.violation(DEADLOCK, f"{s.current.name} read-locks {self.name} it holds")
                 raise SimDeadlock(self.name)
-            s.block(self)
-            _sync(self, write=False)
+            _lock_wait(self, write=False)
         self.readers[s.current.tid] = self.readers.get(s.current.tid, 0) + 1
-        _acq(self, "@w")
-        s.lockdep.acquired(self)
+        _lock_taken(self, "@w")
 
     def up_read(self) -> None:
         s = self.sched
         n = self.readers.get(s.current.tid, 0)
         if n == 0:
-            s.violation("lock", f"{s.current.name} up_read on {self.name} it does not hold")
+            s.violation(LOCK, f"{s.current.name} up_read on {self.name} it does not hold")
             return
-        _sync(self, write=False)
-        _rel(self, "@r")
         if n == 1:
             del self.readers[s.current.tid]
         else:
             self.readers[s.current.tid] = n - 1
-        s.lockdep.release(self)
-        s.wake(self)
+        _lock_released(self, "@r", write=False)
 
     def down_write(self) -> None:
-        s = self.sched
-        s.point(self.name, "w")
-        s.lockdep.acquire(self)
-        _sync(self)
+        s = _lock_begin(self, "w")
         while self.writer is not None or self.readers:
             if self.writer is s.current or s.current.tid in self.readers:
-                s.violation("deadlock", f"{s.current.name} write-locks {self.name} it holds")
+                s.violation(DEADLOCK, f"{s.current.name} write-locks {self.name} it holds")
                 raise SimDeadlock(self.name)
-            s.block(self)
-            _sync(self)
+            _lock_wait(self)
         self.writer = s.current
-        _acq(self, "@w")
-        _acq(self, "@r")
-        s.lockdep.acquired(self)
+        _lock_taken(self, "@w", "@r")
 
     def up_write(self) -> None:
         s = self.sched
         if self.writer is not s.current:
-            s.violation("lock", f"{s.current.name} up_write on {self.name} it does not hold")
+            s.violation(LOCK, f"{s.current.name} up_write on {self.name} it does not hold")
             return
-        _sync(self)
-        _rel(self, "@w")
         self.writer = None
-        s.lockdep.release(self)
-        s.wake(self)
+        _lock_released(self, "@w")
 
     def held_for_write(self) -> bool:
         return self.writer is self.sched.current
@@ -185,7 +210,7 @@ class WwAcquireCtx:
         self.wounded = False
 
 
-class WwMutex(track.Tracked):
+class WwMutex(_OwnedLock):
     """ww_mutex of a wound-wait class (dma_resv's reservation_ww_class).
 
     An older context that finds the lock held by a younger one wounds it; the wounded context
@@ -193,23 +218,17 @@ class WwMutex(track.Tracked):
     """
 
     def __init__(self, sched: Scheduler, name: str, cls: str = "reservation_ww_class") -> None:
-        self.sched = sched
-        self.name = name
-        self.cls = cls
-        self.owner: Task | None = None
+        super().__init__(sched, name, cls)
         self.ctx: WwAcquireCtx | None = None
         self.track_init(name)
 
     def lock(self, ctx: WwAcquireCtx | None = None) -> int:
-        s = self.sched
-        s.point(self.name, "acquire")
-        s.lockdep.acquire(self)
-        _sync(self)
+        s = _lock_begin(self, "acquire")
         while self.owner is not None:
             if self.owner is s.current:
                 if ctx is not None and self.ctx is ctx:
                     return -errno.EALREADY
-                s.violation("deadlock", f"recursive locking of {self.name}")
+                s.violation(DEADLOCK, f"recursive locking of {self.name}")
                 raise SimDeadlock(self.name)
             if ctx is not None:
                 if ctx.wounded and ctx.acquired > 0:
@@ -220,14 +239,12 @@ class WwMutex(track.Tracked):
                     s.emit("ww", "wound", lock=self.name, victim=holder.task.name)
                     # A wounded holder asleep on another ww lock must wake to see it.
                     s.wake(holder.task.waiting_on) if holder.task.waiting_on else None
-            s.block(self)
-            _sync(self)
+            _lock_wait(self)
         self.owner = s.current
         self.ctx = ctx
         if ctx is not None:
             ctx.acquired += 1
-        _acq(self)
-        s.lockdep.acquired(self)
+        _lock_taken(self)
         return 0
 
     def lock_slow(self, ctx: WwAcquireCtx) -> None:
@@ -235,25 +252,11 @@ class WwMutex(track.Tracked):
         rc = self.lock(ctx)
         assert rc == 0, "lock_slow cannot fail once everything was dropped"
 
-    def unlock(self) -> None:
-        s = self.sched
-        if self.owner is not s.current:
-            s.violation("lock", f"{s.current.name} unlocks {self.name} it does not hold")
-            return
+    def _disown(self) -> None:
         if self.ctx is not None:
             self.ctx.acquired -= 1
-        _sync(self)
-        _rel(self)
         self.owner = None
         self.ctx = None
-        s.lockdep.release(self)
-        s.wake(self)
-
-    def is_locked(self) -> bool:
-        return self.owner is not None
-
-    def held_by_current(self) -> bool:
-        return self.owner is self.sched.current
 
 
 class Srcu(track.Tracked):

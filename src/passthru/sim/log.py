@@ -2,7 +2,7 @@
 
 The text form is stable — integers print in hex above 9, keyword arguments keep the order the
 caller gave, nothing depends on hash order or the wall clock — so the same scenario, profile
-and schedule give a byte-identical log (DESIGN.md contract 4).
+and schedule give a byte-identical log (docs/design.md contract 4).
 """
 
 from __future__ import annotations

@@ -24,7 +24,11 @@ import greenlet
 
 from . import kinds
 from . import track as _trk
+from .lockdep import LockDep
 from .log import Event, EventLog
+
+DEADLOCK = kinds.register("deadlock", "sim")  # a task (or main) would sleep forever
+LOCK_HELD_AT_EXIT = kinds.register("lock-held-at-exit", "sim")  # a task ended holding a lock
 
 RUNNABLE = "runnable"
 BLOCKED = "blocked"
@@ -103,8 +107,6 @@ class Scheduler:
         # Footprint tracking and race detection (sim/track.py), when asked for: the checker.
         self.tracker: _trk.Tracker | None = _trk.Tracker(self, races) if track else None
         self.step_fps: list[_trk.Footprint] = []
-        from .lockdep import LockDep  # local: lockdep reports through this scheduler
-
         self.lockdep = LockDep(self)
 
     # ----- logging and violations -------------------------------------------------------
@@ -163,7 +165,7 @@ class Scheduler:
         if cur is self.main or self._sched_glet is None or self._unwinding:
             msg = f"{cur.name} would sleep forever on {_name(on)} (nothing else can run)"
             if not self._unwinding:
-                self.violation(kinds.DEADLOCK, msg)
+                self.violation(DEADLOCK, msg)
             raise SimDeadlock(msg)
         if self.tracker is not None:
             _trk.sync_access(on)  # going to sleep on ``on`` conflicts with waking it
@@ -206,7 +208,7 @@ class Scheduler:
             self.emit("sched", "task-error", error=f"{type(e).__name__}: {e}")
         if t.held and not isinstance(t.error, SimDeadlock):
             names = ", ".join(_name(h) for h in t.held)
-            self.violation(kinds.LOCK_HELD_AT_EXIT, f"task {t.name} ended holding {names}")
+            self.violation(LOCK_HELD_AT_EXIT, f"task {t.name} ended holding {names}")
         t.state = DONE
         self.emit("sched", "exit")
 
@@ -290,7 +292,7 @@ class Scheduler:
         for t in blocked:
             held = ",".join(_name(h) for h in t.held) or "-"
             parts.append(f"{t.name} holds [{held}] waits {_name(t.waiting_on)}")
-        self.violation(kinds.DEADLOCK, "; ".join(parts))
+        self.violation(DEADLOCK, "; ".join(parts))
         # Unwind the stuck greenlets so nothing dangles: they end with SimDeadlock. Each runs
         # as itself (its unlocks in finally blocks must find it the owner), and while
         # unwinding nothing may block or switch: a lock it still wants raises at once.

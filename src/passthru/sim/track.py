@@ -1,4 +1,4 @@
-"""Footprints and happens-before: how the checker sees every shared access (DESIGN.md,
+"""Footprints and happens-before: how the checker sees every shared access (docs/design.md,
 "Footprints" and "Data races are violations").
 
 Model state that two tasks can share lives in *tracked* structures — :class:`RangeMap`
@@ -42,8 +42,13 @@ import zlib
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from . import kinds
+
 if TYPE_CHECKING:
     from .scheduler import Scheduler
+
+# Two tasks' conflicting plain accesses with no happens-before between them.
+DATA_RACE = kinds.register("data-race", "sim.track")
 
 LO = -(1 << 100)
 HI = 1 << 100
@@ -188,7 +193,7 @@ class Tracker:
         what = "write" if write else "read"
         prev = "write" if e[2] else "read"
         self.sched.violation(
-            "data-race",
+            DATA_RACE,
             f"{self.label(uid)}{rng}: {what} by {task} at step {self.sched.step} races with "
             f"{prev} by {e[6]} at step {e[5]} (no happens-before between them)")
 

@@ -78,7 +78,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar, overload
 
 from ...errors import Fault, kerr
-from ...sim import track
+from ...sim import kinds, track
 from ...sim.locks import WaitQueue
 from ...sim.track import Cell, TrackedList
 from ...uapi import dma_buf as U
@@ -95,6 +95,15 @@ if TYPE_CHECKING:
     from ..fs.process import Process
     from ..fs.uaccess import UserArg
     from ..mm.vma import Vma
+
+# The violations this file reports (sim/kinds.py).
+kinds.register("dma-buf-lifetime", "dma-buf")
+kinds.register("dma-buf-mapping", "dma-buf")
+kinds.register("dma-buf-locking", "dma-buf")
+kinds.register("dma-buf-pin", "dma-buf")
+kinds.register("revoke-contract", "dma-buf")
+kinds.register("revoke-timeout", "dma-buf")
+kinds.register("sgt-page-access", "dma-buf")
 
 PINNED, REVOCABLE, MOVABLE = "pinned", "revocable", "movable"
 MEMORY_MODELS = (PINNED, REVOCABLE, MOVABLE)

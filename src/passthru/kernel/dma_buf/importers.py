@@ -50,7 +50,7 @@ from __future__ import annotations
 from functools import cache
 from typing import TYPE_CHECKING
 
-from ...sim import track
+from ...sim import kinds, track
 from ...sim.locks import WaitQueue
 from ...sim.track import Cell
 from ...uapi import linux as L
@@ -72,6 +72,10 @@ from .resv import DMA_RESV_USAGE_WRITE
 
 if TYPE_CHECKING:
     from ..fs.process import Process
+
+# The violations this file reports (sim/kinds.py).
+kinds.register("rdma-pinned-moved", "dma-buf")
+kinds.register("compositor-shot-down", "dma-buf")
 
 
 def importer_move_notify(attach: DmaBufAttachment) -> None:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 from ...errors import kerr
 from ...hw.physmem import Owner
-from ...sim import track
+from ...sim import kinds, track
 from ...uapi import linux as L
 from ..cgroup.dmem import DmemRegion
 from ..profile import DMA_BUF_MOVE_PINNED, DMA_BUF_MOVE_SKIPS_FENCE_WAIT
@@ -55,6 +55,8 @@ from .resv import DMA_RESV_USAGE_BOOKKEEP, DMA_RESV_USAGE_KERNEL
 if TYPE_CHECKING:
     from ..core import Kernel
 
+# The violations this file reports (sim/kinds.py).
+kinds.register("pinned-moved", "dma-buf")
 
 _PLACEMENT = (0, 1)
 _PINS = (1, 2)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from ...errors import kerr
 from ...hw.pci import PciFunction, Topology
+from ...sim import kinds
 from ..dma.p2pdma import PCI_P2PDMA_MAP_BUS_ADDR, pcim_p2pdma_init, pcim_p2pdma_provider
 from ..dma.phys_vec import dma_buf_free_sgt, dma_buf_phys_vec_to_sgt, phys_vec
 from . import core
@@ -34,6 +35,9 @@ from .core import PINNED, DmaBuf, DmaBufAttachment, DmaBufOps, DmaMapping, DmaRa
 
 if TYPE_CHECKING:
     from ..core import Kernel
+
+# The violations this file reports (sim/kinds.py).
+kinds.register("sgt-page-access", "dma-buf")
 
 
 class BarExporter:

@@ -23,10 +23,14 @@ Leaves out: fence slot reservation (dma_resv_reserve_fences), seqcount retries.
 
 from __future__ import annotations
 
+from ...sim import kinds
 from ...sim.locks import WwAcquireCtx, WwMutex
 from ...sim.scheduler import Scheduler
 from ...sim.track import Cell
 from .fence import DmaFence
+
+# The violations this file reports (sim/kinds.py).
+kinds.register("dma-buf-locking", "dma-buf")
 
 DMA_RESV_USAGE_KERNEL = 0
 DMA_RESV_USAGE_WRITE = 1
