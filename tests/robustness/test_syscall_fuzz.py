@@ -94,11 +94,16 @@ class Field:
         self.wild = st.one_of(sane, *garbage)
 
 
+# Negative values where the C type is unsigned (what a caller's arithmetic slip passes: the
+# register holds the wrapped value), and loff_t values past LLONG_MAX (negative in the register;
+# SimHost takes them as the kernel would, LinuxHost's os.pread refuses them before the call).
+negative = st.sampled_from([-1, -PAGE, -(1 << 44), -(1 << 63)])
+past_llong = st.sampled_from([(1 << 63) - 2, (1 << 63) - 1, 1 << 63, (1 << 64) - 1])
 SIZE = Field(pages, st.just(0), misaligned, beyond_ram, u64)
-LENGTH = Field(pages, st.just(0), misaligned, beyond_ram, u64)  # size_t
-SLENGTH = Field(pages, st.just(0), misaligned, beyond_ram, s64)  # off_t
+LENGTH = Field(pages, st.just(0), misaligned, beyond_ram, u64, negative)  # size_t
+SLENGTH = Field(pages, st.just(0), misaligned, beyond_ram, s64, past_llong)  # off_t
 OFFSET = Field(page_offset, misaligned, beyond_ram, u64)
-SOFFSET = Field(page_offset, misaligned, beyond_ram, s64)
+SOFFSET = Field(page_offset, misaligned, beyond_ram, s64, past_llong)
 GPA = Field(st.one_of(page_offset, st.sampled_from([RESET_VECTOR_GPA, RESET_VECTOR_GPA + 0xF000,
                                                0x100000])), misaligned, u64)
 SLOT = Field(st.integers(0, 7), u32, st.sampled_from([1 << 16, (1 << 16) | 1]))  # as_id 1
@@ -126,7 +131,13 @@ MFD_FLAGS = Field(
                  L.MFD_EXEC),
     with_junk(st.just(0), 0x40, 21 << 26, 1 << 31),
 )
-MFD_NAME = Field(st.just("guest-ram"), st.text(max_size=300))
+MFD_NAME = Field(
+    st.just("guest-ram"), st.text(max_size=300),
+    # names with no byte encoding (lone surrogates), surrogate-escaped bytes, NULs, and the
+    # MFD_NAME_MAX edge in multi-byte characters
+    st.text(st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1, max_size=4),
+    st.sampled_from(["\udc80\udcff", "a\x00b", "\x00", "é" * 124, "é" * 125, "x" * 249]),
+)
 SEALS = Field(
     flag_subsets(L.F_SEAL_SEAL, L.F_SEAL_SHRINK, L.F_SEAL_GROW, L.F_SEAL_WRITE,
                  L.F_SEAL_FUTURE_WRITE, L.F_SEAL_EXEC),
@@ -158,7 +169,7 @@ OPEN_PATH = Field(st.sampled_from(["/dev/kvm", "/dev/null"]),
                   st.sampled_from(["/dev/nope", "", "/dev/kvm/x"]))
 OPEN_FLAGS = Field(st.sampled_from([L.O_RDWR | L.O_CLOEXEC, L.O_RDWR]),
                    st.sampled_from([L.O_RDONLY, L.O_WRONLY, L.O_ACCMODE]), s32)
-RW_COUNT = Field(st.integers(0, 3 * PAGE))
+RW_COUNT = Field(st.integers(0, 3 * PAGE), st.sampled_from([-1, 1 << 63, (1 << 64) - 1]))
 PAYLOAD = Field(st.binary(max_size=2 * PAGE))
 # Guest code for the reset vector: hlt; and "mov [0x8000],al; out 0x10,al; hlt" (KERNEL.md §9)
 GUEST_CODE = [b"\xf4", b"\xa2\x00\x80\xe6\x10\xf4"]
@@ -392,6 +403,20 @@ class SyscallFuzz(RuleBasedStateMachine):
                 "deliver a signal")
             assert_unchanged(before, snapshot(host), f"{method}{args!r}", {"ram"})
             return FAILED
+        if method == "munmap":  # do_vmi_munmap's range check, on the unsigned arguments
+            addr, length = args[0] % (1 << 64), args[1] % (1 << 64)
+            assert length and addr <= L.TASK_SIZE and length <= L.TASK_SIZE - addr, (
+                f"munmap{args!r} succeeded outside the user address space")
+        if method == "mmap":
+            length = args[1] % (1 << 64)
+            assert 0 < length <= L.TASK_SIZE and ret + length <= L.TASK_SIZE, (
+                f"mmap{args!r} succeeded with a length or range the kernel refuses")
+        if method in ("pread", "pwrite"):  # rw_verify_area on a loff_t position
+            count = args[1] if method == "pread" else len(args[1])
+            assert 0 <= args[2] and args[2] + count < 1 << 63, (
+                f"{method} at {args[2]:#x} of {count:#x} bytes succeeded past LLONG_MAX")
+        if method in ("read", "pread"):
+            assert len(ret) <= min(args[1], 0x7FFFF000), f"{method}{args!r}: {len(ret)} bytes"
         if method == "close":
             self.closed.append(args[0])
         if method == "mmap":
@@ -498,7 +523,7 @@ class SyscallFuzz(RuleBasedStateMachine):
             slot=a(SLOT), flags=a(SLOT_FLAGS), guest_phys_addr=a(GPA), memory_size=a(SIZE),
             userspace_addr=a.page_addr(), guest_memfd_offset=a(OFFSET),
             guest_memfd=a.fd("guest_memfd", "guest_memfd", "memfd") & 0xFFFFFFFF,
-            pad1=a(RESERVED))
+            pad1=a(RESERVED) & 0xFFFFFFFF)
         arg.pad2[0] = a(RESERVED)
         self.call("ioctl", a.fd("kvm-vm"), K.KVM_SET_USER_MEMORY_REGION2, a.arg(arg))
 
@@ -612,6 +637,8 @@ class SyscallFuzz(RuleBasedStateMachine):
     def munmap(self, data: st.DataObject) -> None:
         a = Args(self, data)
         addr = a.page_addr() if a.draw(st.booleans()) else a.addr()
+        if not a.sane and a.draw(st.integers(0, 3)) == 0:
+            addr = a.draw(negative)
         self.call("munmap", addr, a(LENGTH))
 
     @rule(data=st.data())
@@ -628,6 +655,15 @@ class SyscallFuzz(RuleBasedStateMachine):
     @invariant()
     def no_violation(self) -> None:
         assert not self.host.sched.violations, self.host.sched.violations
+
+    @invariant()
+    def vmas_well_formed(self) -> None:
+        """VMAs are non-empty, page aligned, in order, disjoint, inside the address space."""
+        last = 0
+        for start, v in self.host.proc.mm.vmas.items():
+            assert start == v.start and last <= v.start < v.end <= L.TASK_SIZE, (v, last)
+            assert not (v.start | v.end) % PAGE, v
+            last = v.end
 
     @invariant()
     def bookkeeping(self) -> None:

@@ -1,8 +1,8 @@
 """passthru.uapi against the kernel's C headers (gcc + Debian linux-libc-dev 7.3, unpacked).
 
 The header directory is $PASSTHRU_UAPI_HEADERS, else ~/.cache/passthru/uapi-headers/usr/include
-(what tools/fetch-headers.sh makes), else /tmp/aptbp/hdr/usr/include; the first that holds
-linux/iommufd.h is used. Without one, or without gcc, the header tests skip and say why.
+(what tools/fetch-headers.sh makes); the first that holds linux/iommufd.h is used. Without
+one, or without gcc, the header tests skip and say why.
 The golden-number tests (KERNEL.md, proposals, Python-only names) always run.
 
 One compile per session: the module fixture builds a single C program for every check.
@@ -75,7 +75,6 @@ def header_dir() -> tuple[Path | None, list[Path]]:
         tried.append(Path(env))
     tried += [
         Path.home() / ".cache/passthru/uapi-headers/usr/include",
-        Path("/tmp/aptbp/hdr/usr/include"),
     ]
     for d in tried:
         if (d / "linux" / "iommufd.h").is_file():

@@ -149,3 +149,16 @@ def test_oversized_and_missing_files_are_refused(tmp_path: Path,
         schedfile.load(f)
     with pytest.raises(ScheduleError, match="cannot read"):
         schedfile.load(tmp_path / "nope.json")
+
+
+def test_the_schema_names_every_key_a_saved_file_has_and_designs_are_checked() -> None:
+    sc = next(s for s in builtin() if s.name == "abba")
+    saved = schedfile.schedule_json(sc, "linux-7.1", None, [1, 2], ())
+    assert set(saved) == set(schedfile.SCHEMA)
+    required = {k for k, (_, since) in schedfile.SCHEMA.items() if since is not None}
+    for key in required - {"version"}:  # (no version: "unsupported schedule version")
+        with pytest.raises(ScheduleError, match=f"missing {key}"):
+            schedfile.parse({k: v for k, v in saved.items() if k != key})
+    assert schedfile.parse({**saved, "design": "vmm"}).design == "vmm"
+    with pytest.raises(ScheduleError, match="unknown design \"tsm\""):
+        schedfile.parse({**saved, "design": "tsm"})

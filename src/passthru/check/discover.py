@@ -32,6 +32,9 @@ def builtin() -> list[Scenario]:
 
 
 def from_paths(paths: list[str]) -> list[Scenario]:
+    """The scenarios the Python files under ``paths`` define. A file that does not exist
+    raises FileNotFoundError; one that fails to import (any exception, including a bad
+    ``@scenario(...)`` argument) raises ImportError naming the file and the exception."""
     files: list[Path] = []
     for p in paths:
         path = Path(p)
@@ -49,6 +52,12 @@ def from_paths(paths: list[str]) -> list[Scenario]:
             raise ImportError(f"{f}: cannot be imported")
         mod = importlib.util.module_from_spec(spec)
         sys.modules[modname] = mod
-        spec.loader.exec_module(mod)
+        try:
+            spec.loader.exec_module(mod)
+        except SyntaxError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any failure at import is the file's, named
+            del sys.modules[modname]
+            raise ImportError(f"{f}: failed to import: {type(e).__name__}: {e}") from e
         out.extend(_from_module(mod))
     return out

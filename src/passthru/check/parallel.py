@@ -36,10 +36,15 @@ def _seed_slice(args: tuple[Scenario, str, str | None, dict[str, Any], int, int]
 
 def check_many(tasks: list[tuple[Scenario, str, str | None]], jobs: int = 1,
                on_done: Callable[[], None] | None = None,
+               on_start: Callable[[tuple[Scenario, str, str | None]], None] | None = None,
                **kw: Any) -> Iterator[Verdict | ScenarioError]:
-    """Verdicts for ``tasks`` in order."""
+    """Verdicts for ``tasks`` in order. ``on_start(task)`` is called as a task starts (with
+    several jobs: as the one whose verdict comes next is awaited), ``on_done()`` as it
+    ends."""
     if jobs <= 1:
         for sc, prof, design in tasks:
+            if on_start:
+                on_start((sc, prof, design))
             yield _one((sc, prof, design, kw))
             if on_done:
                 on_done()
@@ -47,7 +52,9 @@ def check_many(tasks: list[tuple[Scenario, str, str | None]], jobs: int = 1,
     ctx = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
         futures = [pool.submit(_one, (sc, prof, design, kw)) for sc, prof, design in tasks]
-        for f in futures:
+        for task, f in zip(tasks, futures, strict=True):
+            if on_start:
+                on_start(task)
             yield f.result()
             if on_done:
                 on_done()
@@ -57,7 +64,7 @@ def check_seeds_parallel(sc: Scenario, prof: str, design: str | None, jobs: int,
                          **kw: Any) -> Verdict:
     """One random/PCT variant with its seed range split over ``jobs`` processes; the lowest
     seed that finds a violation wins, so the answer does not depend on timing."""
-    budget = kw.pop("budget", 20000)
+    budget = kw.pop("budget", 1000)
     seed = kw.pop("seed", 0)
     chunk = -(-budget // jobs)
     args = [(sc, prof, design, kw, seed + i * chunk, min(chunk, budget - i * chunk))

@@ -16,7 +16,15 @@ from ..host.sim import SimHost
 from ..kernel.profile import get_profile
 from ..sim import kinds
 from ..sim.log import EventLog
-from ..sim.scheduler import Chooser, Scheduler, SimDeadlock, Violation
+from ..sim.scheduler import (
+    DEFAULT_MAX_STEPS,
+    STEP_BOUND,
+    Chooser,
+    Scheduler,
+    SimDeadlock,
+    SimStopped,
+    Violation,
+)
 from . import schedfile
 from .explore import (
     Decision,
@@ -53,6 +61,7 @@ class RunResult:
     faults_seen: int = 0
     decisions: list[Decision] = field(default_factory=list)
     final_state: tuple[Any, ...] = ()  # what the run left observable (Sandbox.final_state)
+    stopped: str | None = None  # "steps" or "time": the run was cut short by its bounds
 
     @property
     def first_violation_step(self) -> int:
@@ -75,14 +84,23 @@ def run_once(
     fail_nth: frozenset[int] = frozenset(),
     log: bool = True,
     races: bool = True,
+    max_steps: int | None = DEFAULT_MAX_STEPS,
+    deadline: float | None = None,
 ) -> RunResult:
     """One run under ``chooser``, with footprints tracked (and data races detected unless
     ``races`` is False). Never raises for what the scenario's tasks, final checks or
-    teardown do: a deadlock, a crash or an unexpected error is a violation in the result."""
+    teardown do: a deadlock, a crash or an unexpected error is a violation in the result.
+    The set-up's own failure (or a set-up that does not finish within ``max_steps``
+    scheduling points) is a :class:`ScenarioError`.
+
+    Bounded: at ``max_steps`` steps the run ends with a ``step-bound`` violation; past
+    ``deadline`` (a ``time.monotonic()`` value) it ends with ``stopped == "time"`` and no
+    finding. A stopped run skips its final checks and teardown (its tasks did not finish)."""
     prof = get_profile(profile).with_bugs(*sc.bugs)
     if design:
         prof = prof.with_design(design)
-    sched = Scheduler(chooser=chooser, fail_nth=fail_nth, log=log, track=True, races=races)
+    sched = Scheduler(chooser=chooser, fail_nth=fail_nth, log=log, track=True, races=races,
+                      max_steps=max_steps, deadline=deadline)
     tracker = sched.tracker
     assert tracker is not None
     tracker.activate()
@@ -91,11 +109,22 @@ def run_once(
         sb = Sandbox(prof, design, sched, host, hosts=[host])
         try:
             try:
+                sched.bound_main = True
                 sc.fn(sb)
+            except SimStopped as e:
+                if e.why == "steps":
+                    raise ScenarioError(f"{sc.name}: {e}") from e
             except (OSError, Fault) as e:
                 if not fail_nth:
                     raise ScenarioError(f"{sc.name}: set-up failed: {e}") from e
-            sched.run()
+            except SimDeadlock as e:
+                raise ScenarioError(f"{sc.name}: set-up would sleep forever: {e}") from e
+            except Exception as e:
+                raise ScenarioError(f"{sc.name}: set-up raised {type(e).__name__}: {e}") from e
+            finally:
+                sched.bound_main = False
+            if sched.stopped is None:
+                sched.run()
         except BaseException:
             for undo in reversed(sb.undo):
                 undo()
@@ -107,9 +136,9 @@ def run_once(
         finish()
     observed = sb.final_state()[:3]  # before final checks and teardown change anything
     _task_errors(sched, sb)
-    for name, check in sb.finals:
+    for name, check in sb.finals if sched.stopped is None else ():
         _guarded(sched, f"final check {name}", lambda c=check, n=name: _final(sched, n, c))
-    if sc.teardown:
+    if sc.teardown and sched.stopped is None:
         def teardown() -> None:
             for h in reversed(sb.hosts):
                 h.exit()
@@ -124,7 +153,7 @@ def run_once(
     return RunResult(
         list(sched.violations), sched.log, choices, sched.step, preemptions(trace),
         tuple(sorted(fail_nth)), sched.faults_seen, list(trace),
-        observed + (tuple(sorted({v.kind for v in sched.violations})),),
+        observed + (tuple(sorted({v.kind for v in sched.violations})),), sched.stopped,
     )
 
 
@@ -313,12 +342,15 @@ def check(
     shrink_cx: bool = True,
     races: bool = True,
     on_run: Any = None,
+    max_steps: int | None = DEFAULT_MAX_STEPS,
 ) -> Verdict:
     """Explore ``sc`` until a violation, the budget or the time limit; a safe scenario is
     explored fully. ``faults``: then sweep "fail the Nth fault point" for every N the run
     reaches (the kernel's fail_nth), each under the same exploration. ``races=False`` turns
     the data-race detector off (footprints still drive the reductions). ``on_run(result)``
-    sees every run (the cross-checks collect final states with it)."""
+    sees every run (the cross-checks collect final states with it). Each run is bounded by
+    ``max_steps`` (a ``step-bound`` violation) and by the time limit, checked at every
+    scheduling point (a run cut by it counts as the exploration stopped by time)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r} ({', '.join(STRATEGIES)})")
     if strategy == "full" and bound == 2:
@@ -328,11 +360,14 @@ def check(
                 seed=seed, time_limit=time_limit, faults=faults)
     t0 = time.perf_counter()
     deadline = None if time_limit is None else t0 + time_limit
+    mono = None if time_limit is None else time.monotonic() + time_limit
+    bounds: dict[str, Any] = {"max_steps": max_steps, "deadline": mono}
     results: list[RunResult] = []
     v.complete = True
 
     def one(ch: Any, fail: frozenset[int]) -> RunResult:
-        res = run_once(sc, profile, design, ch, fail_nth=fail, log=False, races=races)
+        res = run_once(sc, profile, design, ch, fail_nth=fail, log=False, races=races,
+                       **bounds)
         if on_run is not None:
             on_run(res)
         return res
@@ -346,6 +381,10 @@ def check(
                 res = results.pop()
                 v.schedules += 1
                 v.steps += res.steps
+                if res.stopped == "time":
+                    v.complete = False
+                    v.stopped = "time"
+                    return None
                 if res.violated:
                     return res
                 if v.schedules >= budget or (deadline and time.perf_counter() > deadline):
@@ -355,8 +394,9 @@ def check(
             return None
         # PCT places its change points among the steps a run actually takes, and cycles
         # the bug depth it targets through 2, 3 and 4.
-        horizon = run_once(sc, profile, design, ReplayChooser([]), fail_nth=fail,
-                           log=False, races=races).steps
+        first = run_once(sc, profile, design, ReplayChooser([]), fail_nth=fail,
+                         log=False, races=races, **bounds)
+        horizon = first.steps
         v.complete = False  # sampling never proves anything
         for i in range(budget):
             ch = (RandomChooser(seed + i) if strategy == "random"
@@ -364,6 +404,9 @@ def check(
             res = one(ch, fail)
             v.schedules += 1
             v.steps += res.steps
+            if res.stopped == "time":
+                v.stopped = "time"
+                return None
             if res.violated:
                 return res
             if deadline and time.perf_counter() > deadline:
@@ -375,7 +418,7 @@ def check(
     found = explore(frozenset())
     if found is None and faults:
         n_points = run_once(sc, profile, design, ReplayChooser([]), log=False,
-                            races=races).faults_seen
+                            races=races, **bounds).faults_seen
         for n in range(1, n_points + 1):
             found = explore(frozenset({n}))
             if found is not None or (deadline and time.perf_counter() > deadline):
@@ -385,11 +428,14 @@ def check(
                 break
     if found is not None:
         v.complete = False
-        if shrink_cx:
+        if shrink_cx and not any(x.kind == STEP_BOUND for x in found.violations):
+            # (a run that hit the step bound is as long as the bound: shrinking it would
+            # cost hundreds of such runs)
             found = shrink(sc, profile, design, found, races=races)
         # Re-run the counterexample with the event log on, for the report.
         v.counterexample = run_once(sc, profile, design, ReplayChooser(found.choices),
-                                    fail_nth=frozenset(found.fail_nth), races=races)
+                                    fail_nth=frozenset(found.fail_nth), races=races,
+                                    max_steps=max_steps)
         v.violations = v.counterexample.violations
     v.elapsed = time.perf_counter() - t0
     return v

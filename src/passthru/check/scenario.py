@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..host.sim import SimHost
-from ..kernel.profile import Profile
+from ..kernel.profile import DESIGNS, PROFILES, Profile
 from ..sim import kinds
 from ..sim.scheduler import Scheduler, Task
 from ..sim.track import Cell
@@ -53,6 +53,13 @@ def scenario(
 ) -> Callable[[Callable[[Sandbox], Any]], Callable[[Sandbox], Any]]:
     if expect not in ("safe", "violation"):
         raise ValueError(f"expect must be 'safe' or 'violation', not {expect!r}")
+    for p in profiles:
+        if p not in PROFILES:
+            raise ValueError(f"unknown profile {p!r} in profiles= (known: "
+                             f"{', '.join(sorted(PROFILES))})")
+    for d in designs:
+        if d not in DESIGNS:
+            raise ValueError(f"unknown design {d!r} in designs= (known: {', '.join(DESIGNS)})")
 
     def deco(fn: Callable[[Sandbox], Any]) -> Callable[[Sandbox], Any]:
         sc = Scenario(
@@ -63,7 +70,7 @@ def scenario(
             expect=expect,
             bugs=tuple(bugs),
             teardown=teardown,
-            doc=(fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "",
+            doc=first_sentence(fn.__doc__ or ""),
             module=fn.__module__,
         )
         fn.__passthru_scenario__ = sc  # type: ignore[attr-defined]
@@ -71,6 +78,17 @@ def scenario(
         return fn
 
     return deco
+
+
+def first_sentence(doc: str) -> str:
+    """The first sentence of a docstring (its first paragraph when no sentence ends there),
+    on one line: what ``list`` and the report show."""
+    para = " ".join(doc.strip().split("\n\n", 1)[0].split())
+    for i, ch in enumerate(para):
+        if ch in ".!?" and (i + 1 == len(para) or para[i + 1] == " "):
+            if not para[:i].endswith(("e.g", "i.e", "etc", "vs")):
+                return para[: i + 1]
+    return para
 
 
 @dataclass

@@ -14,7 +14,9 @@ replay FILE`` can find a scenario that is not built-in and warn when its source 
 either is null when the scenario has no source file. ``passthru`` is the version that saved it
 (informational). Version 1 files (no source fields) still load.
 
-:func:`load` validates everything it returns and raises :class:`ScheduleError` (a one-line,
+:data:`SCHEMA` is the one schema every file is checked against (types, ranges, which keys
+each version requires); ``design`` must be one of the known designs (kernel/profile.py) or
+null. :func:`load` validates everything it returns and raises :class:`ScheduleError` (a one-line,
 user-facing message) on any malformed file: bad JSON, wrong types, negative numbers, lists or
 files too large to be a schedule. Nothing here imports the runner (the runner imports this).
 """
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..kernel.profile import DESIGNS
 from .scenario import Scenario
 
 SCHEDULE_VERSION = 2
@@ -38,6 +41,22 @@ MAX_FILE_BYTES = 64 << 20  # a schedule of a million decisions is a few MiB
 MAX_CHOICES = 1_000_000
 MAX_FAIL_NTH = 10_000
 MAX_INT = (1 << 31) - 1  # task ids and fault point numbers are small
+
+
+# The schema: key -> (type, the first version that requires it; None: optional).
+# "str": a non-empty string; "str?": a string or null; "ints": a list of integers in
+# range (choices 0..MAX_INT, at most MAX_CHOICES; fail_nth 1..MAX_INT, at most MAX_FAIL_NTH).
+SCHEMA: dict[str, tuple[str, int | None]] = {
+    "version": ("int", 1),
+    "scenario": ("str", 1),
+    "profile": ("str", 1),
+    "choices": ("ints", 1),
+    "design": ("design?", 2),
+    "fail_nth": ("ints", 2),
+    "source": ("str?", 2),
+    "source_sha256": ("sha256?", 2),
+    "passthru": ("str?", None),
+}
 
 
 class ScheduleError(ValueError):
@@ -143,10 +162,8 @@ def parse(data: Any, path: str = "<schedule>") -> Schedule:
         raise ScheduleError(f"{path}: unsupported schedule version {json.dumps(ver)[:20]} "
                             f"(this passthru reads versions "
                             f"{', '.join(map(str, ACCEPTED_VERSIONS))})")
-    missing = [k for k in ("scenario", "profile", "choices") if k not in data]
-    if ver >= 2:
-        missing += [k for k in ("design", "fail_nth", "source", "source_sha256")
-                    if k not in data]
+    missing = [k for k, (_, since) in SCHEMA.items()
+               if since is not None and since <= ver and k not in data]
     if missing:
         raise ScheduleError(f"{path}: malformed schedule: missing {', '.join(missing)}")
     for key in ("scenario", "profile"):
@@ -155,10 +172,14 @@ def parse(data: Any, path: str = "<schedule>") -> Schedule:
     sha = _opt_str(path, data, "source_sha256")
     if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
         raise ScheduleError(f"{path}: 'source_sha256' is not a sha256 hex digest")
+    design = _opt_str(path, data, "design")
+    if design is not None and design not in DESIGNS:
+        raise ScheduleError(f"{path}: unknown design {json.dumps(design)[:40]} (known: "
+                            f"{', '.join(DESIGNS)}, or null)")
     return Schedule(
         scenario=data["scenario"],
         profile=data["profile"],
-        design=_opt_str(path, data, "design"),
+        design=design,
         choices=tuple(_int_list(path, data, "choices", 0, MAX_CHOICES)),
         fail_nth=frozenset(_int_list(path, data, "fail_nth", 1, MAX_FAIL_NTH)),
         version=ver,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 from types import TracebackType
 
@@ -202,7 +203,12 @@ class LinuxHost:
         self._forget_range(addr, addr + ((length + 4095) & ~4095))
 
     def memfd_create(self, name: str, flags: int) -> int:
-        fd = int(self._libc.memfd_create(os.fsencode(name), flags & 0xFFFFFFFF))
+        try:
+            raw = os.fsencode(name)
+        except UnicodeEncodeError:  # no bytes can reach the kernel: the name is invalid
+            raise kerr(errno.EINVAL, f"memfd_create({name!r}, {flags:#x}): the name has no "
+                       "byte encoding") from None
+        fd = int(self._libc.memfd_create(raw, flags & 0xFFFFFFFF))
         if fd < 0:
             raise _fail(f"memfd_create({name!r}, {flags:#x})")
         self._fds.add(fd)

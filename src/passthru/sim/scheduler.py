@@ -10,12 +10,22 @@ tasks run in spawn order: a SimHost with no tasks is a plain library (points are
 A violation's kind must be registered (sim/kinds.py): :meth:`Scheduler.violation` refuses
 any other, so a misspelt kind fails loudly instead of becoming a kind no test expects.
 
+Every run is bounded: ``max_steps`` (steps per run) and ``deadline`` (a
+``time.monotonic()`` value) stop a run whose tasks loop through scheduling points. At the
+step bound the run ends with a ``step-bound`` violation; at the deadline it ends with
+``stopped == "time"`` (no violation: the run was cut short, nothing was found). Either way the
+unfinished tasks are unwound like a deadlock's. A set-up running in main is bounded too while
+it goes through scheduling points, events or fault points (the model's, or ``s.point``):
+:class:`SimStopped` is raised there. A set-up looping in pure Python, never reaching any of
+them, cannot be interrupted.
+
 Leaves out: priorities, real time (``now`` is model time, advanced only by timed waits), CPUs.
 """
 
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -29,6 +39,9 @@ from .log import Event, EventLog
 
 DEADLOCK = kinds.register("deadlock", "sim")  # a task (or main) would sleep forever
 LOCK_HELD_AT_EXIT = kinds.register("lock-held-at-exit", "sim")  # a task ended holding a lock
+STEP_BOUND = kinds.register("step-bound", "sim")  # a run took more steps than its bound
+
+DEFAULT_MAX_STEPS = 100_000
 
 RUNNABLE = "runnable"
 BLOCKED = "blocked"
@@ -37,6 +50,15 @@ DONE = "done"
 
 class SimDeadlock(Exception):
     """Raised in the blocking context when no task can ever wake it."""
+
+
+class SimStopped(SimDeadlock):
+    """Unwinds a run stopped by its step bound or deadline (in its tasks, or in a set-up
+    running in main); ``why`` is "steps" or "time"."""
+
+    def __init__(self, why: str, msg: str) -> None:
+        super().__init__(msg)
+        self.why = why
 
 
 @dataclass
@@ -86,8 +108,17 @@ class Scheduler:
         log: bool = True,
         track: bool = False,
         races: bool = True,
+        max_steps: int | None = None,
+        deadline: float | None = None,
     ) -> None:
         self.chooser = chooser
+        self.max_steps = max_steps
+        self.deadline = deadline  # time.monotonic() value
+        self.stopped: str | None = None  # "steps" or "time" when the run was cut short
+        self._main_points = 0
+        # Set by the runner while a scenario's set-up runs in main: then main's scheduling
+        # points, events and fault points count against the bounds too.
+        self.bound_main = False
         self.fail_nth = frozenset(fail_nth)
         self.rng = random.Random(seed)
         self.log = EventLog(enabled=log)
@@ -111,6 +142,8 @@ class Scheduler:
 
     # ----- logging and violations -------------------------------------------------------
     def emit(self, subsystem: str, event: str, **args: Any) -> None:
+        if self.bound_main and self.current is self.main:
+            self._main_point()
         if self.log.enabled:
             self.log.add(Event(self.step, self.current.name, subsystem, event, tuple(args.items())))
 
@@ -148,9 +181,23 @@ class Scheduler:
         """A place where the scheduler may switch tasks. ``resource`` and ``access`` label the
         event log only: which steps conflict is decided from footprints (sim/track.py)."""
         if self.current is self.main or self._sched_glet is None or self._unwinding:
+            if self.bound_main and self.current is self.main:
+                self._main_point()
             return
         self.current.next_access = (resource, access)
         self._sched_glet.switch()
+
+    def _main_point(self) -> None:
+        """A scheduling point, event or fault point in main while a set-up runs
+        (``bound_main``): bounded like a task's steps."""
+        self._main_points += 1
+        if self.max_steps is not None and self._main_points > self.max_steps:
+            self.stopped = "steps"
+            raise SimStopped("steps", f"set-up passed {self.max_steps} scheduling points "
+                             "or model events without finishing (step bound)")
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            self.stopped = "time"
+            raise SimStopped("time", "set-up stopped by the time limit")
 
     def yield_(self, resource: str) -> None:
         """cond_resched() in a retry loop: let any other runnable task go first."""
@@ -190,6 +237,8 @@ class Scheduler:
     def fault(self, kind: str) -> bool:
         """A fault point: True when this one is to fail (the kernel's fail_nth)."""
         self.faults_seen += 1
+        if self.bound_main and self.current is self.main:
+            self._main_point()
         if self.faults_seen in self.fail_nth:
             self.faults_failed.append((self.faults_seen, kind))
             self.emit("fault", "inject", nth=self.faults_seen, kind=kind)
@@ -232,6 +281,19 @@ class Scheduler:
                     blocked = [t for t in self.tasks if t.state == BLOCKED]
                     if blocked:
                         self._report_deadlock(blocked)
+                    break
+                if self.max_steps is not None and self.step >= self.max_steps:
+                    self.violation(STEP_BOUND, f"step bound reached: {self.max_steps} steps "
+                                   "and the tasks have not finished (a livelock, or a loop "
+                                   "that needs a larger --max-steps)")
+                    self.stopped = "steps"
+                    self._unwind(enabled + [t for t in self.tasks if t.state == BLOCKED],
+                                 SimStopped("steps", "step bound reached"))
+                    break
+                if self.deadline is not None and time.monotonic() > self.deadline:
+                    self.stopped = "time"
+                    self._unwind(enabled + [t for t in self.tasks if t.state == BLOCKED],
+                                 SimStopped("time", "time limit"))
                     break
                 if self.chooser is not None:
                     t = self.chooser.choose(self, enabled, prev)
@@ -293,18 +355,23 @@ class Scheduler:
             held = ",".join(_name(h) for h in t.held) or "-"
             parts.append(f"{t.name} holds [{held}] waits {_name(t.waiting_on)}")
         self.violation(DEADLOCK, "; ".join(parts))
+        self._unwind(blocked, SimDeadlock("deadlocked"))
+
+    def _unwind(self, stuck: list[Task], exc: SimDeadlock) -> None:
         # Unwind the stuck greenlets so nothing dangles: they end with SimDeadlock. Each runs
         # as itself (its unlocks in finally blocks must find it the owner), and while
         # unwinding nothing may block or switch: a lock it still wants raises at once.
         self._unwinding = True
         try:
-            for t in blocked:
+            for t in stuck:
                 if t.glet is not None and not t.glet.dead:
                     self.current = t
                     t.state = RUNNABLE
                     t.waiting_on = None
-                    t.glet.throw(SimDeadlock("deadlocked"))
-                    t.state = DONE
+                    t.glet.throw(exc)
+                else:
+                    t.error = t.error or exc
+                t.state = DONE
         finally:
             self.current = self.main
             self._unwinding = False

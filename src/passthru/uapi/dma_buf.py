@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import ctypes
 
-from .ioctl import _IOW, _IOWR
+from .ioctl import _IOW, _IOWR, Struct
 
 _u32 = ctypes.c_uint32
 _s32 = ctypes.c_int32
 _u64 = ctypes.c_uint64
 
 
-class dma_buf_sync(ctypes.Structure):
+class dma_buf_sync(Struct):
     _fields_ = [("flags", _u64)]
 
 
@@ -34,11 +34,11 @@ DMA_BUF_SYNC_VALID_FLAGS_MASK = DMA_BUF_SYNC_RW | DMA_BUF_SYNC_END
 DMA_BUF_NAME_LEN = 32
 
 
-class dma_buf_export_sync_file(ctypes.Structure):
+class dma_buf_export_sync_file(Struct):
     _fields_ = [("flags", _u32), ("fd", _s32)]
 
 
-class dma_buf_import_sync_file(ctypes.Structure):
+class dma_buf_import_sync_file(Struct):
     _fields_ = [("flags", _u32), ("fd", _s32)]
 
 

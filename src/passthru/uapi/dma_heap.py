@@ -11,7 +11,7 @@ from __future__ import annotations
 import ctypes
 
 from . import linux
-from .ioctl import _IOWR
+from .ioctl import _IOWR, Struct
 
 _u32 = ctypes.c_uint32
 _u64 = ctypes.c_uint64
@@ -20,7 +20,7 @@ DMA_HEAP_VALID_FD_FLAGS = linux.O_CLOEXEC | linux.O_ACCMODE
 DMA_HEAP_VALID_HEAP_FLAGS = 0
 
 
-class dma_heap_allocation_data(ctypes.Structure):
+class dma_heap_allocation_data(Struct):
     _fields_ = [
         ("len", _u64),
         ("fd", _u32),

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ctypes
 
-from .ioctl import _IO
+from .ioctl import _IO, Struct, Union
 
 _u8 = ctypes.c_uint8
 _u16 = ctypes.c_uint16
@@ -53,19 +53,19 @@ IOMMUFD_CMD_HW_QUEUE_ALLOC = 0x94
 IOMMUFD_CMD_IOAS_NOIOMMU_GET_PA = 0x95
 
 
-class iommu_destroy(ctypes.Structure):
+class iommu_destroy(Struct):
     _fields_ = [("size", _u32), ("id", _u32)]
 
 
-class iommu_ioas_alloc(ctypes.Structure):
+class iommu_ioas_alloc(Struct):
     _fields_ = [("size", _u32), ("flags", _u32), ("out_ioas_id", _u32)]
 
 
-class iommu_iova_range(ctypes.Structure):
+class iommu_iova_range(Struct):
     _fields_ = [("start", _u64), ("last", _u64)]
 
 
-class iommu_ioas_iova_ranges(ctypes.Structure):
+class iommu_ioas_iova_ranges(Struct):
     _fields_ = [
         ("size", _u32),
         ("ioas_id", _u32),
@@ -76,7 +76,7 @@ class iommu_ioas_iova_ranges(ctypes.Structure):
     ]
 
 
-class iommu_ioas_allow_iovas(ctypes.Structure):
+class iommu_ioas_allow_iovas(Struct):
     _fields_ = [
         ("size", _u32),
         ("ioas_id", _u32),
@@ -92,7 +92,7 @@ IOMMU_IOAS_MAP_WRITEABLE = 1 << 1
 IOMMU_IOAS_MAP_READABLE = 1 << 2
 
 
-class iommu_ioas_map(ctypes.Structure):
+class iommu_ioas_map(Struct):
     _fields_ = [
         ("size", _u32),
         ("flags", _u32),
@@ -104,7 +104,7 @@ class iommu_ioas_map(ctypes.Structure):
     ]
 
 
-class iommu_ioas_noiommu_get_pa(ctypes.Structure):
+class iommu_ioas_noiommu_get_pa(Struct):
     _fields_ = [
         ("size", _u32),
         ("flags", _u32),
@@ -116,7 +116,7 @@ class iommu_ioas_noiommu_get_pa(ctypes.Structure):
     ]
 
 
-class iommu_ioas_map_file(ctypes.Structure):
+class iommu_ioas_map_file(Struct):
     _fields_ = [
         ("size", _u32),
         ("flags", _u32),
@@ -128,7 +128,7 @@ class iommu_ioas_map_file(ctypes.Structure):
     ]
 
 
-class iommu_ioas_copy(ctypes.Structure):
+class iommu_ioas_copy(Struct):
     _fields_ = [
         ("size", _u32),
         ("flags", _u32),
@@ -140,7 +140,7 @@ class iommu_ioas_copy(ctypes.Structure):
     ]
 
 
-class iommu_ioas_unmap(ctypes.Structure):
+class iommu_ioas_unmap(Struct):
     _fields_ = [
         ("size", _u32),
         ("ioas_id", _u32),
@@ -158,7 +158,7 @@ IOMMU_OPTION_OP_SET = 0
 IOMMU_OPTION_OP_GET = 1
 
 
-class iommu_option(ctypes.Structure):
+class iommu_option(Struct):
     _fields_ = [
         ("size", _u32),
         ("option_id", _u32),
@@ -175,7 +175,7 @@ IOMMU_VFIO_IOAS_SET = 1
 IOMMU_VFIO_IOAS_CLEAR = 2
 
 
-class iommu_vfio_ioas(ctypes.Structure):
+class iommu_vfio_ioas(Struct):
     _fields_ = [
         ("size", _u32),
         ("ioas_id", _u32),
@@ -196,7 +196,7 @@ IOMMU_VTD_S1_EAFE = 1 << 1
 IOMMU_VTD_S1_WPE = 1 << 2
 
 
-class iommu_hwpt_vtd_s1(ctypes.Structure):
+class iommu_hwpt_vtd_s1(Struct):
     _fields_ = [
         ("flags", _u64),
         ("pgtbl_addr", _u64),
@@ -205,11 +205,11 @@ class iommu_hwpt_vtd_s1(ctypes.Structure):
     ]
 
 
-class iommu_hwpt_arm_smmuv3(ctypes.Structure):
+class iommu_hwpt_arm_smmuv3(Struct):
     _fields_ = [("ste", _u64 * 2)]  # __aligned_le64
 
 
-class iommu_hwpt_amd_guest(ctypes.Structure):
+class iommu_hwpt_amd_guest(Struct):
     _fields_ = [("dte", _u64 * 4)]
 
 
@@ -220,7 +220,7 @@ IOMMU_HWPT_DATA_ARM_SMMUV3 = 2
 IOMMU_HWPT_DATA_AMD_GUEST = 3
 
 
-class iommu_hwpt_alloc(ctypes.Structure):
+class iommu_hwpt_alloc(Struct):
     _fields_ = [
         ("size", _u32),
         ("flags", _u32),
@@ -240,7 +240,7 @@ class iommu_hwpt_alloc(ctypes.Structure):
 IOMMU_HW_INFO_VTD_ERRATA_772415_SPR17 = 1 << 0
 
 
-class iommu_hw_info_vtd(ctypes.Structure):
+class iommu_hw_info_vtd(Struct):
     _fields_ = [
         ("flags", _u32),
         ("__reserved", _u32),
@@ -253,7 +253,7 @@ class iommu_hw_info_vtd(ctypes.Structure):
 IOMMU_HW_INFO_ARM_SMMUV3_ERRATA_REPEAT_TLBI_CFGI = 1 << 0
 
 
-class iommu_hw_info_arm_smmuv3(ctypes.Structure):
+class iommu_hw_info_arm_smmuv3(Struct):
     _fields_ = [
         ("flags", _u32),
         ("__reserved", _u32),
@@ -263,7 +263,7 @@ class iommu_hw_info_arm_smmuv3(ctypes.Structure):
     ]
 
 
-class iommu_hw_info_tegra241_cmdqv(ctypes.Structure):
+class iommu_hw_info_tegra241_cmdqv(Struct):
     _fields_ = [
         ("flags", _u32),
         ("version", _u8),
@@ -273,7 +273,7 @@ class iommu_hw_info_tegra241_cmdqv(ctypes.Structure):
     ]
 
 
-class iommu_hw_info_amd(ctypes.Structure):
+class iommu_hw_info_amd(Struct):
     _fields_ = [("efr", _u64), ("efr2", _u64)]
 
 
@@ -295,11 +295,11 @@ IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED = 1 << 3
 IOMMU_HW_INFO_FLAG_INPUT_TYPE = 1 << 0
 
 
-class _iommu_hw_info_data_type(ctypes.Union):
+class _iommu_hw_info_data_type(Union):
     _fields_ = [("in_data_type", _u32), ("out_data_type", _u32)]
 
 
-class iommu_hw_info(ctypes.Structure):
+class iommu_hw_info(Struct):
     _anonymous_ = ("u",)
     _fields_ = [
         ("size", _u32),
@@ -318,7 +318,7 @@ class iommu_hw_info(ctypes.Structure):
 IOMMU_HWPT_DIRTY_TRACKING_ENABLE = 1
 
 
-class iommu_hwpt_set_dirty_tracking(ctypes.Structure):
+class iommu_hwpt_set_dirty_tracking(Struct):
     _fields_ = [
         ("size", _u32),
         ("flags", _u32),
@@ -331,7 +331,7 @@ class iommu_hwpt_set_dirty_tracking(ctypes.Structure):
 IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR = 1
 
 
-class iommu_hwpt_get_dirty_bitmap(ctypes.Structure):
+class iommu_hwpt_get_dirty_bitmap(Struct):
     _fields_ = [
         ("size", _u32),
         ("hwpt_id", _u32),
@@ -352,7 +352,7 @@ IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3 = 1
 IOMMU_VTD_INV_FLAGS_LEAF = 1 << 0
 
 
-class iommu_hwpt_vtd_s1_invalidate(ctypes.Structure):
+class iommu_hwpt_vtd_s1_invalidate(Struct):
     _fields_ = [
         ("addr", _u64),
         ("npages", _u64),
@@ -361,11 +361,11 @@ class iommu_hwpt_vtd_s1_invalidate(ctypes.Structure):
     ]
 
 
-class iommu_viommu_arm_smmuv3_invalidate(ctypes.Structure):
+class iommu_viommu_arm_smmuv3_invalidate(Struct):
     _fields_ = [("cmd", _u64 * 2)]  # __aligned_le64
 
 
-class iommu_hwpt_invalidate(ctypes.Structure):
+class iommu_hwpt_invalidate(Struct):
     _fields_ = [
         ("size", _u32),
         ("hwpt_id", _u32),
@@ -388,7 +388,7 @@ IOMMU_PGFAULT_PERM_EXEC = 1 << 2
 IOMMU_PGFAULT_PERM_PRIV = 1 << 3
 
 
-class iommu_hwpt_pgfault(ctypes.Structure):
+class iommu_hwpt_pgfault(Struct):
     _fields_ = [
         ("flags", _u32),
         ("dev_id", _u32),
@@ -407,11 +407,11 @@ IOMMUFD_PAGE_RESP_SUCCESS = 0
 IOMMUFD_PAGE_RESP_INVALID = 1
 
 
-class iommu_hwpt_page_response(ctypes.Structure):
+class iommu_hwpt_page_response(Struct):
     _fields_ = [("cookie", _u32), ("code", _u32)]
 
 
-class iommu_fault_alloc(ctypes.Structure):
+class iommu_fault_alloc(Struct):
     _fields_ = [
         ("size", _u32),
         ("flags", _u32),
@@ -426,11 +426,11 @@ IOMMU_VIOMMU_TYPE_ARM_SMMUV3 = 1
 IOMMU_VIOMMU_TYPE_TEGRA241_CMDQV = 2
 
 
-class iommu_viommu_tegra241_cmdqv(ctypes.Structure):
+class iommu_viommu_tegra241_cmdqv(Struct):
     _fields_ = [("out_vintf_mmap_offset", _u64), ("out_vintf_mmap_length", _u64)]
 
 
-class iommu_viommu_alloc(ctypes.Structure):
+class iommu_viommu_alloc(Struct):
     _fields_ = [
         ("size", _u32),
         ("flags", _u32),
@@ -444,7 +444,7 @@ class iommu_viommu_alloc(ctypes.Structure):
     ]
 
 
-class iommu_vdevice_alloc(ctypes.Structure):
+class iommu_vdevice_alloc(Struct):
     _fields_ = [
         ("size", _u32),
         ("viommu_id", _u32),
@@ -454,7 +454,7 @@ class iommu_vdevice_alloc(ctypes.Structure):
     ]
 
 
-class iommu_ioas_change_process(ctypes.Structure):
+class iommu_ioas_change_process(Struct):
     _fields_ = [("size", _u32), ("__reserved", _u32)]
 
 
@@ -462,7 +462,7 @@ class iommu_ioas_change_process(ctypes.Structure):
 IOMMU_VEVENTQ_FLAG_LOST_EVENTS = 1 << 0
 
 
-class iommufd_vevent_header(ctypes.Structure):
+class iommufd_vevent_header(Struct):
     _fields_ = [("flags", _u32), ("sequence", _u32)]
 
 
@@ -472,15 +472,15 @@ IOMMU_VEVENTQ_TYPE_ARM_SMMUV3 = 1
 IOMMU_VEVENTQ_TYPE_TEGRA241_CMDQV = 2
 
 
-class iommu_vevent_arm_smmuv3(ctypes.Structure):
+class iommu_vevent_arm_smmuv3(Struct):
     _fields_ = [("evt", _u64 * 4)]  # __aligned_le64
 
 
-class iommu_vevent_tegra241_cmdqv(ctypes.Structure):
+class iommu_vevent_tegra241_cmdqv(Struct):
     _fields_ = [("lvcmdq_err_map", _u64 * 2)]  # __aligned_le64
 
 
-class iommu_veventq_alloc(ctypes.Structure):
+class iommu_veventq_alloc(Struct):
     _fields_ = [
         ("size", _u32),
         ("flags", _u32),
@@ -498,7 +498,7 @@ IOMMU_HW_QUEUE_TYPE_DEFAULT = 0
 IOMMU_HW_QUEUE_TYPE_TEGRA241_CMDQV = 1
 
 
-class iommu_hw_queue_alloc(ctypes.Structure):
+class iommu_hw_queue_alloc(Struct):
     _fields_ = [
         ("size", _u32),
         ("flags", _u32),

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ctypes
 
-from .ioctl import _IO, _IOR, _IOW, _IOWR
+from .ioctl import _IO, _IOR, _IOW, _IOWR, Struct, Union
 
 # Kernel type names, kept for readers; the class bodies below use the single-underscore
 # spellings because a ``__name`` inside a class body is name-mangled by Python.
@@ -111,7 +111,7 @@ GUEST_MEMFD_FLAG_MMAP = 1 << 0
 GUEST_MEMFD_FLAG_INIT_SHARED = 1 << 1
 
 
-class kvm_userspace_memory_region(ctypes.Structure):
+class kvm_userspace_memory_region(Struct):
     _fields_ = [
         ("slot", _u32),
         ("flags", _u32),
@@ -121,7 +121,7 @@ class kvm_userspace_memory_region(ctypes.Structure):
     ]
 
 
-class kvm_userspace_memory_region2(ctypes.Structure):
+class kvm_userspace_memory_region2(Struct):
     _fields_ = [
         ("slot", _u32),
         ("flags", _u32),
@@ -135,7 +135,7 @@ class kvm_userspace_memory_region2(ctypes.Structure):
     ]
 
 
-class kvm_memory_attributes(ctypes.Structure):
+class kvm_memory_attributes(Struct):
     _fields_ = [
         ("address", _u64),
         ("size", _u64),
@@ -144,7 +144,7 @@ class kvm_memory_attributes(ctypes.Structure):
     ]
 
 
-class kvm_create_guest_memfd(ctypes.Structure):
+class kvm_create_guest_memfd(Struct):
     _fields_ = [
         ("size", _u64),
         ("flags", _u64),
@@ -152,7 +152,7 @@ class kvm_create_guest_memfd(ctypes.Structure):
     ]
 
 
-class kvm_pre_fault_memory(ctypes.Structure):
+class kvm_pre_fault_memory(Struct):
     _fields_ = [
         ("gpa", _u64),
         ("size", _u64),
@@ -161,7 +161,7 @@ class kvm_pre_fault_memory(ctypes.Structure):
     ]
 
 
-class kvm_enable_cap(ctypes.Structure):
+class kvm_enable_cap(Struct):
     _fields_ = [
         ("cap", _u32),
         ("flags", _u32),
@@ -173,7 +173,7 @@ class kvm_enable_cap(ctypes.Structure):
 # --- x86 register state (arch/x86/include/uapi/asm/kvm.h) ---
 
 
-class kvm_regs(ctypes.Structure):
+class kvm_regs(Struct):
     _fields_ = [
         (name, _u64)
         for name in (
@@ -184,7 +184,7 @@ class kvm_regs(ctypes.Structure):
     ]  # fmt: skip
 
 
-class kvm_segment(ctypes.Structure):
+class kvm_segment(Struct):
     _fields_ = [
         ("base", _u64),
         ("limit", _u32),
@@ -202,7 +202,7 @@ class kvm_segment(ctypes.Structure):
     ]
 
 
-class kvm_dtable(ctypes.Structure):
+class kvm_dtable(Struct):
     _fields_ = [
         ("base", _u64),
         ("limit", _u16),
@@ -210,7 +210,7 @@ class kvm_dtable(ctypes.Structure):
     ]
 
 
-class kvm_sregs(ctypes.Structure):
+class kvm_sregs(Struct):
     _fields_ = [
         *((seg, kvm_segment) for seg in ("cs", "ds", "es", "fs", "gs", "ss", "tr", "ldt")),
         ("gdt", kvm_dtable),
@@ -220,7 +220,7 @@ class kvm_sregs(ctypes.Structure):
     ]
 
 
-class kvm_debug_exit_arch(ctypes.Structure):
+class kvm_debug_exit_arch(Struct):
     _fields_ = [
         ("exception", _u32),
         ("pad", _u32),
@@ -233,19 +233,19 @@ class kvm_debug_exit_arch(ctypes.Structure):
 # --- struct kvm_run: its anonymous exit union and the untagged structs inside it ---
 
 
-class _kvm_run_hw(ctypes.Structure):
+class _kvm_run_hw(Struct):
     _fields_ = [("hardware_exit_reason", _u64)]
 
 
-class _kvm_run_fail_entry(ctypes.Structure):
+class _kvm_run_fail_entry(Struct):
     _fields_ = [("hardware_entry_failure_reason", _u64), ("cpu", _u32)]
 
 
-class _kvm_run_ex(ctypes.Structure):
+class _kvm_run_ex(Struct):
     _fields_ = [("exception", _u32), ("error_code", _u32)]
 
 
-class _kvm_run_io(ctypes.Structure):
+class _kvm_run_io(Struct):
     _fields_ = [
         ("direction", _u8),
         ("size", _u8),  # bytes
@@ -255,11 +255,11 @@ class _kvm_run_io(ctypes.Structure):
     ]
 
 
-class _kvm_run_debug(ctypes.Structure):
+class _kvm_run_debug(Struct):
     _fields_ = [("arch", kvm_debug_exit_arch)]
 
 
-class _kvm_run_mmio(ctypes.Structure):
+class _kvm_run_mmio(Struct):
     _fields_ = [
         ("phys_addr", _u64),
         ("data", _u8 * 8),
@@ -268,19 +268,19 @@ class _kvm_run_mmio(ctypes.Structure):
     ]
 
 
-class _kvm_run_internal(ctypes.Structure):
+class _kvm_run_internal(Struct):
     _fields_ = [("suberror", _u32), ("ndata", _u32), ("data", _u64 * 16)]
 
 
-class _kvm_run_system_event(ctypes.Structure):
+class _kvm_run_system_event(Struct):
     _fields_ = [("type", _u32), ("ndata", _u32), ("data", _u64 * 16)]
 
 
-class _kvm_run_memory_fault(ctypes.Structure):
+class _kvm_run_memory_fault(Struct):
     _fields_ = [("flags", _u64), ("gpa", _u64), ("size", _u64)]
 
 
-class _kvm_run_exit(ctypes.Union):
+class _kvm_run_exit(Union):
     _fields_ = [
         ("hw", _kvm_run_hw),
         ("fail_entry", _kvm_run_fail_entry),
@@ -298,11 +298,11 @@ class _kvm_run_exit(ctypes.Union):
 SYNC_REGS_SIZE_BYTES = 2048
 
 
-class _kvm_run_s(ctypes.Union):
+class _kvm_run_s(Union):
     _fields_ = [("padding", ctypes.c_char * SYNC_REGS_SIZE_BYTES)]
 
 
-class kvm_run(ctypes.Structure):
+class kvm_run(Struct):
     _anonymous_ = ("u",)
     _fields_ = [
         ("request_interrupt_window", _u8),

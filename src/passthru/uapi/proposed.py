@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import ctypes
 
-from .ioctl import _IO
+from .ioctl import _IO, Struct
 from .iommufd import IOMMUFD_TYPE
 
 _u32 = ctypes.c_uint32
@@ -45,7 +45,7 @@ IOMMUFD_CMD_VDEVICE_TSM_OP = 0x96
 IOMMUFD_CMD_VDEVICE_TSM_OP_AS_POSTED = 0x95  # collides with IOMMU_IOAS_NOIOMMU_GET_PA
 
 
-class iommu_vdevice_tsm_op(ctypes.Structure):
+class iommu_vdevice_tsm_op(Struct):
     _fields_ = [
         ("size", _u32),
         ("type", _u32),

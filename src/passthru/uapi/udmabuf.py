@@ -11,7 +11,7 @@ import ctypes
 import functools
 from collections.abc import Iterable
 
-from .ioctl import _IOW, with_entries
+from .ioctl import _IOW, Struct, with_entries
 
 _u32 = ctypes.c_uint32
 _u64 = ctypes.c_uint64
@@ -19,7 +19,7 @@ _u64 = ctypes.c_uint64
 UDMABUF_FLAGS_CLOEXEC = 0x01
 
 
-class udmabuf_create(ctypes.Structure):
+class udmabuf_create(Struct):
     _fields_ = [
         ("memfd", _u32),
         ("flags", _u32),
@@ -28,7 +28,7 @@ class udmabuf_create(ctypes.Structure):
     ]
 
 
-class udmabuf_create_item(ctypes.Structure):
+class udmabuf_create_item(Struct):
     _fields_ = [
         ("memfd", _u32),
         ("__pad", _u32),
@@ -37,7 +37,7 @@ class udmabuf_create_item(ctypes.Structure):
     ]
 
 
-class udmabuf_create_list(ctypes.Structure):
+class udmabuf_create_list(Struct):
     _fields_ = [
         ("flags", _u32),
         ("count", _u32),

@@ -29,7 +29,7 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Iterable
 
-from .ioctl import _IO, with_entries
+from .ioctl import _IO, Struct, Union, with_entries
 
 _u8 = ctypes.c_uint8
 _u16 = ctypes.c_uint16
@@ -54,14 +54,14 @@ VFIO_TYPE = ord(";")
 VFIO_BASE = 100
 
 
-class vfio_info_cap_header(ctypes.Structure):
+class vfio_info_cap_header(Struct):
     _fields_ = [("id", _u16), ("version", _u16), ("next", _u32)]
 
 
 # --- container and group (legacy API) ---
 
 
-class vfio_group_status(ctypes.Structure):
+class vfio_group_status(Struct):
     _fields_ = [("argsz", _u32), ("flags", _u32)]
 
 
@@ -79,7 +79,7 @@ VFIO_GROUP_GET_DEVICE_FD = _IO(VFIO_TYPE, VFIO_BASE + 6)
 # --- device ---
 
 
-class vfio_device_info(ctypes.Structure):
+class vfio_device_info(Struct):
     _fields_ = [
         ("argsz", _u32),
         ("flags", _u32),
@@ -105,7 +105,7 @@ VFIO_DEVICE_API_PCI_STRING = "vfio-pci"
 VFIO_DEVICE_GET_INFO = _IO(VFIO_TYPE, VFIO_BASE + 7)
 
 
-class vfio_region_info(ctypes.Structure):
+class vfio_region_info(Struct):
     _fields_ = [
         ("argsz", _u32),
         ("flags", _u32),
@@ -126,11 +126,11 @@ VFIO_DEVICE_GET_REGION_INFO = _IO(VFIO_TYPE, VFIO_BASE + 8)
 VFIO_REGION_INFO_CAP_SPARSE_MMAP = 1
 
 
-class vfio_region_sparse_mmap_area(ctypes.Structure):
+class vfio_region_sparse_mmap_area(Struct):
     _fields_ = [("offset", _u64), ("size", _u64)]
 
 
-class vfio_region_info_cap_sparse_mmap(ctypes.Structure):
+class vfio_region_info_cap_sparse_mmap(Struct):
     _fields_ = [
         ("header", vfio_info_cap_header),
         ("nr_areas", _u32),
@@ -142,14 +142,14 @@ class vfio_region_info_cap_sparse_mmap(ctypes.Structure):
 VFIO_REGION_INFO_CAP_TYPE = 2
 
 
-class vfio_region_info_cap_type(ctypes.Structure):
+class vfio_region_info_cap_type(Struct):
     _fields_ = [("header", vfio_info_cap_header), ("type", _u32), ("subtype", _u32)]
 
 
 VFIO_REGION_INFO_CAP_MSIX_MAPPABLE = 3
 
 
-class vfio_irq_info(ctypes.Structure):
+class vfio_irq_info(Struct):
     _fields_ = [("argsz", _u32), ("flags", _u32), ("index", _u32), ("count", _u32)]
 
 
@@ -161,7 +161,7 @@ VFIO_IRQ_INFO_NORESIZE = 1 << 3
 VFIO_DEVICE_GET_IRQ_INFO = _IO(VFIO_TYPE, VFIO_BASE + 9)
 
 
-class vfio_irq_set(ctypes.Structure):
+class vfio_irq_set(Struct):
     _fields_ = [
         ("argsz", _u32),
         ("flags", _u32),
@@ -217,11 +217,11 @@ def vfio_pci_index_to_offset(index: int) -> int:
     return index << VFIO_PCI_OFFSET_SHIFT
 
 
-class _vfio_pci_dependent_device_id(ctypes.Union):
+class _vfio_pci_dependent_device_id(Union):
     _fields_ = [("group_id", _u32), ("devid", _u32)]
 
 
-class vfio_pci_dependent_device(ctypes.Structure):
+class vfio_pci_dependent_device(Struct):
     _anonymous_ = ("u",)
     _fields_ = [
         ("u", _vfio_pci_dependent_device_id),
@@ -235,7 +235,7 @@ VFIO_PCI_DEVID_OWNED = 0
 VFIO_PCI_DEVID_NOT_OWNED = -1
 
 
-class vfio_pci_hot_reset_info(ctypes.Structure):
+class vfio_pci_hot_reset_info(Struct):
     _fields_ = [
         ("argsz", _u32),
         ("flags", _u32),
@@ -250,7 +250,7 @@ VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED = 1 << 1
 VFIO_DEVICE_GET_PCI_HOT_RESET_INFO = _IO(VFIO_TYPE, VFIO_BASE + 12)
 
 
-class vfio_pci_hot_reset(ctypes.Structure):
+class vfio_pci_hot_reset(Struct):
     _fields_ = [
         ("argsz", _u32),
         ("flags", _u32),
@@ -264,7 +264,7 @@ VFIO_DEVICE_PCI_HOT_RESET = _IO(VFIO_TYPE, VFIO_BASE + 13)
 # --- VFIO_DEVICE_FEATURE ---
 
 
-class vfio_device_feature(ctypes.Structure):
+class vfio_device_feature(Struct):
     _fields_ = [("argsz", _u32), ("flags", _u32), ("data", _u8 * 0)]
 
 
@@ -292,15 +292,15 @@ VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2 = 12
 VFIO_DEVICE_FEATURE_ZPCI_ERROR = 13
 
 
-class vfio_device_low_power_entry_with_wakeup(ctypes.Structure):
+class vfio_device_low_power_entry_with_wakeup(Struct):
     _fields_ = [("wakeup_eventfd", _s32), ("reserved", _u32)]
 
 
-class vfio_region_dma_range(ctypes.Structure):
+class vfio_region_dma_range(Struct):
     _fields_ = [("offset", _u64), ("length", _u64)]
 
 
-class vfio_device_feature_dma_buf(ctypes.Structure):
+class vfio_device_feature_dma_buf(Struct):
     _fields_ = [
         ("region_index", _u32),
         ("open_flags", _u32),
@@ -345,7 +345,7 @@ def feature_dma_buf(
 # --- cdev: iommufd binding ---
 
 
-class vfio_device_bind_iommufd(ctypes.Structure):
+class vfio_device_bind_iommufd(Struct):
     _fields_ = [
         ("argsz", _u32),
         ("flags", _u32),
@@ -360,7 +360,7 @@ VFIO_DEVICE_BIND_FLAG_TOKEN = 1 << 0
 VFIO_DEVICE_BIND_IOMMUFD = _IO(VFIO_TYPE, VFIO_BASE + 18)
 
 
-class vfio_device_attach_iommufd_pt(ctypes.Structure):
+class vfio_device_attach_iommufd_pt(Struct):
     _fields_ = [("argsz", _u32), ("flags", _u32), ("pt_id", _u32), ("pasid", _u32)]
 
 
@@ -369,7 +369,7 @@ VFIO_DEVICE_ATTACH_PASID = 1 << 0
 VFIO_DEVICE_ATTACH_IOMMUFD_PT = _IO(VFIO_TYPE, VFIO_BASE + 19)
 
 
-class vfio_device_detach_iommufd_pt(ctypes.Structure):
+class vfio_device_detach_iommufd_pt(Struct):
     _fields_ = [("argsz", _u32), ("flags", _u32), ("pasid", _u32)]
 
 
@@ -380,7 +380,7 @@ VFIO_DEVICE_DETACH_IOMMUFD_PT = _IO(VFIO_TYPE, VFIO_BASE + 20)
 # --- type1 IOMMU (container) ---
 
 
-class vfio_iommu_type1_info(ctypes.Structure):
+class vfio_iommu_type1_info(Struct):
     _fields_ = [
         ("argsz", _u32),
         ("flags", _u32),
@@ -396,11 +396,11 @@ VFIO_IOMMU_INFO_CAPS = 1 << 1
 VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE = 1
 
 
-class vfio_iova_range(ctypes.Structure):
+class vfio_iova_range(Struct):
     _fields_ = [("start", _u64), ("end", _u64)]
 
 
-class vfio_iommu_type1_info_cap_iova_range(ctypes.Structure):
+class vfio_iommu_type1_info_cap_iova_range(Struct):
     _fields_ = [
         ("header", vfio_info_cap_header),
         ("nr_iovas", _u32),
@@ -413,14 +413,14 @@ VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION = 2
 VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL = 3
 
 
-class vfio_iommu_type1_info_dma_avail(ctypes.Structure):
+class vfio_iommu_type1_info_dma_avail(Struct):
     _fields_ = [("header", vfio_info_cap_header), ("avail", _u32)]
 
 
 VFIO_IOMMU_GET_INFO = _IO(VFIO_TYPE, VFIO_BASE + 12)
 
 
-class vfio_iommu_type1_dma_map(ctypes.Structure):
+class vfio_iommu_type1_dma_map(Struct):
     _fields_ = [
         ("argsz", _u32),
         ("flags", _u32),
@@ -437,7 +437,7 @@ VFIO_DMA_MAP_FLAG_VADDR = 1 << 2
 VFIO_IOMMU_MAP_DMA = _IO(VFIO_TYPE, VFIO_BASE + 13)
 
 
-class vfio_bitmap(ctypes.Structure):
+class vfio_bitmap(Struct):
     _fields_ = [
         ("pgsize", _u64),
         ("size", _u64),
@@ -445,7 +445,7 @@ class vfio_bitmap(ctypes.Structure):
     ]
 
 
-class vfio_iommu_type1_dma_unmap(ctypes.Structure):
+class vfio_iommu_type1_dma_unmap(Struct):
     _fields_ = [
         ("argsz", _u32),
         ("flags", _u32),

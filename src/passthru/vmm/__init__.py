@@ -6,7 +6,7 @@ These modules import only passthru.uapi and the Host protocol, never the model.
 
 from __future__ import annotations
 
-from .kvm import EXIT_REASONS, Kvm, Vcpu, VcpuExit, Vm
+from .kvm import EXIT_REASONS, INTERNAL_ERRORS, Kvm, Vcpu, VcpuExit, Vm
 from .memory import GuestMemfd, GuestMemory, GuestRegion, Mapping, Memfd
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "GuestMemfd",
     "GuestMemory",
     "GuestRegion",
+    "INTERNAL_ERRORS",
     "Kvm",
     "Mapping",
     "Memfd",

@@ -26,6 +26,9 @@ _R = TypeVar("_R", bound="Resource")
 
 
 class Resource:
+    """One kernel resource of the calling process (an fd or a mapping), owning the wrappers
+    made through it; a context manager whose exit is ``close()`` (see the module docstring)."""
+
     def __init__(self, host: Host) -> None:
         self.host = host
         self._children: list[Resource] = []
@@ -34,6 +37,7 @@ class Resource:
 
     @property
     def closed(self) -> bool:
+        """Whether ``close()`` was called (by you or by this wrapper's owner)."""
         return self._closed
 
     def _adopt(self, child: _R) -> _R:
@@ -50,6 +54,8 @@ class Resource:
         raise NotImplementedError
 
     def close(self, *, children: bool = True) -> None:
+        """Close the wrappers this one owns (newest first; with ``children=False`` leave them
+        open and unowned), then release this one's fd or mapping. Idempotent."""
         if self._closed:
             return
         kids, self._children = self._children, []

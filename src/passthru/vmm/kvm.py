@@ -41,7 +41,7 @@ from ..uapi import linux as L
 from ._resource import Resource
 from .memory import PROT_RW, GuestMemfd, GuestMemory, Mapping
 
-__all__ = ["Kvm", "Vm", "Vcpu", "VcpuExit", "EXIT_REASONS"]
+__all__ = ["Kvm", "Vm", "Vcpu", "VcpuExit", "EXIT_REASONS", "INTERNAL_ERRORS"]
 
 # KVM_EXIT_* number -> name without the prefix ("MMIO", "IO", ...). KVM_EXIT_IO_IN/OUT are
 # values of kvm_run.io.direction, not exit reasons.
@@ -63,6 +63,25 @@ EHWPOISON = 133  # include/uapi/asm-generic/errno.h (not in every Python's errno
 
 _HEX_FIELDS = frozenset({"phys_addr", "port", "flags", "gpa", "size", "hardware_reason"})
 
+# KVM_INTERNAL_ERROR_* number -> name without the prefix (kvm_run.internal.suberror).
+INTERNAL_ERRORS: dict[int, str] = {
+    value: name.removeprefix("KVM_INTERNAL_ERROR_")
+    for name, value in vars(K).items()
+    if name.startswith("KVM_INTERNAL_ERROR_") and isinstance(value, int)
+}
+
+# What each suberror means (include/uapi/linux/kvm.h, Documentation/virt/kvm/api.rst).
+_INTERNAL_ERROR_MEANING: dict[int, str] = {
+    K.KVM_INTERNAL_ERROR_EMULATION: "KVM could not emulate an instruction (in real mode: "
+    "code fetched from a guest address no memslot backs, e.g. the reset vector 0xfffffff0 "
+    "before guest memory is set up there)",
+    K.KVM_INTERNAL_ERROR_SIMUL_EX: "an exception occurred while delivering another exception",
+    K.KVM_INTERNAL_ERROR_DELIVERY_EV: "an exit occurred while delivering an event to the "
+    "guest",
+    K.KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON: "the hardware exited for a reason KVM does "
+    "not handle",
+}
+
 
 @dataclass(frozen=True, repr=False)
 class VcpuExit:
@@ -76,8 +95,12 @@ class VcpuExit:
       ``count``; ``is_write`` (OUT); ``data`` the ``size * count`` bytes written (None for IN:
       complete it with :meth:`Vcpu.set_io_data`).
     - MEMORY_FAULT: ``flags`` (KVM_MEMORY_EXIT_FLAG_PRIVATE), ``gpa``, ``size``.
-    - INTERNAL_ERROR: ``suberror``; SYSTEM_EVENT: ``event_type``; FAIL_ENTRY and UNKNOWN:
-      ``hardware_reason``.
+    - INTERNAL_ERROR: ``suberror`` (kvm_run.internal.suberror, a KVM_INTERNAL_ERROR_* value:
+      1 EMULATION, 2 SIMUL_EX, 3 DELIVERY_EV, 4 UNEXPECTED_EXIT_REASON; ``suberror_name`` and
+      ``explain()`` say which and what it means; the repr shows the name). A value outside
+      that set means the kernel left the field unset (the model's emulation failure does
+      today, leaving whatever the union held before), so it carries no information.
+    - SYSTEM_EVENT: ``event_type``; FAIL_ENTRY and UNKNOWN: ``hardware_reason``.
     """
 
     reason: str | int
@@ -96,15 +119,44 @@ class VcpuExit:
     event_type: int | None = None
     hardware_reason: int | None = None
 
+    @property
+    def suberror_name(self) -> str | None:
+        """The KVM_INTERNAL_ERROR_* name of ``suberror`` without the prefix ("EMULATION", ...),
+        ``"unknown"`` for a value that is none of them, None when there is no suberror."""
+        if self.suberror is None:
+            return None
+        return INTERNAL_ERRORS.get(self.suberror, "unknown")
+
+    def explain(self) -> str:
+        """One line on what this exit means (for an INTERNAL_ERROR, what the suberror says)."""
+        if self.suberror is None:
+            return repr(self)
+        meaning = _INTERNAL_ERROR_MEANING.get(self.suberror)
+        if meaning is None:
+            known = ", ".join(f"{k} {v}" for k, v in sorted(INTERNAL_ERRORS.items()))
+            meaning = (f"suberror {self.suberror:#x} is no KVM_INTERNAL_ERROR_* value ({known}): "
+                       "the kernel did not set kvm_run.internal.suberror; a vCPU starts at "
+                       "the reset vector 0xfffffff0: is there guest memory at its rip?")
+        else:
+            meaning = f"KVM_INTERNAL_ERROR_{self.suberror_name}: {meaning}"
+        return f"KVM_EXIT_{self.reason}: {meaning}"
+
     def __repr__(self) -> str:
         parts = [repr(self.reason)]
         for f in fields(self)[2:]:
             v = getattr(self, f.name)
             if v is None:
                 continue
-            shown = hex(v) if f.name in _HEX_FIELDS else repr(v)
+            if f.name == "suberror":
+                name = INTERNAL_ERRORS.get(v)
+                shown = f"{v} ({name})" if name else f"{v:#x} (not a KVM_INTERNAL_ERROR_*)"
+            else:
+                shown = hex(v) if f.name in _HEX_FIELDS else repr(v)
             parts.append(f"{f.name}={shown}")
         return f"VcpuExit({', '.join(parts)})"
+
+    def __str__(self) -> str:
+        return repr(self) if self.suberror is None else f"{self!r}: {self.explain()}"
 
 
 class Kvm(Resource):
@@ -122,10 +174,13 @@ class Kvm(Resource):
         self.host.close(self.fd)
 
     def api_version(self) -> int:
+        """KVM_GET_API_VERSION (12 on every kernel since 2.6.22)."""
         self._check_open()
         return int(self.host.ioctl(self.fd, K.KVM_GET_API_VERSION, 0))
 
     def check_extension(self, cap: int) -> int:
+        """KVM_CHECK_EXTENSION on /dev/kvm: 0 if ``cap`` (a KVM_CAP_*) is absent, else its
+        value (often 1)."""
         self._check_open()
         return int(self.host.ioctl(self.fd, K.KVM_CHECK_EXTENSION, cap))
 
@@ -159,6 +214,8 @@ class Vm(Resource):
         self.host.close(self.fd)
 
     def check_extension(self, cap: int) -> int:
+        """KVM_CHECK_EXTENSION on the VM fd (the answer for this VM's type): 0 if ``cap`` is
+        absent, else its value."""
         self._check_open()
         return int(self.host.ioctl(self.fd, K.KVM_CHECK_EXTENSION, cap))
 
@@ -232,12 +289,17 @@ class Vm(Resource):
         self.host.ioctl(self.fd, K.KVM_SET_MEMORY_ATTRIBUTES, arg)
 
     def create_vcpu(self, vcpu_id: int) -> Vcpu:
+        """KVM_CREATE_VCPU with id ``vcpu_id``; the Vcpu is owned by this VM (closed with it).
+        EEXIST for an id already in use."""
         self._check_open()
         fd = int(self.host.ioctl(self.fd, K.KVM_CREATE_VCPU, vcpu_id))
         return self._adopt(Vcpu(self.host, fd, vcpu_id, self.run_size))
 
     def guest_memory(self, regions: Iterable[tuple[int, int]], **kw: Any) -> GuestMemory:
-        """Build this VM's RAM: ``GuestMemory(self, regions, **kw)``."""
+        """Build this VM's RAM: ``GuestMemory(self, regions, **kw)``; ``regions`` is a list of
+        ``(gpa, size)`` pairs, e.g. ``vm.guest_memory([(0, 0x10000)])`` (one 64 KiB region at
+        guest-physical 0). Keywords: ``guest_memfd``, ``gmem_flags``, ``first_slot``, ``name``
+        (see :class:`GuestMemory`)."""
         return GuestMemory(self, regions, **kw)
 
 
@@ -278,6 +340,10 @@ class Vcpu(Resource):
         A MEMORY_FAULT exit is returned as an exit whether KVM_RUN returned 0 or, as the
         kernel does (Documentation/virt/kvm/api.rst), -1 with EFAULT/EHWPOISON; any other
         failure raises the OSError (kvm-ioctls' VcpuFd::run does the same).
+
+        A vCPU starts at the reset vector (gpa 0xfffffff0 in real mode): with no guest memory
+        there, the first fetch cannot be emulated and the exit is INTERNAL_ERROR (see
+        :class:`VcpuExit`: ``str(exit)`` and ``exit.explain()`` say what its suberror means).
         """
         run_map = self.kvm_run
         self.last_exit = None
@@ -365,6 +431,7 @@ class Vcpu(Resource):
         self.kvm_run.write(self._io_data_offset, bytes(data))
 
     def get_regs(self) -> K.kvm_regs:
+        """KVM_GET_REGS: the general-purpose registers, rip and rflags, as a ``kvm_regs``."""
         self._check_open()
         regs = K.kvm_regs()
         self.host.ioctl(self.fd, K.KVM_GET_REGS, regs)

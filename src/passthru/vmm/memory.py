@@ -66,12 +66,16 @@ class Mapping(Resource):
         return self.addr + offset
 
     def read(self, offset: int, n: int) -> bytes:
+        """``n`` bytes at ``offset`` into the mapping (``host.peek``; a touch of a private
+        guest_memfd page raises passthru.Fault on SimHost)."""
         return bytes(self.host.peek(self._bounds(offset, n), n))
 
     def write(self, offset: int, data: bytes) -> None:
+        """Store ``data`` at ``offset`` into the mapping (``host.poke``)."""
         self.host.poke(self._bounds(offset, len(data)), bytes(data))
 
     def unmap(self) -> None:
+        """munmap the mapping (the same as ``close``)."""
         self.close()
 
     def _release(self) -> None:
@@ -140,24 +144,29 @@ class Memfd(_FileBacked):
         return f"<Memfd {self.name!r} fd={self.fd} size={self.size:#x}{state}>"
 
     def truncate(self, length: int) -> None:
+        """ftruncate to ``length`` bytes (EPERM once sealed with F_SEAL_GROW/SHRINK)."""
         self._check_open()
         self.host.ftruncate(self.fd, length)
         self.size = length
 
     @property
     def seals(self) -> int:
+        """F_GET_SEALS: the F_SEAL_* bits set on this memfd."""
         self._check_open()
         return int(self.host.fcntl(self.fd, L.F_GET_SEALS))
 
     def add_seals(self, seals: int) -> None:
+        """F_ADD_SEALS (``seals`` is F_SEAL_* bits; EPERM once F_SEAL_SEAL is set)."""
         self._check_open()
         self.host.fcntl(self.fd, L.F_ADD_SEALS, seals)
 
     def pread(self, n: int, offset: int) -> bytes:
+        """pread: up to ``n`` bytes at ``offset`` (short at end of file)."""
         self._check_open()
         return bytes(self.host.pread(self.fd, n, offset))
 
     def pwrite(self, data: bytes, offset: int) -> int:
+        """pwrite ``data`` at ``offset``; returns the bytes written (the file grows to fit)."""
         self._check_open()
         n = int(self.host.pwrite(self.fd, bytes(data), offset))
         self.size = max(self.size, offset + n)
@@ -215,7 +224,31 @@ class GuestRegion:
     gmem: GuestMemfd | None = None
 
     def contains(self, gpa: int, n: int = 1) -> bool:
+        """Whether [gpa, gpa + n) lies inside this region."""
         return self.gpa <= gpa and gpa + n <= self.gpa + self.size
+
+
+def _region_list(regions: Any) -> list[tuple[int, int]]:
+    """``regions`` as a list of (gpa, size) int pairs, or a TypeError/ValueError saying what
+    was expected (checked before anything is created)."""
+    example = "e.g. [(0, 0x10000)] for 64 KiB at guest-physical 0"
+    if isinstance(regions, (int, str, bytes)) or not isinstance(regions, Iterable):
+        raise TypeError(f"GuestMemory: regions must be a list of (gpa, size) pairs, {example}; "
+                        f"got {regions!r}")
+    out: list[tuple[int, int]] = []
+    for i, item in enumerate(regions):
+        ok = (isinstance(item, (tuple, list)) and len(item) == 2
+              and all(isinstance(x, int) and not isinstance(x, bool) for x in item))
+        if not ok:
+            what = f"{item:#x} (an int)" if isinstance(item, int) else repr(item)
+            raise TypeError(f"GuestMemory: region {i} must be a (gpa, size) pair of ints, "
+                            f"{example}; got {what}")
+        gpa, size = item
+        if gpa < 0 or size <= 0:
+            raise ValueError(f"GuestMemory: region {i} ({gpa:#x}, {size:#x}): the gpa must be "
+                             ">= 0 and the size > 0")
+        out.append((gpa, size))
+    return out
 
 
 class GuestMemory(Resource):
@@ -250,11 +283,12 @@ class GuestMemory(Resource):
         name: str = "ram",
     ) -> None:
         vm._check_open()
+        spans = _region_list(regions)
         super().__init__(vm.host)
         self.vm = vm
         self.regions: list[GuestRegion] = []
         try:
-            for i, (gpa, size) in enumerate(regions):
+            for i, (gpa, size) in enumerate(spans):
                 self._add(first_slot + i, gpa, size, guest_memfd, gmem_flags, name)
         except BaseException:
             with contextlib.suppress(OSError):  # the build error is the one to report
@@ -287,17 +321,22 @@ class GuestMemory(Resource):
         self.regions.append(GuestRegion(slot, gpa, size, view, memfd, gmem))
 
     def region(self, gpa: int, n: int = 1) -> GuestRegion:
+        """The region holding all of [gpa, gpa + n); ValueError if no single one does."""
         for r in self.regions:
             if r.contains(gpa, n):
                 return r
         raise ValueError(f"guest range [{gpa:#x}, {gpa + n:#x}) is not inside one RAM region")
 
     def read(self, gpa: int, n: int) -> bytes:
+        """``n`` bytes of guest memory at guest-physical ``gpa``, read through the region's host
+        view (ValueError if the range is not inside one region)."""
         self._check_open()
         r = self.region(gpa, n)
         return r.view.read(gpa - r.gpa, n)
 
     def write(self, gpa: int, data: bytes) -> None:
+        """Store ``data`` into guest memory at guest-physical ``gpa`` through the region's host
+        view (ValueError if the range is not inside one region)."""
         self._check_open()
         r = self.region(gpa, len(data))
         r.view.write(gpa - r.gpa, data)

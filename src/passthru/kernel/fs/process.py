@@ -40,8 +40,15 @@ from .uaccess import UserArg
 if TYPE_CHECKING:
     from ..core import Kernel
 
+# include/linux/fs.h MAX_RW_COUNT: INT_MAX & PAGE_MASK, the most one read or write moves
+MAX_RW_COUNT = 0x7FFFF000
 FD_START = 3  # 0-2 are the process's stdio, as on a real host
 RLIMIT_NOFILE = 1024  # the usual soft limit; fixed so runs are deterministic
+
+
+def _loff_t(x: int) -> int:
+    """``x`` as the kernel's loff_t (a signed 64-bit register: 2^63 and above are negative)."""
+    return ((x + (1 << 63)) & ((1 << 64) - 1)) - (1 << 63)
 
 
 class Process:
@@ -168,6 +175,7 @@ class Process:
         raise kerr(errno.EINVAL, f"fcntl: unknown command {cmd}")
 
     def ftruncate(self, fd: int, length: int) -> None:
+        length = _loff_t(length)
         if length < 0:
             raise kerr(errno.EINVAL, "ftruncate: negative length")
         with self.fdget(fd, "ftruncate") as f:
@@ -178,6 +186,7 @@ class Process:
             f.truncate(length)
 
     def fallocate(self, fd: int, mode: int, offset: int, length: int) -> None:
+        offset, length = _loff_t(offset), _loff_t(length)
         with self.fdget(fd, "fallocate") as f:
             if offset < 0 or length <= 0:
                 raise kerr(errno.EINVAL, "fallocate: negative offset or non-positive length")
@@ -192,27 +201,38 @@ class Process:
             f.fallocate(mode, offset, length)
 
     @contextmanager
-    def _fdget_rw(self, fd: int, pos: int | None, mode: int) -> Iterator[File]:
+    def _fdget_rw(self, fd: int, pos: int | None, mode: int, count: int) -> Iterator[File]:
         """ksys_read/ksys_pread64 (and the write forms): the offset, the fd, FMODE_PREAD,
-        then the file's mode, in the kernel's order; the file held for the block."""
+        the file's mode, then rw_verify_area, in the kernel's order; the file held for the
+        block. ``pos`` is a loff_t (a value ≥ 2^63 is negative), ``count`` a size_t."""
         verb, ing = ("read", "reading") if mode == FMODE_READ else ("write", "writing")
         what = verb if pos is None else f"p{verb}"
-        if pos is not None and pos < 0:
-            raise kerr(errno.EINVAL, f"{what}: negative offset")
+        if pos is not None and _loff_t(pos) < 0:
+            raise kerr(errno.EINVAL, f"{what}: negative offset {_loff_t(pos)}")
         with self.fdget(fd, what) as f:
             if pos is not None and not f.fmode_pread:
                 raise kerr(errno.ESPIPE, f"{what}: {f.kind} is not seekable (no FMODE_PREAD)")
             if not f.f_mode & mode:
                 raise kerr(errno.EBADF, f"{verb}: fd not open for {ing}")
+            # rw_verify_area: a count that is negative as ssize_t, or a position + count past
+            # LLONG_MAX, is EINVAL (no file here has FMODE_UNSIGNED_OFFSET).
+            if count < 0 or count > MAX_LFS_FILESIZE:
+                raise kerr(errno.EINVAL, f"{what}: count {count} is negative as ssize_t")
+            start = f.f_pos if pos is None else _loff_t(pos)
+            if start + count > MAX_LFS_FILESIZE:
+                raise kerr(errno.EINVAL, f"{what}: position {start:#x} + count {count:#x} "
+                           "overflows loff_t")
             yield f
 
     def read(self, fd: int, n: int, pos: int | None = None) -> bytes:
-        with self._fdget_rw(fd, pos, FMODE_READ) as f:
-            return f.read(self, n, pos)
+        with self._fdget_rw(fd, pos, FMODE_READ, n) as f:
+            # vfs_read: at most MAX_RW_COUNT bytes per call
+            return f.read(self, min(n, MAX_RW_COUNT), None if pos is None else _loff_t(pos))
 
     def write(self, fd: int, data: bytes, pos: int | None = None) -> int:
-        with self._fdget_rw(fd, pos, FMODE_WRITE) as f:
-            return f.write(self, bytes(data), pos)
+        with self._fdget_rw(fd, pos, FMODE_WRITE, len(data)) as f:
+            return f.write(self, bytes(data[:MAX_RW_COUNT]),
+                           None if pos is None else _loff_t(pos))
 
     def exit(self) -> None:
         """do_exit: close every fd and tear down the address space."""

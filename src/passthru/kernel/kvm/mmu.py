@@ -51,6 +51,8 @@ from ...sim.track import Cell
 from ...uapi import kvm as K
 from ...uapi import linux as L
 from ..lockdep_assert import lockdep_assert_held, marked
+from ..mm.mm import VM_WRITE
+from ..mm.page_alloc import zero_page
 from ..profile import KVM_NO_MMU_INVALIDATE_RETRY
 
 if TYPE_CHECKING:
@@ -218,7 +220,7 @@ class KvmMmu:
             # READ_ONCE + smp_rmb: validated by mmu_invalidate_retry_gfn under mmu_lock.
             mmu_seq = self._seq.get_once()
             page = gpa & ~(PAGE - 1)
-            pfn = self._faultin_pfn(slot, gmem, page, write, is_private)
+            pfn, map_writable = self._faultin_pfn(slot, gmem, page, write, is_private)
             kvm.kernel.phys.pin(pfn, pfn + PAGE)  # the faultin page reference
             try:
                 kvm.sched.point(f"vm{kvm.vm_id}.pfn", "r")
@@ -230,8 +232,8 @@ class KvmMmu:
                     if stale or slot.is_invalid():
                         kvm.sched.emit("kvm", "fault-retry", gpa=page)
                     else:
-                        self.install(page, pfn, is_private,
-                                     write or not slot.flags & K.KVM_MEM_READONLY)
+                        self.install(page, pfn, is_private, map_writable and (
+                                     write or not slot.flags & K.KVM_MEM_READONLY))
                         kvm.sched.emit("kvm", "map", gpa=page, pfn=pfn >> 12)
                         return None
             finally:
@@ -242,12 +244,14 @@ class KvmMmu:
         return None
 
     def _faultin_pfn(self, slot: Memslot, gmem: GmemFile | None, page: int, write: bool,
-                     is_private: bool) -> int:
+                     is_private: bool) -> tuple[int, bool]:
         """kvm_mmu_faultin_pfn: guest_memfd (kvm_gmem_get_pfn) or the VMM's page tables
-        (hva_to_pfn, which holds mmap_lock for read around GUP)."""
+        (hva_to_pfn, which holds mmap_lock for read around GUP); the pfn and whether it may
+        be mapped writable. A read fault of unpopulated private memory the VMM may not write
+        gets the zero page, mapped read-only (GUP without FOLL_WRITE)."""
         kvm = self.kvm
         if gmem is not None and (is_private or kvm.gmem_only(slot)):
-            return gmem.get_pfn(slot.gmem_offset + (page - slot.base_gpa))
+            return gmem.get_pfn(slot.gmem_offset + (page - slot.base_gpa)), True
         if gmem is None and slot.flags & K.KVM_MEM_GUEST_MEMFD:
             raise kerr(errno.EFAULT, f"KVM_RUN: slot {slot.id} lost its guest_memfd")
         hva = slot.userspace_addr + (page - slot.base_gpa)
@@ -256,9 +260,12 @@ class KvmMmu:
         try:
             pieces = mm.resolve(hva, PAGE, write)
             if not pieces or pieces[0][2] < 0:
+                vma = mm.find_vma(hva)
+                if not write and vma is not None and not vma.vm_flags & VM_WRITE:
+                    return zero_page(kvm.kernel).get(), False
                 pieces = mm.resolve(hva, PAGE, True)
         except Fault as f:
             raise kerr(errno.EFAULT, f"KVM_RUN: hva {hva:#x} of slot {slot.id}: {f}") from None
         finally:
             mm.mmap_lock.up_read()
-        return pieces[0][2]
+        return pieces[0][2], True

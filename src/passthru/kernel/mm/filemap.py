@@ -85,8 +85,11 @@ class PageCache:
             self.kernel.phys.release(p, p + (e - s))
 
     def read(self, off: int, n: int, who: str = "kernel") -> bytes:
+        pieces = list(self.pages.overlapping(off, off + n))
+        if not pieces:
+            return bytes(n)  # a hole reads as zeros (calloc'd: no memory is touched)
         out = bytearray(n)
-        for s, e, p in self.pages.overlapping(off, off + n):
+        for s, e, p in pieces:
             out[s - off : e - off] = self.kernel.phys.read(p, e - s, who)
         return bytes(out)
 

@@ -251,7 +251,14 @@ def memfd_create(kernel: Kernel, name: str, flags: int) -> MemfdFile:
         raise kerr(errno.EINVAL, f"memfd_create: unknown flags {flags:#x}")
     if flags & L.MFD_EXEC and flags & L.MFD_NOEXEC_SEAL:
         raise kerr(errno.EINVAL, "memfd_create: MFD_EXEC with MFD_NOEXEC_SEAL")
-    if len(name.encode()) > L.MFD_NAME_MAX:
+    # What reaches the kernel is the C string os.fsencode makes (UTF-8, surrogateescape),
+    # up to its first NUL; a name with no such bytes (a lone surrogate outside
+    # U+DC80..U+DCFF) never makes a syscall: both hosts refuse it as an invalid name.
+    try:
+        raw = name.encode("utf-8", "surrogateescape").split(b"\0", 1)[0]
+    except UnicodeEncodeError:
+        raise kerr(errno.EINVAL, f"memfd_create: name {name!r} has no byte encoding") from None
+    if len(raw) > L.MFD_NAME_MAX:
         raise kerr(errno.EINVAL, f"memfd_create: name longer than {L.MFD_NAME_MAX} bytes")
     f = MemfdFile(kernel, name, L.O_RDWR | L.O_LARGEFILE)
     if flags & L.MFD_NOEXEC_SEAL:

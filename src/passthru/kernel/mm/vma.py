@@ -78,6 +78,7 @@ LEGACY_MAP_MASK = (
     | 0x0100 | 0x2000 | L.MAP_NORESERVE | L.MAP_POPULATE | 0x10000 | 0x20000 | 0x40000
 )
 MMAP_BASE = 0x7F0000000000
+ULONG_MASK = (1 << 64) - 1  # the syscalls' unsigned long arguments
 MMAP_MIN_ADDR = 0x10000
 
 
@@ -207,6 +208,9 @@ class Mm(track.Tracked):
     def mmap(
         self, addr: int, length: int, prot: int, flags: int, file: File | None, offset: int
     ) -> int:
+        # The syscall's addr and len are unsigned longs: a negative length is a huge one.
+        addr &= ULONG_MASK
+        length &= ULONG_MASK
         if length == 0:
             raise kerr(errno.EINVAL, "mmap: length is 0")
         if offset & (PAGE - 1):
@@ -214,7 +218,7 @@ class Mm(track.Tracked):
         maptype = flags & L.MAP_TYPE
         if maptype not in (L.MAP_SHARED, L.MAP_PRIVATE, L.MAP_SHARED_VALIDATE):
             raise kerr(errno.EINVAL, f"mmap: flags {flags:#x} are neither MAP_SHARED nor PRIVATE")
-        length = page_up(length)
+        length = page_up(length) & ULONG_MASK  # PAGE_ALIGN may wrap to 0: ENOMEM
         if length > L.TASK_SIZE or length == 0:
             raise kerr(errno.ENOMEM, f"mmap: length {length:#x} exceeds the address space")
         if offset < 0 or (offset + length) >> 63:
@@ -288,13 +292,16 @@ class Mm(track.Tracked):
             vma.writable_counted = True
 
     def munmap(self, addr: int, length: int) -> None:
+        # do_vmi_munmap, on the syscall's unsigned longs (a negative value is a huge one).
+        addr &= ULONG_MASK
+        length &= ULONG_MASK
         if addr & (PAGE - 1):
             raise kerr(errno.EINVAL, f"munmap: address {addr:#x} not page aligned")
+        if addr > L.TASK_SIZE or length > L.TASK_SIZE - addr:
+            raise kerr(errno.EINVAL, "munmap: range beyond the user address space")
         if length == 0:
             raise kerr(errno.EINVAL, "munmap: length is 0")
         length = page_up(length)
-        if addr + length > L.TASK_SIZE:
-            raise kerr(errno.EINVAL, "munmap: range beyond the user address space")
         self.mmap_lock.down_write()
         try:
             self._unmap(addr, addr + length)
