@@ -12,6 +12,7 @@ import pytest
 import passthru
 import passthru.vmm as vmm
 from passthru.check.runner import run_once
+from passthru.host.linux import LinuxHost
 from passthru.host.protocol import Host
 from passthru.host.sim import DEFAULT_LOG_LIMIT, SimHost
 from passthru.sim.log import EventLog, RingEventLog
@@ -93,7 +94,8 @@ def public_methods(cls: type) -> list[tuple[str, object]]:
 VMM_CLASSES = [getattr(vmm, n) for n in vmm.__all__ if inspect.isclass(getattr(vmm, n))]
 
 
-@pytest.mark.parametrize("cls", [Host, SimHost, *VMM_CLASSES], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", [Host, SimHost, LinuxHost, *VMM_CLASSES],
+                         ids=lambda c: c.__name__)
 def test_every_public_method_has_a_docstring(cls):
     assert inspect.getdoc(cls), f"{cls.__name__} has no class docstring"
     methods = public_methods(cls)

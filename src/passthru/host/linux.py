@@ -111,6 +111,7 @@ class LinuxHost:
 
     @property
     def open_fds(self) -> frozenset[int]:
+        """The fds this host opened (or adopted) and has not closed."""
         return frozenset(self._fds)
 
     @property
@@ -151,6 +152,7 @@ class LinuxHost:
     # -- the Host protocol ---------------------------------------------------------------------
 
     def open(self, path: str, flags: int) -> int:
+        """open(2): the new fd, tracked for close_all."""
         fd = int(self._libc.open(os.fsencode(path), flags, 0))
         if fd < 0:
             raise _fail(f"open({path!r}, {flags:#o})")
@@ -158,11 +160,14 @@ class LinuxHost:
         return fd
 
     def close(self, fd: int) -> None:
+        """close(2)."""
         if self._libc.close(fd) < 0:
             raise _fail(f"close({fd})")
         self._fds.discard(fd)
 
     def ioctl(self, fd: int, request: int, arg: IoctlArg = 0) -> int:
+        """ioctl(2): ``arg`` is an int, None (NULL), a ctypes struct or array (its address), or
+        a bytearray (updated in place); an fd the call returns is tracked for close_all."""
         if arg is None:
             word, shown = 0, "NULL"
         elif isinstance(arg, int):
@@ -185,6 +190,7 @@ class LinuxHost:
         return ret
 
     def mmap(self, addr: int, length: int, prot: int, flags: int, fd: int, offset: int) -> int:
+        """mmap(2): the start address; the range is tracked for close_all."""
         res = self._libc.mmap(addr or None, length, prot, flags, fd, offset)
         if res == _ULONG_MASK:  # MAP_FAILED, (void *)-1
             raise _fail(
@@ -198,11 +204,13 @@ class LinuxHost:
         return start
 
     def munmap(self, addr: int, length: int) -> None:
+        """munmap(2)."""
         if self._libc.munmap(addr or None, length) < 0:
             raise _fail(f"munmap({addr:#x}, {length:#x})")
         self._forget_range(addr, addr + ((length + 4095) & ~4095))
 
     def memfd_create(self, name: str, flags: int) -> int:
+        """memfd_create(2): EINVAL when ``name`` has no byte encoding (as SimHost)."""
         try:
             raw = os.fsencode(name)
         except UnicodeEncodeError:  # no bytes can reach the kernel: the name is invalid
@@ -215,6 +223,7 @@ class LinuxHost:
         return fd
 
     def fcntl(self, fd: int, cmd: int, arg: int = 0) -> int:
+        """fcntl(2) with an integer argument; a duplicated fd is tracked."""
         ret = int(self._libc.fcntl(fd, cmd, arg & _ULONG_MASK))
         if ret < 0:
             raise _fail(f"fcntl({fd}, {cmd}, {arg:#x})")
@@ -223,39 +232,47 @@ class LinuxHost:
         return ret
 
     def ftruncate(self, fd: int, length: int) -> None:
+        """ftruncate(2)."""
         if self._libc.ftruncate(fd, length) < 0:
             raise _fail(f"ftruncate({fd}, {length:#x})")
 
     def fallocate(self, fd: int, mode: int, offset: int, length: int) -> None:
+        """fallocate(2)."""
         if self._libc.fallocate(fd, mode, offset, length) < 0:
             raise _fail(f"fallocate({fd}, mode={mode:#x}, {offset:#x}, {length:#x})")
 
     def read(self, fd: int, n: int) -> bytes:
+        """read(2) of up to ``n`` bytes (Python allocates ``n`` first: see docs/fidelity.md)."""
         try:
             return os.read(fd, n)
         except OSError as e:
             raise kerr(e.errno or 0, f"read({fd}, {n})") from None
 
     def write(self, fd: int, data: bytes) -> int:
+        """write(2): the bytes written."""
         try:
             return os.write(fd, data)
         except OSError as e:
             raise kerr(e.errno or 0, f"write({fd}, <{len(data)} bytes>)") from None
 
     def pread(self, fd: int, n: int, offset: int) -> bytes:
+        """pread(2)."""
         try:
             return os.pread(fd, n, offset)
         except OSError as e:
             raise kerr(e.errno or 0, f"pread({fd}, {n}, {offset:#x})") from None
 
     def pwrite(self, fd: int, data: bytes, offset: int) -> int:
+        """pwrite(2): the bytes written."""
         try:
             return os.pwrite(fd, data, offset)
         except OSError as e:
             raise kerr(e.errno or 0, f"pwrite({fd}, <{len(data)} bytes>, {offset:#x})") from None
 
     def peek(self, addr: int, n: int) -> bytes:
+        """Read ``n`` bytes of this process's memory (a fault kills the process)."""
         return ctypes.string_at(addr, n)
 
     def poke(self, addr: int, data: bytes) -> None:
+        """Write ``data`` into this process's memory (a fault kills the process)."""
         ctypes.memmove(addr, data, len(data))
