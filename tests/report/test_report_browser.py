@@ -1,9 +1,12 @@
 """The report in a real browser: headless Chromium (Debian's chromium package) loads a
-counterexample's page from file://, its DOM holds the diagram, and a screenshot shows it."""
+counterexample's page from file://, its DOM holds the diagram, the page's script filters and
+steps through the trace, and screenshots show the diagram, the violation band below the
+decisive preemption's mark, and the set-up folded away until the script opens it."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -96,6 +99,99 @@ def test_dom_holds_the_diagram(tmp_path: Path, page: Path) -> None:
         assert f'data-lane="{lane}"' in dom
     assert 'class="lock-bar" data-lock="lock_a"' in dom
     assert 'class="violation"' in dom and "lock-order" in dom
+
+
+@pytest.fixture(scope="module")
+def gmem_page(tmp_path_factory: pytest.TempPathFactory, gmem: Verdict) -> Path:
+    out = tmp_path_factory.mktemp("report")
+    write_report(out, [gmem], date="2026-01-02T03:04:05+00:00")
+    return out / f"gmem_punch_hole_vs_vcpu_buggy-{gmem.profile}.html"
+
+
+def dom(exe: str, tmp: Path, url: str) -> str:
+    r = run(exe, tmp, "--dump-dom", url)
+    assert r.returncode == 0 and "</html>" in r.stdout, r.stderr[-2000:]
+    return r.stdout
+
+
+def test_dom_holds_the_page_furniture(tmp_path: Path, gmem_page: Path, gmem: Verdict) -> None:
+    exe = chromium()
+    page = dom(exe, tmp_path, gmem_page.as_uri())
+    meta = re.search(r'<p class="meta">(.*?)</p>', page)
+    assert meta is not None and "2026-01-02T03:04:05+00:00" in meta.group(1)
+    assert f"budget <b>{gmem.budget}</b>" in meta.group(1)
+    assert '<nav class="jump">' in page and 'id="violation-1"' in page
+    assert 'id="trace-violation"' in page and 'id="preemption"' in page
+    assert '<g class="preemption"' in page
+    # Folded and closed: the browser left them so (no "open" attribute).
+    assert re.search(r'<details class="setup"><summary>', page)
+    assert re.search(r'<details class="churn"><summary>', page)
+    assert "<details open" not in page and 'open=""' not in page
+    assert '<select id="task"><option value="">all</option>' in page
+    assert '<span id="pos"></span>' in page  # the script ran, stepped nowhere
+
+
+def test_script_filters_and_steps(tmp_path: Path, gmem_page: Path, gmem: Verdict) -> None:
+    exe = chromium()
+    res = gmem.counterexample
+    assert res is not None
+    page = dom(exe, tmp_path, gmem_page.as_uri() + "#task=punch&event=2")
+    rows = re.findall(r'<span class="line([ a-z]*)"(?: id="[a-z-]+")? data-step="(\d+)" '
+                      r'data-task="([^"]+)">', page)
+    assert len(rows) == len(res.log.events)
+    for cls, _, task in rows:
+        assert (" off" in cls) == (task != "punch"), (cls, task)
+    cur = [(step, task) for cls, step, task in rows if " cur" in cls]
+    punch = [e for e in res.log.events if e.task == "punch"]
+    assert cur == [(str(punch[1].step), "punch")]  # the second of punch's events
+    at = next(i for i, e in enumerate(res.log.events) if e is punch[1])
+    assert f'<span id="pos">event {at + 1} of {len(rows)}, step {punch[1].step}</span>' in page
+    # Folds holding only other tasks' rows are hidden; the one holding the current row opens.
+    assert re.search(r'<details class="setup off">', page)
+
+
+def test_screenshot_marks_and_folds(tmp_path: Path, gmem_page: Path) -> None:
+    exe = chromium()
+
+    def shot(name: str, url: str) -> list[bytes]:
+        f = tmp_path / f"{name}.png"
+        r = run(exe, tmp_path, "--hide-scrollbars", f"--screenshot={f}", "--window-size=1000,3200",
+                url)
+        assert f.exists(), r.stderr[-2000:]
+        width, height, rows = png_pixels(f.read_bytes())
+        assert (width, height) == (1000, 3200)
+        return rows
+
+    rows = shot("closed", gmem_page.as_uri())
+
+    def band(px: bytes) -> bool:
+        return px[0] > 230 and 160 < px[1] < 220 and abs(px[1] - px[2]) < 12
+
+    def purple(px: bytes) -> bool:
+        return 100 < px[0] < 150 and px[1] < 80 and px[2] > 170
+
+    wide = [y for y, row in enumerate(rows) if longest_run(row, 1000, band) > 500]
+    assert wide, "no violation band"
+    # The decisive preemption is marked purple at the left twice, one step's rows tall each:
+    # in the diagram's gutter, above the violation band, and in the trace, below the diagram.
+    marked = [y for y, row in enumerate(rows) if longest_run(row[:120 * 3], 120, purple) >= 4]
+    groups: list[list[int]] = []
+    for y in marked:
+        if groups and y - groups[-1][-1] <= 2:
+            groups[-1].append(y)
+        else:
+            groups.append([y])
+    assert len(groups) == 2, [(g[0], g[-1]) for g in groups]
+    assert 200 < groups[0][0] < min(wide) < groups[1][0]
+    assert all(10 < len(g) < 40 for g in groups), [len(g) for g in groups]
+    # The page ends (its last ink) higher with the set-up folded than with it opened by the
+    # script ("#event=1" steps to the first row, inside the fold): at least 10 rows taller.
+    opened = shot("opened", gmem_page.as_uri() + "#event=1")
+
+    def last_ink(rs: list[bytes]) -> int:
+        return max(y for y, row in enumerate(rs) if min(row) < 200)
+
+    assert last_ink(opened) - last_ink(rows) > 10 * 14
 
 
 def test_screenshot_shows_the_diagram(tmp_path: Path, page: Path) -> None:

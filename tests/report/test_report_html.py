@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from pathlib import Path
@@ -9,9 +10,10 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from passthru.check.runner import RunResult, Verdict
+from passthru.check.schedfile import passthru_version
 from passthru.cli import main
 from passthru.report import write_report
-from passthru.report.html import render_run
+from passthru.report.html import decisive_preemption, render_run
 from passthru.report.json import verdicts_json
 
 from .conftest import scenario
@@ -24,7 +26,8 @@ def cx(v: Verdict) -> RunResult:
 
 def assert_self_contained(page: str) -> None:
     assert "http://" not in page and "https://" not in page
-    assert "<script" not in page.lower()
+    # One inline script, no external one.
+    assert page.lower().count("<script") == page.count("<script>") <= 1
     assert "<link" not in page.lower()
     assert not re.search(r"\ssrc\s*=", page)
     assert not re.search(r"url\((?!#)", page)  # only in-document references
@@ -47,16 +50,103 @@ def test_page_contents(gmem: Verdict) -> None:
     for v in res.violations:
         assert f"<b>{v.kind}</b> at step {v.step}" in page
     # The trace is the log's text, line for line; violation lines and steps highlighted.
-    trace = re.search(r'<pre class="trace">(.*?)</pre>', page, re.S)
+    trace = re.search(r'<div class="trace" id="trace">(.*?)</div>', page, re.S)
     assert trace is not None
-    lines = re.findall(r'<span class="line( [a-z]+)?" data-step="\d+">', trace.group(1))
-    assert len(lines) == len(res.log.events)
-    assert lines.count(" viol") == sum(e.subsystem == "VIOLATION" for e in res.log.events)
-    assert " vstep" in lines
+    lines = re.findall(r'<span class="line([ a-z]*)"(?: id="[a-z-]+")? data-step="(\d+)" '
+                       r'data-task="([^"]+)">([^<]*)</span>', trace.group(1))
+    assert [html.unescape(t) for *_, t in lines] == [e.text() for e in res.log.events]
+    assert [t for _, _, t, _ in lines] == [e.task for e in res.log.events]
+    classes = [c for c, *_ in lines]
+    assert classes.count(" viol") == sum(e.subsystem == "VIOLATION" for e in res.log.events)
+    assert " vstep" in classes
     sched = re.search(r'<pre class="schedule">(.*?)</pre>', page, re.S)
     assert sched is not None
-    assert json.loads(sched.group(1).replace("&quot;", '"')) == gmem.schedule_json()
+    text = html.unescape(sched.group(1))
+    assert json.loads(text) == gmem.schedule_json()
+    # Compact: the choices on one line.
+    assert f' "choices": {json.dumps(gmem.schedule_json()["choices"])},' in text.splitlines()
     assert "passthru replay x.json" in page
+    # The jump link leads to ids that exist: the diagram's band and the trace's line.
+    assert '<a href="#violation-1">' in page and 'id="violation-1"' in page
+    assert '<a href="#trace-violation">' in page
+    assert re.search(r'<span class="line viol" id="trace-violation"', page)
+    nav = page.index('<nav class="jump">')
+    assert nav < page.index('<ul class="violations">') < page.index("<svg")
+
+
+def test_decisive_preemption(gmem: Verdict) -> None:
+    res = cx(gmem)
+    pre = decisive_preemption(res)
+    assert pre is not None
+    step, was, now = pre
+    # The last decision before the violation whose chosen task is not the one that could go on.
+    last = max(i for i, d in enumerate(res.decisions[:res.first_violation_step])
+               if d.current is not None and d.chosen != d.current)
+    assert step == last + 1 and was != now
+    assert {e.task for e in res.log.events if e.step == step} == {now}
+    assert {e.task for e in res.log.events if e.step == step - 1} == {was}
+    page = render_run(res, "t", "", gmem.schedule_json())
+    assert f"at step {step} <code>{now}</code> runs instead of <code>{was}</code>" in page
+    assert f'<g class="preemption" data-step="{step}" data-preempted="{was}" ' in page
+    marked = re.findall(r'<span class="line[ a-z]* preempt"(?: id="[a-z]+")? data-step="(\d+)"',
+                        page)
+    assert marked and set(marked) == {str(step)}
+    assert 'id="preemption"' in page and '<a href="#preemption">' in page
+    # No preemption, no mark.
+    abba_like = RunResult(res.violations, res.log, res.choices, res.steps, 0)
+    assert decisive_preemption(abba_like) is None
+    assert 'class="preemption"' not in render_run(abba_like, "t")
+
+
+def test_setup_and_lock_churn_fold(gmem: Verdict) -> None:
+    res = cx(gmem)
+    page = render_run(res, "t")
+    trace = page[page.index('<div class="trace"'):page.index("<h2>Schedule")]
+    setup = re.search(r'<details class="setup"><summary>[^<]*</summary>(.*?)</details>', trace)
+    assert setup is not None and trace.startswith('<div class="trace" id="trace"><details')
+    first = next(i for i, e in enumerate(res.log.events) if e.task != "main" and e.step > 0)
+    assert setup.group(1).count('<span class="line') == first > 0
+    assert 'data-task="main"' in setup.group(1)
+    assert all(f'data-task="{t}"' not in setup.group(1) for t in ("vcpu0", "punch"))
+    assert f"set-up: {first} events" in setup.group(0)
+    churns = re.findall(r'<details class="churn"><summary>[^<]*</summary>(.*?)</details>', trace)
+    assert churns
+    for c in churns:
+        assert len(re.findall(r'<span class="line ?[a-z ]*"', c)) >= 2
+        assert set(re.findall(r"\d+ +\S+ +(\w+)\.", html.unescape(c))) == {"lock"}
+        assert "viol" not in c and "vstep" not in c and "preempt" not in c
+    assert "<details open" not in page  # closed by default
+
+
+def test_page_meta(tmp_path: Path, gmem: Verdict) -> None:
+    write_report(tmp_path, [gmem], date="2026-01-02T03:04:05+00:00")
+    page = (tmp_path / f"gmem_punch_hole_vs_vcpu_buggy-{gmem.profile}.html").read_text()
+    meta = re.search(r'<p class="meta">(.*?)</p>', page)
+    assert meta is not None
+    text = re.sub(r"<[^>]+>", "", meta.group(1))
+    for want in (f"passthru {passthru_version()}", f"profile {gmem.profile}",
+                 f"strategy {gmem.strategy}", f"bound {gmem.bound}", f"budget {gmem.budget}",
+                 "date 2026-01-02T03:04:05+00:00"):
+        assert want in text, (want, text)
+    assert "seed" not in text  # dfs has none
+    data = json.loads((tmp_path / "report.json").read_text())
+    row = data["verdicts"][0]
+    assert (row["strategy"], row["bound"], row["budget"]) == (gmem.strategy, gmem.bound,
+                                                              gmem.budget)
+    assert data["run"]["date"] == "2026-01-02T03:04:05+00:00"
+    assert data["run"]["passthru"] == passthru_version()
+    # Same date, same bytes: only the date varies between reports.
+    again = tmp_path / "again"
+    write_report(again, [gmem], date="2026-01-02T03:04:05+00:00")
+    for f in ("report.json", f"gmem_punch_hole_vs_vcpu_buggy-{gmem.profile}.html"):
+        assert (again / f).read_bytes() == (tmp_path / f).read_bytes()
+
+
+def test_run_page_is_byte_identical(gmem: Verdict) -> None:
+    res = cx(gmem)
+    a = render_run(res, "t", "s", gmem.schedule_json())
+    assert render_run(res, "t", "s", gmem.schedule_json()) == a
+    assert "Produced by" not in a  # no meta given, none shown
 
 
 def test_page_without_violation_or_schedule(abba: Verdict) -> None:

@@ -104,6 +104,30 @@ def test_violation_step_highlighted(name: str, request: pytest.FixtureRequest) -
         assert x.message.split()[0] in words
     assert root.attrib["data-violation-steps"].split() == sorted(
         {str(x.step) for x in res.violations}, key=int)
+    # Each band has its id, for the page's jump link.
+    assert [b.attrib["id"] for b in bands] == [f"violation-{k + 1}" for k in range(len(bands))]
+
+
+def test_decisive_preemption_outlined(gmem: Verdict) -> None:
+    res = cx(gmem)
+    plain = ET.fromstring(sequence_svg(res.log.events, res.violations, "t"))
+    assert not [g for g in plain.iter(NS + "g") if g.attrib.get("class") == "preemption"]
+    step = next(e.step for e in res.log.events if e.step > 0)
+    root = ET.fromstring(sequence_svg(res.log.events, res.violations, "t", (step, "a", "b")))
+    marks = [g for g in root.iter(NS + "g") if g.attrib.get("class") == "preemption"]
+    assert len(marks) == 1
+    g = marks[0]
+    assert (g.attrib["data-step"], g.attrib["data-preempted"], g.attrib["data-chosen"]) == (
+        str(step), "a", "b")
+    # The outline spans exactly the rows of that step: as many rows as the step has events.
+    outline = g.find(NS + "rect")
+    assert outline is not None and outline.attrib["stroke"] == "#7b2fbf"
+    n = sum(e.step == step for e in res.log.events)
+    assert float(outline.attrib["height"]) == n * ROW
+    assert "decisive preemption" in " ".join(t.text or "" for t in root.iter(NS + "text"))
+    # A step with no event: nothing to outline.
+    none = sequence_svg(res.log.events, res.violations, "t", (10_000, "a", "b"))
+    assert 'class="preemption"' not in none
 
 
 def test_deterministic_bytes(abba: Verdict, gmem: Verdict) -> None:

@@ -6,13 +6,16 @@
   table row per verdict — scenario (with its doc), profile, design, expect, the verdict with
   its bound (``Verdict.bound_text()``), schedules, steps, time, ok/unproven/UNEXPECTED, and a
   link to the counterexample's page with its first violation;
-- ``<scenario>-<profile>[-<design>].html`` per counterexample (:func:`~.html.render_run`);
+- ``<scenario>-<profile>[-<design>].html`` per counterexample (:func:`~.html.render_run`),
+  with how it was produced (:func:`page_meta`: version, profile, design, strategy, bound,
+  budget, seed, time limit, faults, date) under its title;
 - ``<scenario>-<profile>[-<design>].json``: its schedule, exactly ``Verdict.schedule_json()``
   as ``passthru check --save`` writes it, for ``passthru replay``;
 - ``report.json``: :func:`~.json.verdicts_json`.
 
-The date is the only wall-clock value (besides elapsed times) and appears only in
-``index.html`` and ``report.json``: the counterexample pages and schedules are deterministic.
+The date is the only wall-clock value (besides elapsed times); it appears in ``index.html``,
+``report.json`` and the counterexample pages, which are otherwise deterministic, as are the
+schedules.
 
 Every file is self-contained (no network); links between them are relative, so the directory
 can be moved or archived whole. Leaves out: verdicts that found nothing get a row but no page.
@@ -27,6 +30,7 @@ from typing import Any
 
 from ..check import schedfile
 from ..check.runner import Verdict
+from ..check.schedfile import passthru_version
 from . import json as report_json
 from .html import render_run
 
@@ -69,6 +73,22 @@ def _subtitle(v: Verdict) -> str:
     ]
     meta = " \u00b7 ".join(p for p in parts if p)
     return f"{v.scenario.doc} \u2014 {meta}" if v.scenario.doc else meta
+
+
+def page_meta(v: Verdict, date: str | None = None) -> dict[str, Any]:
+    """How a counterexample was produced, for its page (None values are left out)."""
+    return {
+        "passthru": passthru_version(),
+        "profile": v.profile,
+        "design": v.design,
+        "strategy": v.strategy,
+        "bound": v.bound,
+        "budget": v.budget,
+        "seed": v.seed if v.strategy in ("random", "pct") else None,
+        "time limit": f"{v.time_limit}s" if v.time_limit else None,
+        "faults": "on" if v.faults else None,
+        "date": date,
+    }
 
 
 def summary_text(verdicts: list[Verdict]) -> str:
@@ -157,7 +177,7 @@ def write_report(out_dir: Path, verdicts: list[Verdict], options: dict[str, Any]
         sched = v.schedule_json()
         title = f"{v.scenario.name} @ {v.profile}" + (f" [{v.design}]" if v.design else "")
         page = render_run(cx, title, _subtitle(v), sched, index_href="index.html",
-                          schedule_file=f"{stem}.json")
+                          schedule_file=f"{stem}.json", meta=page_meta(v, date))
         (out / f"{stem}.html").write_text(page, encoding="utf-8")
         (out / f"{stem}.json").write_text(schedfile.dumps(sched), encoding="utf-8")
     data = report_json.verdicts_json(verdicts, options, date)

@@ -19,7 +19,10 @@ diagram that needs nothing but an SVG renderer:
   by side; a lock still held at the end of the log runs to the bottom, labelled "(held)".
 - **Violations**: each ``VIOLATION.*`` event, and each given :class:`Violation` that no event
   matches (placed after its step's last event), is a red band across the whole diagram with
-  the violation's kind and message; every row of a violating step is tinted.
+  the violation's kind and message; every row of a violating step is tinted. The k-th band
+  has ``id="violation-k"`` (the page's jump link).
+- **The decisive preemption** (given): its step's rows outlined in dashed purple, with a
+  purple bar in the gutter (``class="preemption"``).
 
 Leaves out: event arguments on the arrows (they are in the right-hand column, and in each
 mark's tooltip), which task waits on which (blocking is not logged), model time, and whatever
@@ -260,8 +263,12 @@ def _lock_bars(rows: list[_Row]) -> list[_Bar]:
     return bars
 
 
-def sequence_svg(events: list[Event], violations: list[Violation], title: str = "") -> str:
-    """A standalone SVG sequence diagram of ``events``, with ``violations`` highlighted."""
+def sequence_svg(events: list[Event], violations: list[Violation], title: str = "",
+                 preemption: tuple[int, str, str] | None = None) -> str:
+    """A standalone SVG sequence diagram of ``events``, with ``violations`` highlighted.
+
+    ``preemption``: (step, the task preempted, the task chosen instead), outlined in purple
+    (``class="preemption"``) as the decisive preemption."""
     lanes = _lanes(events, violations)
     by_name = {ln.name: ln for ln in lanes}
     task_lanes = [ln for ln in lanes if ln.kind == "task"]
@@ -304,7 +311,9 @@ def sequence_svg(events: list[Event], violations: list[Violation], title: str = 
     if title:
         w(_text(GUTTER, 18, title, "title"))
     w(_text(GUTTER, 38, "\u25cb scheduling point   \u2192 call into a subsystem   "
-            "\u2503 lock held   \u25c6 fault injected   red band: violation", "legend"))
+            "\u2503 lock held   \u25c6 fault injected   red band: violation"
+            + ("   purple outline: decisive preemption" if preemption is not None else ""),
+            "legend"))
 
     # Step shading: alternate steps, tint the violating ones.
     w('<g class="steps">')
@@ -324,15 +333,31 @@ def sequence_svg(events: list[Event], violations: list[Violation], title: str = 
             w(f'<rect x="0" y="{r.y}" width="{width}" height="{r.h}" fill="{fill}"/>')
     w("</g>")
 
-    # Violation bands.
+    # Violation bands (the k-th has id="violation-k").
+    nviol = 0
     for r in rows:
         if r.viol is None:
             continue
         v = r.viol
-        w(f'<rect class="violation" data-step="{v.step}" data-kind={_attr(v.kind)} '
+        nviol += 1
+        w(f'<rect class="violation" id="violation-{nviol}" data-step="{v.step}" '
+          f'data-kind={_attr(v.kind)} '
           f'data-task={_attr(v.task)} x="0" y="{r.y}" width="{width}" height="{r.h}" '
           f'fill="#f7b2b2" fill-opacity="0.75" stroke="#d00" stroke-width="1">'
           f"<title>{escape(v.text())}</title></rect>")
+
+    # The decisive preemption: its step's rows outlined, a bar in the gutter.
+    prows = [r for r in rows if preemption is not None and not r.gap and r.ev is not None
+             and r.step == preemption[0]]
+    if preemption is not None and prows:
+        step, was, now = preemption
+        y1, y2 = prows[0].y, prows[-1].y + prows[-1].h
+        tip = escape(f"decisive preemption at step {step}: {now} runs instead of {was}")
+        w(f'<g class="preemption" data-step="{step}" data-preempted={_attr(was)} '
+          f'data-chosen={_attr(now)}><title>{tip}</title>'
+          f'<rect x="1" y="{y1}" width="{width - 2}" height="{y2 - y1}" fill="none" '
+          f'stroke="#7b2fbf" stroke-width="2" stroke-dasharray="6 3"/>'
+          f'<rect x="0" y="{y1}" width="6" height="{y2 - y1}" fill="#7b2fbf"/></g>')
 
     # Lifelines.
     w('<g class="lifelines">')
