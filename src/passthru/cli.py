@@ -502,7 +502,10 @@ def _run_and_show(sc: Scenario, prof: str, design: str | None, choices: list[int
         path = Path(out or f"{sc.name}.html")
         sched = schedfile.schedule_json(sc, prof, design, res.choices, res.fail_nth)
         where = " \u00b7 ".join(x for x in (prof, design, sc.doc) if x)
-        _write(path, render_run(res, sc.name, where, schedule=sched), "the trace")
+        # How the page was produced (no date: the same schedule draws the same bytes).
+        meta = {"passthru": sched.get("passthru"), "profile": prof, "design": design,
+                "strategy": "replay of a schedule" if choices else "default schedule"}
+        _write(path, render_run(res, sc.name, where, schedule=sched, meta=meta), "the trace")
         console.print(f"wrote {path}")
     else:
         _print_run(res)
