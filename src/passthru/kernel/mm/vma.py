@@ -13,10 +13,11 @@ pages); PTE values are physical addresses. Every load or store through a PTE rea
 through PhysMem's checked accessors (hw/physmem.py), the kernel's copy-on-write included.
 
 Locking (which lock protects which field):
-- the VMA tree (``Mm._starts``/``_vmas``, one tracked location per mm, and each VMA's bounds
-  and flags): ``mmap_lock`` (an rw_semaphore) — write for mmap/munmap/exit, read for faults
-  and GUP. :meth:`Mm.resolve` is the fault path (handle_mm_fault) and asserts mmap_lock
-  (lockdep_assert_held, read or write) like GUP's mmap_assert_locked.
+- the VMA tree (``Mm._starts``/``_vmas`` and its gap index ``Mm._free``, one tracked location
+  per mm, and each VMA's bounds, flags and ``anon_vma``): ``mmap_lock`` (an rw_semaphore) —
+  write for mmap/munmap/exit, read for faults and GUP. :meth:`Mm.resolve` is the fault path
+  (handle_mm_fault) and asserts mmap_lock (lockdep_assert_held, read or write) like GUP's
+  mmap_assert_locked.
 - ``Vma.ptes``/``Vma.anon`` (the page tables): changed under the page-table lock (PTL, a
   spinlock) with mmap_lock held, or under i_mmap_rwsem by unmap_mapping_range; the PTL is
   implicit in the model, so they are ``atomic``. A CPU's load or store through a PTE is
@@ -27,14 +28,19 @@ Locking (which lock protects which field):
 - ``Vma.file``/``pgoff``/``writable_counted``: set while the VMA is made or split, under
   ``mmap_lock`` held for write, like its bounds.
 - ``Mm.proc``, ``kernel``, ``who``, ``mmap_lock``: set at creation, never rebound.
-Leaves out: mprotect, mremap, THP, NUMA policy, the zero page (unpopulated private memory
-reads as zeros without allocating), stack guard gaps, per-VMA locks, the mmu_notifier SRCU.
+Scale: lookup, insertion, removal and the gap search are O(log n) in the number of VMAs
+(bisect on sorted arrays, plus a list memmove); a new private anonymous mapping merges with
+touching VMAs of the same flags as vma_merge_new_range does.
+Leaves out: merging of file mappings, anon_vma reuse by a neighbour (find_mergeable_anon_vma:
+here two VMAs written separately keep distinct anon_vmas), mprotect, mremap, THP, NUMA
+policy, the zero page (unpopulated private memory reads as zeros without allocating), stack
+guard gaps, per-VMA locks, the mmu_notifier SRCU.
 """
 
 from __future__ import annotations
 
 import errno
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -82,6 +88,88 @@ ULONG_MASK = (1 << 64) - 1  # the syscalls' unsigned long arguments
 MMAP_MIN_ADDR = 0x10000
 
 
+class _FreeAreas:
+    """The gaps between VMAs inside ``[MMAP_MIN_ADDR, MMAP_BASE)`` (the maple tree's gap
+    tracking, what unmapped_area_topdown searches): coalesced free extents in sorted parallel
+    arrays, and per size class (``size.bit_length()``) a sorted list of their ends, so the
+    highest gap that fits is found in O(log n) (plus the few same-class gaps above it)."""
+
+    def __init__(self) -> None:
+        self._starts: list[int] = [MMAP_MIN_ADDR]
+        self._ends: list[int] = [MMAP_BASE]
+        self._by_end: dict[int, int] = {MMAP_BASE: MMAP_MIN_ADDR}  # end -> start
+        self._classes: dict[int, list[int]] = {}  # size class -> sorted ends
+        self._index(MMAP_MIN_ADDR, MMAP_BASE)
+
+    def _index(self, s: int, e: int) -> None:
+        insort(self._classes.setdefault((e - s).bit_length(), []), e)
+
+    def _unindex(self, s: int, e: int) -> None:
+        c = self._classes[(e - s).bit_length()]
+        del c[bisect_left(c, e)]
+
+    def _drop(self, i: int) -> tuple[int, int]:
+        s, e = self._starts.pop(i), self._ends.pop(i)
+        del self._by_end[e]
+        self._unindex(s, e)
+        return s, e
+
+    def _add(self, s: int, e: int) -> None:
+        i = bisect_left(self._starts, s)
+        self._starts.insert(i, s)
+        self._ends.insert(i, e)
+        self._by_end[e] = s
+        self._index(s, e)
+
+    def carve(self, start: int, end: int) -> None:
+        """A VMA now covers ``[start, end)``."""
+        start, end = max(start, MMAP_MIN_ADDR), min(end, MMAP_BASE)
+        if start >= end:
+            return
+        i = max(bisect_right(self._starts, start) - 1, 0)
+        while i < len(self._starts) and self._starts[i] < end:
+            if self._ends[i] <= start:
+                i += 1
+                continue
+            s, e = self._drop(i)
+            if s < start:
+                self._add(s, start)
+                i += 1
+            if e > end:
+                self._add(end, e)
+                i += 1
+
+    def release(self, start: int, end: int) -> None:
+        """``[start, end)`` is no longer covered by any VMA."""
+        start, end = max(start, MMAP_MIN_ADDR), min(end, MMAP_BASE)
+        if start >= end:
+            return
+        i = bisect_left(self._starts, start)
+        if i < len(self._starts) and self._starts[i] == end:
+            end = self._drop(i)[1]
+        if i > 0 and self._ends[i - 1] == start:
+            start = self._drop(i - 1)[0]
+        self._add(start, end)
+
+    def find_top(self, length: int) -> int | None:
+        """unmapped_area_topdown: the end of the highest gap of at least ``length`` bytes."""
+        c = length.bit_length()
+        best: int | None = None
+        for k, ends in self._classes.items():
+            if k > c and ends and (best is None or ends[-1] > best):
+                best = ends[-1]  # every gap of a larger class fits
+        ends = self._classes.get(c, [])
+        for j in range(len(ends) - 1, -1, -1):
+            e = ends[j]
+            if best is not None and e <= best:
+                break
+            if e - self._by_end[e] >= length:
+                best = e
+                break
+        return best
+
+
+
 class Vma:
     def __init__(
         self, mm: Mm, start: int, end: int, vm_flags: int, file: File | None, pgoff: int
@@ -97,6 +185,9 @@ class Vma:
         self.ptes: RangeMap[int] = RangeMap(linear=True, label=f"{where}.ptes", atomic=True)
         self.anon: RangeMap[int] = RangeMap(linear=True, label=f"{where}.anon", atomic=True)
         self.writable_counted = False  # counted in the file's i_mmap_writable
+        # the anon_vma: made at the first private page (anon_vma_prepare), shared by the
+        # pieces of a split and kept by a merge; two different ones keep VMAs apart.
+        self.anon_vma: object | None = None
 
     def __repr__(self) -> str:
         return f"<Vma [{self.start:#x}, {self.end:#x}) flags={self.vm_flags:#x}>"
@@ -131,6 +222,7 @@ class Mm(track.Tracked):
         # VMAs sorted by start (the kernel's maple tree): parallel arrays searched by bisect.
         self._starts: list[int] = []
         self._vmas: list[Vma] = []
+        self._free = _FreeAreas()  # the tree's gaps below MMAP_BASE, same lock
         self.mmap_lock = RwSem(proc.kernel.sched, f"{proc.name}.mmap_lock", "mmap_lock")
         self.who = f"cpu:{proc.name}"
         # mmu_notifier subscribers (KVM): called with the user range whose PTEs go away.
@@ -182,6 +274,7 @@ class Mm(track.Tracked):
         i = bisect_left(self._starts, vma.start)
         self._starts.insert(i, vma.start)
         self._vmas.insert(i, vma)
+        self._free.carve(vma.start, vma.end)
 
     def _remove_vma(self, vma: Vma) -> None:
         lockdep_assert_held_write(self.mmap_lock, "vma_unlink")
@@ -189,18 +282,13 @@ class Mm(track.Tracked):
         i = bisect_left(self._starts, vma.start)
         assert self._vmas[i] is vma
         del self._starts[i], self._vmas[i]
+        self._free.release(vma.start, vma.end)
 
     def _free_area(self, length: int) -> int:
         # Top-down below MMAP_BASE: the highest gap that fits (mm/mmap.c's unmapped_area_topdown).
         track.read(self)
-        top = MMAP_BASE
-        for v in reversed(self._vmas):
-            if v.start >= top:
-                continue
-            if v.end <= top - length:
-                return top - length
-            top = min(top, v.start)
-        if top - length < MMAP_MIN_ADDR:
+        top = self._free.find_top(length)
+        if top is None:
             raise kerr(errno.ENOMEM, f"mmap: no free range of {length:#x} bytes")
         return top - length
 
@@ -273,14 +361,62 @@ class Mm(track.Tracked):
                 file.get()
             if fixed:
                 self._unmap(addr, addr + length)
-            self._insert_vma(vma)
-            if vma.file is not None:
-                self._link_file(vma)
-            self.kernel.track("vma", +1)
+            if vma.file is None and not shared and self._merge_new_range(vma):
+                pass  # vma_merge_new_range: a neighbour grew over the range instead
+            else:
+                self._insert_vma(vma)
+                if vma.file is not None:
+                    self._link_file(vma)
+                self.kernel.track("vma", +1)
         finally:
             self.mmap_lock.up_write()
         self.kernel.sched.emit("mm", "mmap", addr=addr, len=length, prot=prot, flags=flags)
         return addr
+
+    def _merge_new_range(self, new: Vma) -> bool:
+        """vma_merge_new_range (mm/vma.c) for a private anonymous mapping: grow the previous
+        and/or next VMA over ``new``'s free range when they are private anonymous with the
+        same flags and touch it; merge both only if their anon_vmas are compatible (one
+        absent, or the same). True if merged (``new`` is then not used)."""
+        lockdep_assert_held_write(self.mmap_lock, "vma_merge_new_range")
+        start, end = new.start, new.end
+        i = bisect_left(self._starts, end)
+        nxt = self._vmas[i] if i < len(self._vmas) and self._starts[i] == end else None
+        prev = self._vmas[i - 1] if i > 0 and self._vmas[i - 1].end == start else None
+
+        def ok(v: Vma | None) -> bool:
+            return (v is not None and v.file is None and v.vm_flags == new.vm_flags
+                    and not v.vm_flags & (VM_SHARED | VM_IO | VM_PFNMAP))
+
+        left = ok(prev)
+        right = ok(nxt) and (not left or prev.anon_vma is None  # type: ignore[union-attr]
+                             or nxt.anon_vma is None  # type: ignore[union-attr]
+                             or prev.anon_vma is nxt.anon_vma)  # type: ignore[union-attr]
+        if not left and not right:
+            return False
+        track.write(self, start, end)  # a neighbour's bounds move over the range
+        if left and right:
+            assert prev is not None and nxt is not None
+            self._remove_vma(nxt)
+            for s, e, p in nxt.anon.remove(nxt.start, nxt.end):
+                prev.anon.set(s, e, p)
+            for s, e, p in nxt.ptes.remove(nxt.start, nxt.end):
+                prev.ptes.set(s, e, p)
+            prev.anon_vma = prev.anon_vma or nxt.anon_vma
+            prev.end = nxt.end
+            self._free.carve(start, prev.end)  # next's range came back free on removal
+            self.kernel.track("vma", -1)
+        elif left:
+            assert prev is not None
+            prev.end = end
+            self._free.carve(start, end)
+        else:
+            assert nxt is not None
+            nxt.start = start
+            nxt.pgoff -= end - start
+            self._starts[i] = start
+            self._free.carve(start, end)
+        return True
 
     def _link_file(self, vma: Vma) -> None:
         cache = getattr(vma.file, "cache", None)
@@ -323,6 +459,7 @@ class Mm(track.Tracked):
     def _split(self, vma: Vma, at: int) -> None:
         track.write(self, at, vma.end)  # vma.end moves: a change of the tree
         right = Vma(self, at, vma.end, vma.vm_flags, vma.file, vma.foff(at))
+        right.anon_vma = vma.anon_vma
         for s, e, p in vma.ptes.remove(at, vma.end):
             right.ptes.set(s, e, p)
         for s, e, p in vma.anon.remove(at, vma.end):
@@ -375,6 +512,8 @@ class Mm(track.Tracked):
         for hs, he in holes:
             if private and write:
                 # Copy-on-write: private pages take a copy of what the file (or zero) shows.
+                if vma.anon_vma is None:
+                    vma.anon_vma = object()  # anon_vma_prepare
                 src = b""
                 if vma.file is not None:
                     src = self._read_file_pages(vma, hs, he)
