@@ -278,16 +278,16 @@ def test_every_option_has_help_text():
     r = CliRunner().invoke(main, ["check", "--help"], terminal_width=200)
     for word in ("dfs     every schedule", "dpor    dynamic partial-order", "full    every",
                  "pct     random schedules", "random  a uniformly", "First random seed",
-                 "1000 for pct/random"):
+                 "300 for pct/random"):
         assert word in r.output, word
     r = CliRunner().invoke(main, ["compare", "--help"], terminal_width=200)
-    assert "Worker processes" in r.output and "1000 for pct/random" in r.output
+    assert "Worker processes" in r.output and "300 for pct/random" in r.output
 
 
 def test_sampling_strategies_default_to_a_small_budget():
     r = CliRunner().invoke(main, ["check", "-k", "abba_fixed", "--strategy", "random"])
     assert r.exit_code == 0
-    assert "none found (1000 random schedule(s)" in r.output
+    assert "none found (300 random schedule(s)" in r.output
 
 
 def test_check_explains_its_columns_and_save_prints_the_replay_command(tmp_path):

@@ -151,6 +151,14 @@ def test_internal_error_exit_names_its_suberror(vm):
         assert "reset vector" in ex.explain()
 
 
+def test_simhost_reports_an_emulation_failure_as_the_kernel_does():
+    """handle_emulation_failure sets run->internal.suberror = KVM_INTERNAL_ERROR_EMULATION."""
+    h = passthru.SimHost()
+    ex = vmm.Kvm(h).create_vm().create_vcpu(0).run()
+    assert ex.reason == "INTERNAL_ERROR" and ex.suberror == K.KVM_INTERNAL_ERROR_EMULATION
+    assert "KVM_INTERNAL_ERROR_EMULATION" in str(ex)
+
+
 def test_every_internal_error_suberror_is_named_and_explained():
     assert vmm.INTERNAL_ERRORS == {1: "EMULATION", 2: "SIMUL_EX", 3: "DELIVERY_EV",
                                    4: "UNEXPECTED_EXIT_REASON"}

@@ -78,7 +78,12 @@ def kvm_arch_vcpu_ioctl_run(vcpu: Vcpu) -> int:
     for _ in range(MAX_STEPS):
         ex = _step(vcpu, cpu)
         if ex is not None:
-            vcpu.write_exit(ex)
+            if ex == K.KVM_EXIT_INTERNAL_ERROR:
+                # handle_emulation_failure: run->internal says the emulator gave up.
+                vcpu.write_exit(ex, "internal", K._kvm_run_internal(
+                    suberror=K.KVM_INTERNAL_ERROR_EMULATION, ndata=0))
+            else:
+                vcpu.write_exit(ex)
             vcpu.kvm.sched.emit("kvm", "run-exit", vcpu=vcpu.vcpu_id, reason=ex)
             if ex == K.KVM_EXIT_MEMORY_FAULT:
                 # api.rst: KVM_RUN fails with EFAULT and exit_reason MEMORY_FAULT is valid.
