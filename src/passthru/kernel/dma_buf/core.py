@@ -73,12 +73,13 @@ cross-device fence signalling paths, the fence wait of begin_cpu_access.
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar, overload
+from typing import TYPE_CHECKING, Any
 
 from ...errors import Fault, kerr
 from ...sim import kinds, track
+from ...sim.fields import InCell, Plain
 from ...sim.locks import WaitQueue
 from ...sim.track import Cell, TrackedList
 from ...uapi import dma_buf as U
@@ -87,7 +88,12 @@ from ..dma.scatterlist import MAX_SG_ENT_SZ, SgTable, segments
 from ..fs.file import File, fput
 from ..fs.ioctl_table import IoctlTable
 from ..init import kernel_static
-from ..mm.mm import VM_MAYSHARE, VM_SHARED
+from .mapping import DmaMapping as DmaMapping
+from .mapping import DmaRange as DmaRange
+from .mapping import dma_direct as dma_direct
+from .mapping import mmap_needs_shared as mmap_needs_shared
+from .mapping import sigbus_past_the_end as sigbus_past_the_end
+from .mapping import vmap_address as vmap_address
 from .resv import DMA_RESV_USAGE_BOOKKEEP, DMA_RESV_USAGE_KERNEL, DmaResv
 
 if TYPE_CHECKING:
@@ -107,127 +113,9 @@ kinds.register("sgt-page-access", "dma-buf")
 
 PINNED, REVOCABLE, MOVABLE = "pinned", "revocable", "movable"
 MEMORY_MODELS = (PINNED, REVOCABLE, MOVABLE)
-VMALLOC_START = 0xFFFFC90000000000  # x86-64: where vmap() addresses come from
-
-T = TypeVar("T")
-
-
-class Field(Generic[T]):
-    """A field every access of which the checker sees (sim/track.py): a descriptor whose
-    value lives in the object's ``_<name>``; subclasses say how it is read and written."""
-
-    def __init__(self) -> None:
-        self.attr = ""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.attr = f"_{name}"
-
-    @overload
-    def __get__(self, obj: None, owner: type) -> Field[T]: ...
-    @overload
-    def __get__(self, obj: object, owner: type) -> T: ...
-    def __get__(self, obj: object, owner: type) -> Field[T] | T:
-        return self if obj is None else self.load(obj)
-
-    def __set__(self, obj: object, value: T) -> None:
-        self.store(obj, value)
-
-    def load(self, obj: object) -> T:
-        raise NotImplementedError
-
-    def store(self, obj: object, value: T) -> None:
-        raise NotImplementedError
-
-
-class Plain(Field[T]):
-    """A field of a tracked object (sim/track.py ``Tracked``) that its lock protects: every
-    read and write is a plain access in the footprint, over ``part`` — a ``(lo, hi)`` slice of
-    the object's location; all of it when None — so the race detector judges it. The object's
-    marked accesses (``read_once``) read ``_<name>`` directly."""
-
-    def __init__(self, part: tuple[int, int] | None = None) -> None:
-        super().__init__()
-        self.lo, self.hi = part if part is not None else (track.LO, track.HI)
-
-    def load(self, obj: object) -> T:
-        track.read(obj, self.lo, self.hi)
-        value: T = getattr(obj, self.attr)
-        return value
-
-    def store(self, obj: object, value: T) -> None:
-        track.write(obj, self.lo, self.hi)
-        setattr(obj, self.attr, value)
-
-
-class InCell(Field[T]):
-    """A field whose value is its own tracked :class:`~passthru.sim.track.Cell`, ``_<name>``
-    (its own location): reading and writing the field are the cell's ``get`` and ``set``."""
-
-    def load(self, obj: object) -> T:
-        cell: Cell[T] = getattr(obj, self.attr)
-        return cell.get()
-
-    def store(self, obj: object, value: T) -> None:
-        getattr(obj, self.attr).set(value)
-
 
 db_list = kernel_static(  # the live dma-bufs: dma_buf_export adds, release removes
     "dma_buf.db_list", lambda k: TrackedList["DmaBuf"](label="dma_buf.db_list", atomic=True))
-
-
-class DmaRange(NamedTuple):
-    """One range of a DMA mapping, in the kernel's descriptor convention — address and length,
-    as sg_dma_address/sg_dma_len and phys_vec are (extents.py gives the two conventions):
-    ``dma`` is what the device is programmed with, ``length`` its bytes, ``phys`` the physical
-    address it reaches — the model's physical truth for the access check, never something the
-    importer sees."""
-
-    dma: int
-    length: int
-    phys: int
-
-
-@dataclass
-class DmaMapping:
-    """What map_dma_buf returned, reduced to what importers may use: DMA addresses.
-
-    ``ranges`` in buffer order. ``sgt`` is the exporter's table object
-    (kernel/dma/scatterlist.SgTable) when it built one.
-    """
-
-    ranges: list[DmaRange]
-    sgt: Any = None
-    kind: str = "sgt"  # "sgt" (DMA addresses) or "pal" (physical address list, a proposal)
-
-    @property
-    def length(self) -> int:
-        return sum(r.length for r in self.ranges)
-
-
-def dma_direct(extents: Iterable[tuple[int, int]]) -> DmaMapping:
-    """dma_map_sgtable on dma-direct (no IOMMU yet): one range per physical extent
-    ``(start, end)``, its DMA address the physical address."""
-    return DmaMapping([DmaRange(s, e - s, s) for s, e in extents])
-
-
-def mmap_needs_shared(vma: Vma, what: str) -> None:
-    """An exporter's mmap that refuses a private mapping (EINVAL)."""
-    if (vma.vm_flags & (VM_SHARED | VM_MAYSHARE)) == 0:
-        raise kerr(errno.EINVAL, f"mmap: {what} needs MAP_SHARED")
-
-
-def sigbus_past_the_end(vma: Vma, start: int, end: int, size: int, what: str) -> None:
-    """A mapping's vm_ops->fault for buffer range ``[start, end)`` past the buffer's ``size``
-    bytes (pgoff >= pagecount): SIGBUS at the first address beyond it."""
-    if end > size:
-        raise Fault(vma.start + (max(start, size) - vma.pgoff), "SIGBUS",
-                    f"{what} fault past the buffer (pgoff >= pagecount)")
-
-
-def vmap_address(kernel: Kernel) -> int:
-    """What an exporter's vmap op returns: a vmalloc-area address, distinct per call,
-    deterministic."""
-    return VMALLOC_START + kernel.next_id("vmap") * (1 << 32)
 
 
 @dataclass(frozen=True, kw_only=True)

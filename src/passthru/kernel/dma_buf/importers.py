@@ -51,6 +51,7 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 from ...sim import kinds, track
+from ...sim.fields import Plain
 from ...sim.locks import WaitQueue
 from ...sim.track import Cell
 from ...uapi import linux as L
@@ -65,7 +66,6 @@ from .core import (
     DmaBufAttachment,
     DmaBufAttachOps,
     DmaMapping,
-    Plain,
 )
 from .fence import DmaFence
 from .resv import DMA_RESV_USAGE_WRITE

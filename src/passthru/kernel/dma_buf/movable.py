@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 from ...errors import kerr
 from ...hw.physmem import Owner
 from ...sim import kinds, track
+from ...sim.fields import Plain
 from ...uapi import linux as L
 from ..cgroup.dmem import DmemRegion
 from ..profile import DMA_BUF_MOVE_PINNED, DMA_BUF_MOVE_SKIPS_FENCE_WAIT
@@ -46,7 +47,6 @@ from .core import (
     DmaBufAttachment,
     DmaBufOps,
     DmaMapping,
-    Plain,
     dma_direct,
 )
 from .fence import DmaFence
