@@ -194,7 +194,8 @@ class Kvm:
         self.gmem_files: list[GmemFile] = TrackedList(label=f"{self.name}.gmem_files",
                                                       atomic=True)
         self.vcpus: dict[int, Vcpu] = TrackedDict(label=f"{self.name}.vcpus")
-        self.mm.mmu_notifier_register(self.mmu.hva_invalidate)
+        # A ranged subscriber: memslots file their hva ranges (memslots.py, _insert/_erase).
+        self.mn_id = self.mm.mmu_notifier_register(self.mmu.hva_invalidate, ranged=True)
         kernel.track("kvm", +1)
         self.sched.emit("kvm", "create-vm", vm=self.vm_id, type=vm_type)
 
@@ -222,7 +223,7 @@ class Kvm:
         for vcpu in self.vcpus.values():
             vcpu.free()
         self.vcpus.clear()
-        self.mm.mmu_notifier_unregister(self.mmu.hva_invalidate)
+        self.mm.mmu_notifier_unregister(self.mn_id)
         self.kernel.track("kvm", -1)
         self.sched.emit("kvm", "destroy-vm", vm=self.vm_id)
 

@@ -112,6 +112,11 @@ class Memslot(track.Tracked):
     def end_gpa(self) -> int:
         return self.base_gpa + self.npages * PAGE
 
+    @property
+    def hva_range(self) -> tuple[int, int]:
+        """The slot's user memory ``[userspace_addr, + size)``, as the mmu_notifier files it."""
+        return self.userspace_addr, self.userspace_addr + self.npages * PAGE
+
     def gpa_of(self, b: Binding, foff: int) -> int:
         return self.base_gpa + (foff - self.gmem_offset)
 
@@ -304,12 +309,16 @@ class Memslots:
         """kvm_replace_memslot(NULL, slot): publish ``slot`` to readers."""
         self.by_id[slot.id] = slot
         self.gpa[slot.as_id].set(slot.base_gpa, slot.end_gpa, slot)
+        self.kvm.mm.notifiers.add_range(self.kvm.mn_id, (slot.as_id, slot.id),
+                                        *slot.hva_range)
         self.kvm.kernel.track("memslot", +1)
 
     def _erase(self, slot: Memslot) -> None:
         """kvm_replace_memslot(slot, NULL): unpublish ``slot`` (readers may still hold it)."""
         del self.by_id[slot.id]
         self.gpa[slot.as_id].remove(slot.base_gpa, slot.end_gpa)
+        self.kvm.mm.notifiers.remove_range(self.kvm.mn_id, (slot.as_id, slot.id),
+                                           *slot.hva_range)
 
     def _grace_period(self) -> None:
         """kvm_swap_active_memslots' synchronize_srcu: every reader that could have found an

@@ -22,9 +22,9 @@ Locking (which lock protects which field):
   spinlock) with mmap_lock held, or under i_mmap_rwsem by unmap_mapping_range; the PTL is
   implicit in the model, so they are ``atomic``. A CPU's load or store through a PTE is
   hardware: the physical access it ends in is judged by physical truth (hw/physmem.py).
-- ``Mm.notifiers`` (the mmu_notifier subscription list): changed under the subscriptions'
-  spinlock (registration also holds mmap_lock for write) and walked under the notifier
-  SRCU: ``atomic`` here.
+- ``Mm.notifiers`` (the mmu_notifier subscriptions, kernel/mm/mmu_notifier.py): changed
+  under the subscriptions' spinlock (registration also holds mmap_lock for write) and walked
+  under the notifier SRCU: ``atomic`` there.
 - ``Vma.file``/``pgoff``/``writable_counted``: set while the VMA is made or split, under
   ``mmap_lock`` held for write, like its bounds.
 - ``Mm.proc``, ``kernel``, ``who``, ``mmap_lock``: set at creation, never rebound.
@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import errno
 from bisect import bisect_left, bisect_right, insort
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ...errors import Fault, kerr
@@ -49,7 +49,6 @@ from ...extents import RangeMap
 from ...hw.physmem import Owner
 from ...sim import track
 from ...sim.locks import RwSem
-from ...sim.track import TrackedList
 from ...uapi import linux as L
 from ..fs.file import FMODE_READ, FMODE_WRITE
 from ..lockdep_assert import lockdep_assert_held, lockdep_assert_held_write
@@ -73,6 +72,7 @@ from .mm import (
     page_down,
     page_up,
 )
+from .mmu_notifier import Invalidate, MmuNotifierSubscriptions
 
 if TYPE_CHECKING:
     from ..fs.file import File
@@ -225,27 +225,27 @@ class Mm(track.Tracked):
         self._free = _FreeAreas()  # the tree's gaps below MMAP_BASE, same lock
         self.mmap_lock = RwSem(proc.kernel.sched, f"{proc.name}.mmap_lock", "mmap_lock")
         self.who = f"cpu:{proc.name}"
-        # mmu_notifier subscribers (KVM): called with the user range whose PTEs go away.
-        self.notifiers: list[Callable[[int, int], None]] = TrackedList(
-            label=f"proc {proc.name}.mmu_notifiers", atomic=True)
+        # mmu_notifier subscribers (KVM), called with the user range whose PTEs go away.
+        self.notifiers = MmuNotifierSubscriptions(f"proc {proc.name}.mmu_notifiers")
         self.track_init(f"proc {proc.name}.vmas")  # the VMA tree (mm->mm_mt)
 
     def notify_invalidate(self, start: int, end: int) -> None:
-        for n in list(self.notifiers):
-            n(start, end)
+        """mmu_notifier_invalidate_range_start/end: the subscribers ``[start, end)`` concerns."""
+        self.notifiers.invalidate(start, end)
 
-    def mmu_notifier_register(self, fn: Callable[[int, int], None]) -> None:
-        """mmu_notifier_register: subscribe with mmap_lock held for write."""
+    def mmu_notifier_register(self, fn: Invalidate, ranged: bool = False) -> int:
+        """mmu_notifier_register: subscribe with mmap_lock held for write; the id to
+        unregister with (and, for a ``ranged`` subscriber, to file ranges under)."""
         self.mmap_lock.down_write()
         try:
             lockdep_assert_held_write(self.mmap_lock, "__mmu_notifier_register")
-            self.notifiers.append(fn)
+            return self.notifiers.register(fn, ranged)
         finally:
             self.mmap_lock.up_write()
 
-    def mmu_notifier_unregister(self, fn: Callable[[int, int], None]) -> None:
+    def mmu_notifier_unregister(self, sid: int) -> None:
         """mmu_notifier_unregister: under the subscriptions' spinlock only."""
-        self.notifiers.remove(fn)
+        self.notifiers.unregister(sid)
 
     # ----- lookup ------------------------------------------------------------------------
     @property
