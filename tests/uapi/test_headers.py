@@ -3,6 +3,9 @@
 The header directory is $PASSTHRU_UAPI_HEADERS, else ~/.cache/passthru/uapi-headers/usr/include
 (what tools/fetch-headers.sh makes); the first that holds linux/iommufd.h is used. Without
 one, or without gcc, the header tests skip and say why.
+drivers/iommu/iommufd/iommufd_test.h is not uAPI: tools/fetch-headers.sh takes it from Debian's
+linux-source-7.3 into the same directory, under its kernel-tree path; without it, only the
+iommufd_test checks skip, naming the missing file.
 The golden-number tests (KERNEL.md, proposals, Python-only names) always run.
 
 One compile per session: the module fixture builds a single C program for every check.
@@ -18,14 +21,22 @@ from pathlib import Path
 
 import pytest
 
-from passthru.uapi import dma_buf, dma_heap, iommufd, kvm, proposed, udmabuf, vfio
+from passthru.uapi import dma_buf, dma_heap, iommufd, iommufd_test, kvm, proposed, udmabuf, vfio
 from passthru.uapi.ioctl import _IO
 
 from . import cgen
 
+# Not uAPI: the kernel source's file, which the selftests include by relative path.
+IOMMUFD_TEST_H = "drivers/iommu/iommufd/iommufd_test.h"
+
 MIRRORS = {
     "kvm": cgen.Mirror(kvm, ("linux/kvm.h",)),
-    "iommufd": cgen.Mirror(iommufd, ("linux/iommufd.h",)),
+    "iommufd": cgen.Mirror(
+        iommufd,
+        ("linux/iommufd.h",),
+        # re-exported from iommufd_test, checked there against iommufd_test.h
+        python_only=frozenset(iommufd_test.__all__),
+    ),
     "vfio": cgen.Mirror(
         vfio,
         ("linux/vfio.h",),
@@ -35,7 +46,10 @@ MIRRORS = {
     "dma_buf": cgen.Mirror(dma_buf, ("linux/dma-buf.h",)),
     "dma_heap": cgen.Mirror(dma_heap, ("linux/dma-heap.h",)),
     "udmabuf": cgen.Mirror(udmabuf, ("linux/udmabuf.h",)),
+    "iommufd_test": cgen.Mirror(iommufd_test, (IOMMUFD_TEST_H,)),
 }
+# Mirrors of headers linux-libc-dev does not install: the file whose absence skips them.
+OPTIONAL_HEADERS = {"iommufd_test": IOMMUFD_TEST_H}
 
 # Names that are not in the 7.3 headers, with the number they must have.
 PYTHON_ONLY_GOLDEN = {
@@ -55,16 +69,18 @@ PROPOSED_MACROS = ("IOMMU_VDEVICE_TSM_OP", "KVM_MEM_VFIO_DMABUF")
 MIN_VERSION = (7 << 16) | (3 << 8)
 
 
-def _all_checks() -> list[cgen.Check]:
+def _all_checks() -> tuple[list[cgen.Check], dict[str, str]]:
     checks: list[cgen.Check] = []
+    mirror_of: dict[str, str] = {}
     for name, mirror in MIRRORS.items():
         for c in cgen.checks_for(mirror):
             c.owner = f"{name}: {c.owner}"
             checks.append(c)
-    return checks
+            mirror_of[c.owner] = name
+    return checks, mirror_of
 
 
-CHECKS = _all_checks()
+CHECKS, MIRROR_OF = _all_checks()
 OWNERS = list(dict.fromkeys(c.owner for c in CHECKS))
 
 
@@ -94,13 +110,25 @@ def require_header_dir() -> Path:
     return hdr
 
 
+def missing_optional(hdr: Path, mirror: str) -> str | None:
+    """Why ``mirror`` cannot be checked in ``hdr`` (its header file is missing), or None."""
+    rel = OPTIONAL_HEADERS.get(mirror)
+    if rel is None or (hdr / rel).is_file():
+        return None
+    return (
+        f"no {hdr / rel} (not installed by linux-libc-dev: tools/fetch-headers.sh extracts it "
+        "from Debian's linux-source-7.3)"
+    )
+
+
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory: pytest.TempPathFactory) -> cgen.Result:
     hdr = require_header_dir()
-    includes = [h for m in MIRRORS.values() for h in m.includes]
+    present = [m for m in MIRRORS if missing_optional(hdr, m) is None]
+    includes = [h for m in present for h in MIRRORS[m].includes]
     try:
         return cgen.run(
-            CHECKS,
+            [c for c in CHECKS if MIRROR_OF[c.owner] in present],
             includes,
             hdr,
             tmp_path_factory.mktemp("uapi"),
@@ -119,6 +147,8 @@ def test_header_version(compiled: cgen.Result) -> None:
 
 @pytest.mark.parametrize("owner", OWNERS)
 def test_mirror_matches_header(compiled: cgen.Result, owner: str) -> None:
+    if (why := missing_optional(require_header_dir(), MIRROR_OF[owner])) is not None:
+        pytest.skip(why)
     problems = [
         msg for c in compiled.checks if c.owner == owner and (msg := cgen.mismatch(c)) is not None
     ]
@@ -146,6 +176,29 @@ def test_iommufd_header_fully_mirrored() -> None:
     names |= set(re.findall(r"^\s*([A-Z][A-Z0-9_]+)\s*[=,]", text, re.M))
     missing = sorted(n for n in names if not hasattr(iommufd, n))
     assert not missing, f"in iommufd.h but not in passthru.uapi.iommufd: {missing}"
+
+
+def test_iommufd_test_header_fully_mirrored() -> None:
+    """iommufd_test.h is mirrored whole: every struct, macro, enum value and member of the
+    anonymous union of struct iommu_test_cmd; iommufd re-exports all of it."""
+    import re
+
+    hdr = require_header_dir()
+    if (why := missing_optional(hdr, "iommufd_test")) is not None:
+        pytest.skip(why)
+    text = re.sub(r"/\*.*?\*/", "", (hdr / IOMMUFD_TEST_H).read_text(), flags=re.S)
+    names = set(re.findall(r"^struct (\w+) \{", text, re.M))
+    names |= set(re.findall(r"^#define ([A-Z]\w*)", text, re.M))
+    names |= set(re.findall(r"^\s*([A-Z][A-Z0-9_]+)\s*[=,]", text, re.M))
+    missing = sorted(n for n in names if not hasattr(iommufd_test, n))
+    assert not missing, f"in iommufd_test.h but not in passthru.uapi.iommufd_test: {missing}"
+    assert names <= set(iommufd_test.__all__), sorted(names - set(iommufd_test.__all__))
+    cmd = re.search(r"^struct iommu_test_cmd \{(.*?)^\};", text, re.M | re.S)
+    assert cmd is not None
+    members = re.findall(r"^\t\t\} (\w+);", cmd.group(1), re.M)
+    assert len(members) > 20
+    missing = [m for m in members if not hasattr(iommufd_test.iommu_test_cmd, m)]
+    assert not missing, f"union members of struct iommu_test_cmd not mirrored: {missing}"
 
 
 # --- golden numbers (no headers needed) ---
@@ -196,6 +249,30 @@ def test_kernel_md_iommufd_numbering() -> None:
     ]  # fmt: skip
     for nr, name in enumerate(order, start=0x80):
         assert getattr(iommufd, f"IOMMU_{name}") == (0x3B << 8) | nr, name
+
+
+def test_iommufd_test_numbers() -> None:
+    """IOMMU_TEST_CMD is _IO(IOMMUFD_TYPE, IOMMUFD_CMD_BASE + 32); iommufd_test writes those two
+    numbers out (iommufd re-exports it), so they must be iommufd's."""
+    assert iommufd_test._IOMMUFD_TYPE == iommufd.IOMMUFD_TYPE
+    assert iommufd_test._IOMMUFD_CMD_BASE == iommufd.IOMMUFD_CMD_BASE
+    assert iommufd.IOMMU_TEST_CMD == _IO(";", 0xA0) == 0x3BA0
+    assert ctypes.sizeof(iommufd.iommu_test_cmd) == 72
+    assert iommufd_test.iommu_test_cmd.last.offset == 64  # 16 + the union's 48 (dirty)
+    for name in iommufd_test.__all__:
+        assert getattr(iommufd, name) is getattr(iommufd_test, name), name
+
+
+def test_iommufd_test_import_order() -> None:
+    """Importing iommufd_test before iommufd still gives iommufd the re-exported names."""
+    import subprocess
+    import sys
+
+    code = (
+        "import passthru.uapi.iommufd_test as T, passthru.uapi.iommufd as I; "
+        "assert all(hasattr(I, n) for n in T.__all__)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_kernel_md_vfio_numbering() -> None:
