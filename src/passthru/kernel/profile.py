@@ -75,6 +75,10 @@ class Profile:
     dma_buf_attach_revocable: bool = True  # 7.1: revocable exporters refuse non-revocable
     revocable_pin_refused: bool = False  # 6.19: the revocable exporter's pin is EOPNOTSUPP
     dma_buf_mapping_types: bool = False  # 2026 proposal: SGT / PAL negotiation
+    # iommufd (drivers/iommu/iommufd/)
+    iommufd_test: bool = True  # CONFIG_IOMMUFD_TEST: IOMMU_TEST_CMD and the mock (selftest.c)
+    iommufd_map_dmabuf: bool = True  # 6.19: IOAS_MAP_FILE also takes a dma-buf fd
+    thp: bool = True  # CONFIG_TRANSPARENT_HUGEPAGE: automatic IOVAs aligned up to 2 MiB
     design: str = "vfio"
     bugs: frozenset[str] = field(default=frozenset())
 
@@ -106,8 +110,9 @@ LINUX_6_18 = Profile(
     move_notify_mandatory=True,
     dma_buf_attach_revocable=False,
     revocable_pin_refused=True,
+    iommufd_map_dmabuf=False,
 )
-LINUX_6_19 = replace(LINUX_6_18, name="linux-6.19")
+LINUX_6_19 = replace(LINUX_6_18, name="linux-6.19", iommufd_map_dmabuf=True)
 LINUX_7_1 = Profile(name="linux-7.1")
 RFC_TDX_CONNECT = replace(
     LINUX_7_1,

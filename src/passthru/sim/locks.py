@@ -11,7 +11,8 @@ dma_resv (wound-wait) needs.
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from . import kinds, track
@@ -196,6 +197,24 @@ class RwSem(track.Tracked):
 
     def held(self) -> bool:
         return self.writer is self.sched.current or self.sched.current.tid in self.readers
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        """``with sem.read():`` down_read ... up_read."""
+        self.down_read()
+        try:
+            yield
+        finally:
+            self.up_read()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        """``with sem.write():`` down_write ... up_write."""
+        self.down_write()
+        try:
+            yield
+        finally:
+            self.up_write()
 
 
 class WwAcquireCtx:

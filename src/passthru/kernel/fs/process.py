@@ -44,6 +44,10 @@ if TYPE_CHECKING:
 MAX_RW_COUNT = 0x7FFFF000
 FD_START = 3  # 0-2 are the process's stdio, as on a real host
 RLIMIT_NOFILE = 1024  # the usual soft limit; fixed so runs are deterministic
+# RLIMIT_MEMLOCK's default since 5.16 (MLOCK_LIMIT, 8 MiB), for pinned-page accounting.
+RLIMIT_MEMLOCK = 8 << 20
+#: The capabilities a process has by default: root's, as the tests run (capable()).
+ROOT_CAPS = frozenset({"CAP_IPC_LOCK", "CAP_SYS_RESOURCE", "CAP_SYS_ADMIN", "CAP_SYS_RAWIO"})
 
 
 def _loff_t(x: int) -> int:
@@ -58,7 +62,16 @@ class Process:
         self.fds: dict[int, File] = TrackedDict(label=f"proc {name}.fdtable", atomic=True)
         self.cloexec: set[int] = set()
         self.mm = Mm(self)
+        # Credentials for capable() and the rlimits pinned pages are charged against: uid 0
+        # with root's capabilities unless a scenario drops them (set before any task runs).
+        self.uid = 0
+        self.caps: frozenset[str] = ROOT_CAPS
+        self.rlimit_memlock = RLIMIT_MEMLOCK
         kernel.processes.append(self)
+
+    def capable(self, cap: str) -> bool:
+        """capable(CAP_*): does the process hold ``cap``?"""
+        return cap in self.caps
 
     # ----- fd table --------------------------------------------------------------------
     def fd_install(self, file: File, cloexec: bool = False) -> int:

@@ -49,6 +49,14 @@ class Pin:
             kernel.phys.pin(s, e)
         kernel.track("pin", +1)
 
+    def detach(self) -> list[tuple[int, int]]:
+        """Hand the page pins over to the caller, who unpins them range by range with
+        ``PhysMem.unpin`` (iommufd keeps pins per byte range, not per call)."""
+        assert not self.released, f"detach of released {self.what}"
+        self.released = True
+        self.kernel.track("pin", -1)
+        return self.extents
+
     def unpin(self) -> None:
         if self.released:
             self.kernel.sched.violation(GUP, f"double unpin of {self.what}")

@@ -1,0 +1,1 @@
+"""The IOMMU subsystem (drivers/iommu/): iommufd, its object model and the test mock."""
