@@ -412,3 +412,24 @@ def test_dma_and_unmap_footprints_conflict_and_do_not_race():
     dev, drv = ({ptes: fp[ptes]} for fp in s.step_fps if ptes in fp)
     assert track.conflict(dev, drv)
     assert kinds(h) == []
+
+
+def test_dma_through_a_freed_domain_is_a_use_after_free() -> None:
+    """A domain freed while a PASID entry still points at it: the DMA reports the walk of
+    freed tables and transfers nothing; freed after the entry is cleared, the DMA faults."""
+    h = SimHost(log=True)
+    k = h.kernel
+    iommu = Iommu(k.sched, k.phys, "dmar9")
+    parent = iommu.domain("paging", nest_parent=True)
+    nested = iommu.domain("nested", parent=parent)
+    iommu.attach("devU", nested, pasid=5)
+    nested.free()
+    assert iommu.dma("devU", 0x1000, 8, False, pasid=5) is None
+    assert [v.kind for v in k.sched.violations] == ["iommu-domain-uaf"]
+    iommu2 = Iommu(k.sched, k.phys, "dmar10")
+    d2 = iommu2.domain("paging")
+    iommu2.attach("devV", d2, pasid=1)
+    iommu2.attach("devV", None, pasid=1)
+    d2.free()
+    assert iommu2.dma("devV", 0x1000, 8, False, pasid=1) is None
+    assert len(k.sched.violations) == 1  # a fault (no PASID entry), not a second UAF

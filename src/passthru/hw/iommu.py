@@ -77,6 +77,10 @@ IOMMU_PRIV = 1 << 5
 IOMMU_FAULT = kinds.register("iommu-fault", "hw")
 # DMA served from an IOTLB entry whose PTE was unmapped or changed and never invalidated.
 STALE_IOTLB = kinds.register("stale-iotlb", "hw")
+# A DMA translated through a domain (or a stage of it) that was freed: the IOMMU walks page
+# tables that are no longer its own (the kernel freed a domain a context or PASID entry still
+# points at).
+DOMAIN_UAF = kinds.register("iommu-domain-uaf", "hw")
 
 MSI_WINDOW = (0xFEE0_0000, 0xFEEF_FFFF, "msi")  # x86's interrupt address range
 DEFAULT_APERTURE = (0, (1 << 48) - 1)  # a 4-level table's input range
@@ -166,8 +170,17 @@ class IommuDomain:
         self._tracking = Cell(False, label=f"{self.name}.dirty_tracking", atomic=True)
         self.children: list[IommuDomain] = TrackedList(label=f"{self.name}.children",
                                                        atomic=True)
+        self.freed = False  # the model's KASAN for page-table pages, not hardware state
         if parent is not None:
             parent.children.append(self)
+
+    def free(self) -> None:
+        """iommu_domain_free: the tables go back to the allocator. A DMA that still reaches
+        this domain (an entry not cleared first) is an ``iommu-domain-uaf`` violation."""
+        track.observe(self._tracking, track.LO, track.HI, True)
+        self.freed = True
+        if self.parent is not None and self in self.parent.children:
+            self.parent.children.remove(self)
 
     def __repr__(self) -> str:
         return f"<IommuDomain {self.name} {self.kind}>"
@@ -357,6 +370,14 @@ class Iommu:
         dom = self.domain_of(dev, pasid)
         if dom is None:
             return f"{iova:#x} {'no context entry' if pasid is None else 'no PASID entry'}"
+        if fp is not None:
+            fp.append((dom._tracking, track.LO, track.HI, False))
+        gone = dom if dom.freed else dom.parent if dom.parent is not None and dom.parent.freed \
+            else None
+        if gone is not None:
+            self.sched.violation(DOMAIN_UAF, f"dma:{dev} (pasid {pasid}) walks {gone.name}, "
+                                 "freed while an entry still pointed at it")
+            return f"{iova:#x} freed domain"
         if self._msi(dom, iova, n):
             if write:  # an interrupt request, not memory: not modelled beyond the log
                 self.sched.emit("iommu", "msi", dev=dev, addr=iova)
