@@ -233,15 +233,21 @@ def check_cmd(paths: tuple[str, ...], profile: str | None, design: str | None,
             if runs % 25 == 0:
                 progress.update(bar, description=_exploring(current, strategy, budget, runs))
 
+        def polled(schedules: int, running: list[tuple[Scenario, str, str | None]]) -> None:
+            # Several jobs: the schedules every worker has run, and what they explore now.
+            progress.update(bar, description=_exploring_many(running, strategy, schedules))
+
         if jobs == 1 and console.is_terminal:
             kw["on_run"] = one_run
+        watch = polled if jobs > 1 and console.is_terminal else None
 
         if jobs > 1 and strategy in ("random", "pct") and len(tasks) == 1:
             sc0, p0, d0 = tasks[0]
             results: list[Verdict | ScenarioError] = [
-                check_seeds_parallel(sc0, p0, d0, jobs, **kw)]
+                check_seeds_parallel(sc0, p0, d0, jobs, on_progress=watch, **kw)]
         else:
-            results = list(check_many(tasks, jobs, on_done=tick, on_start=start, **kw))
+            results = list(check_many(tasks, jobs, on_done=tick, on_start=start,
+                                      on_progress=watch, **kw))
     for (sc, prof, des), v in zip(tasks, results, strict=True):
         if isinstance(v, ScenarioError):
             t.row(escape(sc.name + (f" [{des}]" if des else "")), prof, sc.expect,
@@ -344,6 +350,16 @@ def _exploring(task: tuple[Scenario, str, str | None], strategy: str, budget: in
     sc, prof, des = task
     return escape(f"{sc.name} @ {prof}" + (f" [{des}]" if des else "")
                   + f" ({strategy}): {runs}/≤{budget} schedules")
+
+
+def _exploring_many(running: list[tuple[Scenario, str, str | None]], strategy: str,
+                    schedules: int) -> str:
+    """The progress line with several jobs: schedules run by every worker so far, and the
+    variants being explored now (the first two named)."""
+    names = [f"{sc.name} @ {prof}" + (f" [{des}]" if des else "") for sc, prof, des in running]
+    shown = ", ".join(names[:2]) + (f" +{len(names) - 2} more" if len(names) > 2 else "")
+    return escape(f"{schedules} schedules ({strategy})" + (f"; exploring {shown}" if shown
+                                                           else ""))
 
 
 @main.command("compare")
@@ -493,7 +509,8 @@ def _run_and_show(sc: Scenario, prof: str, design: str | None, choices: list[int
                                f"{', '.join(sc.designs)})")
     chooser = ReplayChooser(choices)
     try:
-        res = run_once(sc, prof, design, chooser, fail_nth=fail, max_steps=max_steps)
+        res = run_once(sc, prof, design, chooser, fail_nth=fail, max_steps=max_steps,
+                       where=trace == "html")
     except ScenarioError as e:
         console.print(f"[red]error[/red] {escape(str(e))}")
         sys.exit(1)

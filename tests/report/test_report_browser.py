@@ -1,10 +1,13 @@
 """The report in a real browser: headless Chromium (Debian's chromium package) loads a
 counterexample's page from file://, its DOM holds the diagram, the page's script filters and
 steps through the trace, and screenshots show the diagram, the violation band below the
-decisive preemption's mark, and the set-up folded away until the script opens it."""
+decisive preemption's mark, the set-up folded away until the script opens it, and each trace
+line's source location (grey, right-aligned) and value-carrying lines (blue) shown."""
 
 from __future__ import annotations
 
+import html
+import json
 import os
 import re
 import shutil
@@ -155,11 +158,11 @@ def test_screenshot_marks_and_folds(tmp_path: Path, gmem_page: Path) -> None:
 
     def shot(name: str, url: str) -> list[bytes]:
         f = tmp_path / f"{name}.png"
-        r = run(exe, tmp_path, "--hide-scrollbars", f"--screenshot={f}", "--window-size=1000,3200",
+        r = run(exe, tmp_path, "--hide-scrollbars", f"--screenshot={f}", "--window-size=1000,4400",
                 url)
         assert f.exists(), r.stderr[-2000:]
         width, height, rows = png_pixels(f.read_bytes())
-        assert (width, height) == (1000, 3200)
+        assert (width, height) == (1000, 4400)
         return rows
 
     rows = shot("closed", gmem_page.as_uri())
@@ -191,7 +194,74 @@ def test_screenshot_marks_and_folds(tmp_path: Path, gmem_page: Path) -> None:
     def last_ink(rs: list[bytes]) -> int:
         return max(y for y, row in enumerate(rs) if min(row) < 200)
 
+    # (The window is taller than the opened page: its last ink is the page's, not the edge's.)
+    assert last_ink(opened) < len(opened) - 50
     assert last_ink(opened) - last_ink(rows) > 10 * 14
+
+
+# Appended to a copy of the page: measures the vCPU's pfn fetch (a value line outside the
+# folds), its source location and a plain line, and writes the measurements into the DOM
+# for --dump-dom.
+PROBE = """<script>(function(){
+function box(e){var r=e.getBoundingClientRect();return [r.left,r.top,r.right,r.bottom]}
+var v=[].filter.call(document.querySelectorAll('#trace > .line.value'),
+function(l){return l.querySelector('.where')&&
+l.firstChild.textContent.indexOf('kvm.faultin-pfn')>=0})[0],
+p=[].filter.call(document.querySelectorAll('#trace > .line'),
+function(l){return !l.classList.contains('value')&&!l.classList.contains('vstep')&&
+!l.classList.contains('viol')&&!l.classList.contains('preempt')})[0],
+w=v.querySelector('.where'),t=document.createRange();t.selectNodeContents(v.firstChild);
+var out={line:box(v),text:box(t),where:box(w),trace:box(document.getElementById('trace')),
+color:getComputedStyle(v).color,plain:getComputedStyle(p).color,
+wcolor:getComputedStyle(w).color,wtext:w.textContent,ltext:v.firstChild.textContent,
+display:getComputedStyle(w).display,visibility:getComputedStyle(w).visibility};
+document.body.setAttribute('data-probe',JSON.stringify(out));})();</script>"""
+
+
+def test_values_and_locations_are_visible(tmp_path: Path, gmem_page: Path) -> None:
+    exe = chromium()
+    probed = tmp_path / "probed.html"
+    probed.write_text(gmem_page.read_text().replace("</body>", PROBE + "</body>"))
+    # (The same window and scrollbars as the screenshot below: the same layout.)
+    r = run(exe, tmp_path, "--hide-scrollbars", "--window-size=1000,4400", "--dump-dom",
+            probed.as_uri())
+    m = re.search(r'<body data-probe="([^"]*)"', r.stdout)
+    assert m is not None, r.stderr[-2000:]
+    got = json.loads(html.unescape(m.group(1)))
+    # The value line is the vCPU's pfn fetch, its location the model's fault path.
+    assert "kvm.faultin-pfn" in got["ltext"] and "mmu_seq=0" in got["ltext"], got
+    assert got["wtext"].startswith("kernel/kvm/mmu.py:"), got
+    # The location is shown: rendered, on the line's own row, right of its text and against
+    # the trace's right edge, in grey; the value line's text is coloured unlike a plain one.
+    assert got["display"] != "none" and got["visibility"] == "visible", got
+    (_, lt, _, lb), (tl, _, tr, _), (wl, wt, wr, wb) = got["line"], got["text"], got["where"]
+    assert wr - wl > 50 and wb - wt > 5, got
+    assert lt - 1 <= wt and wb <= lb + 1 and lb - lt < 25, got  # one row, not wrapped
+    assert wl > tr + 10, got
+    assert got["trace"][2] - wr < 40, got
+    assert got["wcolor"] == "rgb(138, 138, 138)", got
+    assert got["color"] != got["plain"] and got["color"] == "rgb(11, 79, 156)", got
+    # And in the pixels: the value line's row holds blue text at the left and grey text where
+    # its location is.
+    shot = tmp_path / "values.png"
+    run(exe, tmp_path, "--hide-scrollbars", f"--screenshot={shot}", "--window-size=1000,4400",
+        probed.as_uri())
+    width, _, rows = png_pixels(shot.read_bytes())
+    band = rows[int(lt) + 1:int(lb) - 1]
+
+    def blue(px: bytes) -> bool:
+        return px[2] > 110 and px[2] - px[0] > 60 and px[0] < 120
+
+    def grey(px: bytes) -> bool:
+        return 110 < px[0] < 215 and max(px) - min(px) < 10
+
+    def count(pred: Callable[[bytes], bool], x0: int, x1: int) -> int:
+        return sum(1 for row in band for x in range(max(x0, 0), min(x1, width))
+                   if pred(row[x * 3:x * 3 + 3]))
+
+    assert count(blue, int(tl), int(tr)) > 30
+    assert count(blue, int(wl), int(wr)) == 0
+    assert count(grey, int(wl), int(wr)) > 30
 
 
 def test_screenshot_shows_the_diagram(tmp_path: Path, page: Path) -> None:

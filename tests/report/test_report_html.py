@@ -53,9 +53,12 @@ def test_page_contents(gmem: Verdict) -> None:
     trace = re.search(r'<div class="trace" id="trace">(.*?)</div>', page, re.S)
     assert trace is not None
     lines = re.findall(r'<span class="line([ a-z]*)"(?: id="[a-z-]+")? data-step="(\d+)" '
-                       r'data-task="([^"]+)">([^<]*)</span>', trace.group(1))
-    assert [html.unescape(t) for *_, t in lines] == [e.text() for e in res.log.events]
-    assert [t for _, _, t, _ in lines] == [e.task for e in res.log.events]
+                       r'data-task="([^"]+)">([^<]*)(?:<span class="where">([^<]*)</span>)?'
+                       r'</span>', trace.group(1))
+    assert [html.unescape(t) for _, _, _, t, _ in lines] == [e.text() for e in res.log.events]
+    assert [t for _, _, t, _, _ in lines] == [e.task for e in res.log.events]
+    # Each line's source location is the event's (the counterexample's run records them).
+    assert [html.unescape(w) for *_, w in lines] == [e.where for e in res.log.events]
     classes = [c for c, *_ in lines]
     assert classes.count(" viol") == sum(e.subsystem == "VIOLATION" for e in res.log.events)
     assert " vstep" in classes

@@ -349,3 +349,27 @@ def test_list_shows_the_first_sentence_not_the_first_line():
     assert first_sentence("No full stop\nat all") == "No full stop at all"
     sc = SCENARIOS["gmem_punch_hole_vs_two_vcpus"]
     assert sc.doc.endswith("pays.") and "\n" not in sc.doc
+
+
+def test_progress_with_several_jobs_counts_schedules_of_every_worker(monkeypatch):
+    """-j 2: the parent is told how many schedules the workers have run in all (not how many
+    variants), and which variants are being explored."""
+    from passthru.check import parallel
+    monkeypatch.setattr(parallel, "POLL", 0.01)
+    polls: list[tuple[int, list[str]]] = []
+    tasks = [(SCENARIOS["abba_fixed"], "linux-7.1", None),
+             (SCENARIOS["lost_update_fixed"], "linux-7.1", None)]
+    verdicts = list(check_many(tasks, 2, budget=50,
+                               on_progress=lambda n, run: polls.append(
+                                   (n, [t[0].name for t in run]))))
+    total = sum(v.schedules for v in verdicts)
+    assert polls, "the parent polled the workers while waiting"
+    counts = [n for n, _ in polls]
+    assert counts == sorted(counts)  # the shared count only grows
+    assert counts[-1] == total  # the last poll, after the last variant, has every schedule
+    assert total > len(tasks)  # schedules, not variants
+    line = cli._exploring_many(tasks, "dfs", 1234)
+    assert line.startswith("1234 schedules (dfs); exploring abba_fixed @ linux-7.1")
+    assert "lost_update_fixed" in line
+    many = cli._exploring_many(tasks * 2, "dpor", 5)
+    assert many.endswith("+2 more")

@@ -267,3 +267,51 @@ def test_sleep_sets_and_dpor_prune_equivalent_schedules_but_keep_the_bug():
         counts[name] = sum(1 for _ in make().schedules(run))
         assert 1 in results  # every reduction still finds the lost update
     assert counts["sleep"] < counts["dfs"] and counts["dpor"] < counts["dfs"]
+
+
+def _where_run(where: bool) -> list:
+    s = Scheduler()
+    s.log.where = where
+
+    def t() -> None:
+        s.emit("x", "ev", n=1)
+        s.point("r")
+        s.violation("deadlock", "bad")
+
+    s.spawn("t", t)
+    s.run()
+    return s.log.events
+
+
+def test_event_log_computes_where_only_when_asked(monkeypatch):
+    from passthru.sim.log import EventLog, kernel_name
+
+    plain = EventLog()
+    assert plain.enabled and not plain.where
+    assert not Scheduler().log.where
+
+    # The cheap path never walks the stack: any call to where_of would fail the run.
+    def boom(*_: object) -> str:
+        raise AssertionError("where computed for a log that did not ask for it")
+
+    monkeypatch.setattr("passthru.sim.scheduler.where_of", boom)
+    monkeypatch.setattr("passthru.sim.scheduler.where_of_function", boom)
+    cheap = _where_run(False)
+    assert cheap and all(e.where == "" for e in cheap)
+    assert all("where" not in e.to_json() for e in cheap)
+    monkeypatch.undo()
+
+    # Asked for: events, scheduling points and violations say where in the caller they come
+    # from (this file is outside the package: its base name), not the scheduler's frames.
+    located = _where_run(True)
+    got = {f"{e.subsystem}.{e.event}": e.where for e in located}
+    assert got["x.ev"].startswith("test_sim.py:") and got["x.ev"].endswith(" t")
+    assert got["sched.run"].startswith("test_sim.py:")
+    assert got["VIOLATION.deadlock"].endswith(" t")
+    assert got["x.ev"] != got["sched.run"] != got["VIOLATION.deadlock"]
+    # The text log is the same with or without locations.
+    assert [e.text() for e in located] == [e.text() for e in cheap]
+    assert kernel_name("kvm_tdp_mmu_map: install the SPTE") == "kvm_tdp_mmu_map"
+    assert kernel_name("KVM_MMU_LOCK + kvm_mmu_invalidate_begin + x.") == \
+        "kvm_mmu_invalidate_begin"
+    assert kernel_name("A guest load/store of n bytes") is None

@@ -86,6 +86,7 @@ def run_once(
     races: bool = True,
     max_steps: int | None = DEFAULT_MAX_STEPS,
     deadline: float | None = None,
+    where: bool = False,
 ) -> RunResult:
     """One run under ``chooser``, with footprints tracked (and data races detected unless
     ``races`` is False). Never raises for what the scenario's tasks, final checks or
@@ -95,12 +96,16 @@ def run_once(
 
     Bounded: at ``max_steps`` steps the run ends with a ``step-bound`` violation; past
     ``deadline`` (a ``time.monotonic()`` value) it ends with ``stopped == "time"`` and no
-    finding. A stopped run skips its final checks and teardown (its tasks did not finish)."""
+    finding. A stopped run skips its final checks and teardown (its tasks did not finish).
+
+    ``where`` (with ``log``): every event carries its source location in the model
+    (``Event.where``), for a counterexample's report or a replay; slower, off by default."""
     prof = get_profile(profile).with_bugs(*sc.bugs)
     if design:
         prof = prof.with_design(design)
     sched = Scheduler(chooser=chooser, fail_nth=fail_nth, log=log, track=True, races=races,
                       max_steps=max_steps, deadline=deadline)
+    sched.log.where = log and where
     tracker = sched.tracker
     assert tracker is not None
     tracker.activate()
@@ -435,7 +440,7 @@ def check(
         # Re-run the counterexample with the event log on, for the report.
         v.counterexample = run_once(sc, profile, design, ReplayChooser(found.choices),
                                     fail_nth=frozenset(found.fail_nth), races=races,
-                                    max_steps=max_steps)
+                                    max_steps=max_steps, where=True)
         v.violations = v.counterexample.violations
     v.elapsed = time.perf_counter() - t0
     return v

@@ -21,6 +21,12 @@ pinned range whose owner frees it stays in ``owners`` as an *orphan* until its l
 ``data`` reads as zero where nothing was written since the range was allocated. Nothing is
 per page.
 
+Events (the ``phys`` subsystem of the log, docs/design.md contract 4): every change of a range's
+owner or state — ``alloc``, ``release``, ``free-orphan`` (the last unpin of an orphan),
+``reserve``, ``disown``, ``set-owner`` — is one event per call or extent, never per page, with
+``start``, ``end`` and the range's state ``before`` and ``after`` (:meth:`state_text`, looked
+up only when the log is on).
+
 Units: physical addresses and sizes in bytes; allocation in page multiples (the callers
 round); ``pins`` counts references per byte range.
 
@@ -92,6 +98,11 @@ class Owner:
     allow: tuple[str, ...] = ()  # accessors allowed when the state is restrictive
 
 
+def _label(o: Owner) -> str:
+    """An owner and its state for the event log: ``gmem1@vm1/allocated``."""
+    return f"{o.owner}/{o.state}"
+
+
 class PhysMem:
     def __init__(self, sched: Scheduler, machine: Machine) -> None:
         self.sched = sched
@@ -133,10 +144,14 @@ class PhysMem:
         for s, e in got:
             self.owners.set(s, e, owner)
             self.data.zero(s, e)  # the allocator clears what it hands out: no check needed
+        for s, e in got:
+            self.sched.emit("phys", "alloc", start=s, end=e, before="free", after=_label(owner))
         return got
 
     def release(self, start: int, end: int) -> None:
         """The owner gives ``[start, end)`` back; pinned parts linger as orphans."""
+        logged = self.sched.log.enabled
+        before = self.state_text(start, end) if logged else ""
         pinned = [(s, e) for s, e, _ in self.pins.overlapping(start, end)]
         for s, e in pinned:
             o = self.owners.lookup(s)
@@ -144,6 +159,8 @@ class PhysMem:
         for s, e in self.pins.gaps(start, end):
             self.owners.remove(s, e)
             self._insert_free(s, e)
+        self.sched.emit("phys", "release", start=start, end=end, before=before,
+                        after=self.state_text(start, end) if logged else "")
 
     def pin(self, start: int, end: int) -> None:
         self.pins.add(start, end, 1)
@@ -155,6 +172,8 @@ class PhysMem:
                 for gs, ge in self.pins.gaps(s, e):
                     self.owners.remove(gs, ge)
                     self._insert_free(gs, ge)
+                    self.sched.emit("phys", "free-orphan", start=gs, end=ge, before=_label(o),
+                                    after="free")
 
     def reserve(self, start: int, end: int) -> bool:
         """Take ``[start, end)`` out of the free pool for a carve-out (CMA, firmware) that
@@ -162,14 +181,38 @@ class PhysMem:
         if not self.free.covered(start, end):
             return False
         self.free.remove(start, end)
+        self.sched.emit("phys", "reserve", start=start, end=end, before="free",
+                        after="reserved")
         return True
 
     def disown(self, start: int, end: int) -> None:
         """A carve-out's user gives its range back to the carve-out (not to the pool)."""
+        before = self.state_text(start, end) if self.sched.log.enabled else ""
         self.owners.remove(start, end)
+        self.sched.emit("phys", "disown", start=start, end=end, before=before,
+                        after="reserved")
 
     def set_owner(self, start: int, end: int, owner: Owner) -> None:
+        before = self.state_text(start, end) if self.sched.log.enabled else ""
         self.owners.set(start, end, owner)
+        self.sched.emit("phys", "set-owner", start=start, end=end, before=before,
+                        after=_label(owner))
+
+    def state_text(self, start: int, end: int) -> str:
+        """What ``[start, end)`` is, for the event log (not kernel code: nothing recorded):
+        its owners as ``owner/state``, ``free``, ``reserved`` (RAM in neither: a carve-out's)
+        or ``unbacked``, in address order, each once, joined by commas. One look per extent,
+        never per page."""
+        with track.untracked():
+            parts = [(s, _label(o)) for s, _, o in self.owners.overlapping(start, end)]
+            parts += [(s, "free") for s, _, _ in self.free.overlapping(start, end)]
+            for gs, ge in self.owners.gaps(start, end):
+                for fs, fe in self.free.gaps(gs, ge):
+                    ram = self.regions.overlapping(fs, fe)
+                    parts += [(max(fs, rs), "reserved" if k == "ram" else k)
+                              for rs, _, k in ram]
+                    parts += [(us, "unbacked") for us, _ in self.regions.gaps(fs, fe)]
+        return ",".join(dict.fromkeys(label for _, label in sorted(parts))) or "-"
 
     def owner_of(self, addr: int) -> Owner | None:
         return self.owners.lookup(addr)

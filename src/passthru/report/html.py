@@ -11,12 +11,19 @@ violation lines and the rest of their steps highlighted, the decisive preemption
 and the set-up and runs of lock events folded (``<details>``, closed); and the schedule JSON
 (compact: one line per key) to feed ``passthru replay``.
 
+Each trace line shows, right-aligned in grey, where in the model its event comes from
+(``Event.where``: file and line in the package, the Python function and the kernel function
+it models; the checker's counterexample runs and ``--trace html`` record it). Lines carrying
+the values that explain a run — the pfn a vCPU fetched and the ``mmu_invalidate_seq`` it
+snapshotted, the sequence and in-progress count an invalidation leaves, the retry check's
+view of them, a physical range's owner and state before and after (:data:`VALUE_KEYS`) — are
+set off in colour (class ``value``).
+
 The page is one file: inline CSS, SVG and a few lines of script (step through the trace's
 events, filter it by task), no fonts, images or links outside it (the only link is the
 optional relative one back to the index). The same run gives the same bytes. Leaves out: the
-scenario's source, the model's state at each step (the log is all a run keeps: no pfn,
-invalidate sequence or page owner beside the steps that use them) and each step's source
-location in the model.
+scenario's source and the model's state at steps whose events do not carry it (the log is
+all a run keeps).
 """
 
 from __future__ import annotations
@@ -50,6 +57,8 @@ overflow-x:auto;margin:0}
 .trace .preempt{box-shadow:inset 4px 0 #7b2fbf}
 .trace .cur{outline:2px solid #1a5fd0;background:#e3edff}
 .trace .off{display:none}
+.trace .value{color:#0b4f9c}
+.trace .where{float:right;margin-left:3em;color:#8a8a8a;font-size:11px;font-weight:normal}
 .trace details{color:#666}
 .trace summary{cursor:pointer;font:italic 11px sans-serif;color:#777}
 p.meta{color:#555;font-size:12px;margin:0 0 6px}
@@ -81,6 +90,16 @@ var h=new URLSearchParams(location.hash.slice(1));
 if(h.get('task')){sel.value=h.get('task');filter()}
 for(var n=+h.get('event')||0;n>0;n--)go(1);
 })();"""
+
+
+# An event carries values that explain the run when it has one of these arguments
+# (kvm.faultin-pfn, kvm.retry-check, kvm.invalidate-begin/-end, kvm.map, phys.*).
+VALUE_KEYS = frozenset({"pfn", "mmu_seq", "seq", "in_progress", "before", "after"})
+
+
+def is_value(ev: Event) -> bool:
+    """Does ``ev`` carry a value that explains the run (a pfn, a sequence, a state)?"""
+    return any(k in VALUE_KEYS for k, _ in ev.args)
 
 
 def _e(s: object) -> str:
@@ -133,8 +152,10 @@ def trace_html(res: RunResult, preemption: tuple[int, str, str] | None = None) -
     """The event log as ``<span class="line">`` lines (``data-step``, ``data-task``), the
     violating ones highlighted, the decisive preemption's marked ``preempt``; the set-up and
     each run of two or more ``lock.*`` events (off violating and preempting steps) folded in
-    a ``<details>``, closed. The first violation line has ``id="trace-violation"``, the
-    preemption's first line ``id="preemption"``."""
+    a ``<details>``, closed; value-carrying events (:func:`is_value`) have class ``value``;
+    an event's source location, when recorded, follows its text as ``<span class="where">``.
+    The first violation line has ``id="trace-violation"``, the preemption's first line
+    ``id="preemption"``."""
     vsteps = {v.step for v in res.violations}
     vsteps |= {ev.step for ev in res.log.events if ev.subsystem == "VIOLATION"}
     pstep = preemption[0] if preemption else None
@@ -157,9 +178,12 @@ def trace_html(res: RunResult, preemption: tuple[int, str, str] | None = None) -
             cls += " vstep"
         if ev.step == pstep:
             cls += " preempt"
+        if is_value(ev):
+            cls += " value"
         at = f' id="{ids[i]}"' if i in ids else ""
+        where = f'<span class="where">{_e(ev.where)}</span>' if ev.where else ""
         return (f'<span class="{cls}"{at} data-step="{ev.step}" data-task="{_e(ev.task)}">'
-                f"{_e(ev.text())}</span>")
+                f"{_e(ev.text())}{where}</span>")
 
     def churn(ev: Event) -> bool:
         return ev.subsystem == "lock" and ev.step not in vsteps and ev.step != pstep

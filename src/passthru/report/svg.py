@@ -12,8 +12,11 @@ diagram that needs nothing but an SVG renderer:
   trace reads beside the diagram.
 - **Marks** in the task's lane: a scheduling point (``sched.run``) is a hollow dot labelled
   with the resource and the access; ``sched.spawn`` is a dashed arrow to the new task's lane;
-  ``sched.exit`` ends the lifeline; a fault injection is an orange diamond. A subsystem event
-  is an arrow from the task to the subsystem's lane, labelled with the event's name.
+  ``sched.exit`` ends the lifeline; a fault injection is an orange diamond; a physical
+  range's change of owner or state (``phys.*``) is a grey dot. A subsystem event is an arrow
+  from the task to the subsystem's lane, labelled with the event's name. Events that carry
+  explaining values (a fetched pfn, an invalidate sequence, a range's owner before and
+  after) are drawn like the others: their values are in the right-hand column.
 - **Lock holds**: a bar in the holding task's lane from ``lock.acquire`` to ``lock.release``,
   one colour per lock, labelled with the lock's name where it is taken; nested holds sit side
   by side; a lock still held at the end of the log runs to the bottom, labelled "(held)".
@@ -42,8 +45,11 @@ from ..sim.scheduler import Violation
 
 SVG_NS = "http://www.w3.org/2000/svg"
 
-# Events drawn as marks in the task's own lane, not as a call into a subsystem lane.
-TASK_LOCAL = frozenset({"sched", "lock", "VIOLATION", "fault", "ww"})
+# Events drawn as marks in the task's own lane, not as a call into a subsystem lane. ``phys``
+# (hw/physmem.py: a range's owner or state changing) is physical truth recording what the
+# task's kernel code did, not a subsystem it calls: a mark, and no lane in every diagram for
+# the CMA carve-out reserved at boot.
+TASK_LOCAL = frozenset({"sched", "lock", "VIOLATION", "fault", "ww", "phys"})
 
 ROW = 20  # height of one event row
 GAP = 12  # height of a compressed run of steps with no events

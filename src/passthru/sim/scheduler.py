@@ -25,6 +25,7 @@ Leaves out: priorities, real time (``now`` is model time, advanced only by timed
 from __future__ import annotations
 
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ import greenlet
 from . import kinds
 from . import track as _trk
 from .lockdep import LockDep
-from .log import Event, EventLog
+from .log import Event, EventLog, where_of, where_of_function
 
 DEADLOCK = kinds.register("deadlock", "sim")  # a task (or main) would sleep forever
 LOCK_HELD_AT_EXIT = kinds.register("lock-held-at-exit", "sim")  # a task ended holding a lock
@@ -144,8 +145,11 @@ class Scheduler:
     def emit(self, subsystem: str, event: str, **args: Any) -> None:
         if self.bound_main and self.current is self.main:
             self._main_point()
-        if self.log.enabled:
-            self.log.add(Event(self.step, self.current.name, subsystem, event, tuple(args.items())))
+        log = self.log
+        if log.enabled:
+            where = where_of(sys._getframe(1)) if log.where else ""
+            log.add(Event(self.step, self.current.name, subsystem, event, tuple(args.items()),
+                          where))
 
     def violation(self, kind: str, message: str) -> Violation:
         """Report a broken rule of ``kind``, which must be registered (sim/kinds.py)."""
@@ -154,7 +158,9 @@ class Scheduler:
         # Report each distinct violation once: the checker wants the first occurrence.
         if not any(o.kind == kind and o.message == message for o in self.violations):
             self.violations.append(v)
-            ev = Event(self.step, self.current.name, "VIOLATION", kind, (("msg", message),))
+            where = where_of(sys._getframe(1)) if self.log.where else ""
+            ev = Event(self.step, self.current.name, "VIOLATION", kind, (("msg", message),),
+                       where)
             self.log.add(ev)
         return v
 
@@ -306,7 +312,8 @@ class Scheduler:
                 if self.log.enabled and t.next_access is not None:
                     res, acc = t.next_access
                     args = (("at", res), ("op", acc))
-                    self.log.add(Event(self.step, t.name, "sched", "run", args))
+                    where = _task_where(t) if self.log.where else ""
+                    self.log.add(Event(self.step, t.name, "sched", "run", args, where))
                 tr = self.tracker
                 if tr is not None:
                     tr.begin_step()
@@ -375,6 +382,14 @@ class Scheduler:
         finally:
             self.current = self.main
             self._unwinding = False
+
+
+def _task_where(t: Task) -> str:
+    """Where ``t`` resumes: the model code around the scheduling point it is suspended in, or
+    its function's first line when it has not started."""
+    if t.glet is not None:
+        return where_of(t.glet.gr_frame)
+    return where_of_function(t.fn)
 
 
 def _name(obj: Any) -> str:

@@ -131,6 +131,8 @@ class KvmMmu:
         """KVM_MMU_LOCK + kvm_mmu_invalidate_begin + kvm_unmap_gfn_range."""
         with self.mmu_lock:
             self._in_progress.set(self._in_progress.get() + 1)
+            self.kvm.sched.emit("kvm", "invalidate-begin", start=start, end=end,
+                                in_progress=self._in_progress.peek(), seq=self._seq.peek())
             self.zap_gfn_range(start, end)
 
     def invalidate_end(self) -> None:
@@ -138,6 +140,8 @@ class KvmMmu:
         with self.mmu_lock:
             self._seq.set(self._seq.get() + 1)
             self._in_progress.set(self._in_progress.get() - 1)
+            self.kvm.sched.emit("kvm", "invalidate-end", in_progress=self._in_progress.peek(),
+                                seq=self._seq.peek())
 
     def hva_invalidate(self, start: int, end: int) -> None:
         """The mmu_notifier's invalidate_range_start/end for the VMM's hva range: the slot walk
@@ -159,6 +163,9 @@ class KvmMmu:
     def retry(self, mmu_seq: int) -> bool:
         """mmu_invalidate_retry_gfn: has an invalidation begun or ended since ``mmu_seq``?"""
         lockdep_assert_held(self.mmu_lock, "mmu_invalidate_retry_gfn")
+        seq, busy = self._seq.peek(), self._in_progress.peek()
+        self.kvm.sched.emit("kvm", "retry-check", mmu_seq=mmu_seq, seq=seq, in_progress=busy,
+                            retry=bool(busy) or seq != mmu_seq)
         return bool(self._in_progress.get()) or self._seq.get() != mmu_seq
 
     def install(self, page: int, pfn: int, private: bool, writable: bool) -> None:
@@ -197,6 +204,8 @@ class KvmMmu:
 
     def page_fault(self, gpa: int, n: int, write: bool, data: bytes | None,
                    private: bool | None) -> KvmExit | None:
+        """kvm_mmu_page_fault: find the slot (SRCU), snapshot mmu_invalidate_seq, fault the
+        pfn in, then install the SPTE under mmu_lock unless an invalidation intervened."""
         kvm = self.kvm
         idx = kvm.srcu.read_lock()
         try:
@@ -221,6 +230,8 @@ class KvmMmu:
             mmu_seq = self._seq.get_once()
             page = gpa & ~(PAGE - 1)
             pfn, map_writable = self._faultin_pfn(slot, gmem, page, write, is_private)
+            kvm.sched.emit("kvm", "faultin-pfn", gpa=page, pfn=pfn >> 12, mmu_seq=mmu_seq,
+                           private=is_private, writable=map_writable)
             kvm.kernel.phys.pin(pfn, pfn + PAGE)  # the faultin page reference
             try:
                 kvm.sched.point(f"vm{kvm.vm_id}.pfn", "r")
