@@ -281,7 +281,7 @@ class IoPagetable(track.Tracked):
                     mapped.append(d)
             except OSError:
                 for d in mapped:
-                    self._unmap_from(d, area)
+                    self._unmap_from(d, area, pages)
                 pages.release(lo, hi)
                 raise
             area.filled = True
@@ -293,14 +293,19 @@ class IoPagetable(track.Tracked):
             return
         with pages.mutex:
             for d in self.domains:
-                self._unmap_from(d, area)
+                self._unmap_from(d, area, pages)
             pages.release(*pages.page_range(area.start_byte, area.length))
             area.filled = False
 
     def _map_into(self, domain: Any, area: Area, pages: IoptPages) -> None:
+        """iopt_area_fill_domain for one domain (pages->mutex held): a dma-buf area is first
+        tracked (iopt_dmabuf_track_domain) so a revoke can find every domain it is in."""
         if self.kernel.sched.fault("iommu_map"):
             raise kerr(errno.ENOMEM, f"iommu_map of {area!r} failed (injected)")
-        prot = area.prot | (IOMMU_MMIO if pages.kind == "dmabuf" else 0)
+        dmabuf = pages.dmabuf if pages.kind == "dmabuf" else None
+        if dmabuf is not None:
+            dmabuf.track_domain(area, domain)
+        prot = area.prot | (IOMMU_MMIO if dmabuf is not None else 0)
         done = 0
         try:
             for s, e, p in pages.pfns(area.start_byte, area.start_byte + area.length):
@@ -310,11 +315,16 @@ class IoPagetable(track.Tracked):
             if done:
                 domain.unmap_pages(area.iova, done)
                 domain.iotlb_sync()
+            if dmabuf is not None:
+                dmabuf.untrack_domain(area, domain)
             raise kerr(errno.EINVAL, f"iommu_map of {area!r}: {err}") from None
 
-    def _unmap_from(self, domain: Any, area: Area) -> None:
+    def _unmap_from(self, domain: Any, area: Area, pages: IoptPages) -> None:
+        """iopt_area_unmap_domain (pages->mutex held): the PTEs, the IOTLB, the tracker."""
         domain.unmap_pages(area.iova, area.length)
         domain.iotlb_sync()
+        if pages.kind == "dmabuf":
+            pages.dmabuf.untrack_domain(area, domain)
 
     # ----- unmap ----------------------------------------------------------------------------
     def unmap_iova(self, iova: int, length: int) -> int:
@@ -464,7 +474,7 @@ class IoPagetable(track.Tracked):
             for area in done:
                 assert area.pages is not None
                 with area.pages.mutex:
-                    self._unmap_from(domain, area)
+                    self._unmap_from(domain, area, area.pages)
                     if first:
                         area.pages.release(*area.page_range())
                         area.filled = False
@@ -484,7 +494,7 @@ class IoPagetable(track.Tracked):
                 if pages is None:
                     continue
                 with pages.mutex:
-                    self._unmap_from(domain, area)
+                    self._unmap_from(domain, area, pages)
                     if last and area.filled:
                         pages.release(*area.page_range())
                         area.filled = False
