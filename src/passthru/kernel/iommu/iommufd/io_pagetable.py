@@ -393,6 +393,54 @@ class IoPagetable(track.Tracked):
                 raise kerr(errno.EDEADLOCK, f"IOAS_UNMAP: an access still pins "
                            f"[{first:#x}, +{alen:#x}) after {UNMAP_TRIES} unmap notifications")
 
+    # ----- splitting (the VFIO type1 compatibility path) -------------------------------------
+    def cut_iova(self, iovas: list[int]) -> None:
+        """iopt_cut_iova: split the area containing each of ``iovas`` so that it ends there
+        (iopt_area_split); an IOVA at an area's first or last byte needs no cut."""
+        with self.iova_rwsem.write():
+            for iova in iovas:
+                area = self.area_at(iova, iova)
+                if area is not None:
+                    self._area_split(area, iova)
+
+    def _area_split(self, area: Area, iova: int) -> None:
+        """iopt_area_split: ``area`` becomes ``[area.iova, iova]`` and ``[iova + 1, last]``
+        over the same pages (the right half takes a new pages reference); EBUSY while the
+        area is being made or unmapped, EINVAL when the cut is misaligned, an access pins it,
+        or a domain may hold it with large pages."""
+        lockdep_assert_held_write(self.iova_rwsem, "iopt_area_split")
+        if iova in (area.iova, area.last):
+            return
+        pages = area.pages
+        if pages is None or area.prevent_access:
+            raise kerr(errno.EBUSY, f"split of {area!r}: it is being mapped or unmapped")
+        new_start = iova + 1
+        align = self.iova_alignment
+        if new_start & (align - 1) or (area.start_byte + new_start - area.iova) & (align - 1):
+            raise kerr(errno.EINVAL, f"split of {area!r} at {iova:#x}: not aligned to "
+                       f"{align:#x}")
+        for _ in range(2):
+            if self.kernel.sched.fault("kzalloc"):
+                raise kerr(errno.ENOMEM, "iopt_area_split: kzalloc failed (injected)")
+        with pages.mutex:
+            if area.num_accesses:
+                raise kerr(errno.EINVAL, f"split of {area!r}: an access pins it")
+            if area.filled and not self.disable_large_pages:
+                raise kerr(errno.EINVAL, f"split of {area!r}: a domain may map it with large "
+                           "pages")
+            lhs = Area(area.iova, new_start - area.iova, pages, area.start_byte, area.prot)
+            rhs = Area(new_start, area.last - iova, pages.get(),
+                       area.start_byte + (new_start - area.iova), area.prot)
+            lhs.filled = rhs.filled = area.filled
+            if area.filled:
+                # Each half holds its own page range; a cut inside a page (a 2 KiB mock
+                # domain) leaves that page in both, so it gets a second holder (no new pin).
+                lo, hi = rhs.page_range()[0], lhs.page_range()[1]
+                if lo < hi:
+                    pages.hold(lo, hi, "iopt_area_split")
+            self.areas.set(lhs.iova, lhs.last + 1, lhs)
+            self.areas.set(rhs.iova, rhs.last + 1, rhs)
+
     # ----- allowed and reserved ranges ------------------------------------------------------
     def set_allow_iova(self, ranges: list[tuple[int, int]]) -> None:
         """iopt_set_allow_iova: swap in the new tree; EADDRINUSE if it meets a reserved

@@ -33,8 +33,7 @@ is a refcount_t (``atomic`` cell); ``account_mode`` is written under xa_lock wit
 empty (IOMMU_OPTION) and read by map (marked: a plain load in the kernel that cannot race a
 non-empty table). ``ioas_creation_lock`` is the rw_semaphore IOAS_ALLOC takes for read and
 IOAS_CHANGE_PROCESS for write.
-Leaves out: the VFIO container compatibility ioctls on /dev/iommu (``vfio_compat``: ENOTTY
-here), /dev/vfio/vfio as an iommufd, iommufd's mmap of vIOMMU MMIO, the 10 s wait for
+Leaves out: /dev/vfio/vfio as an iommufd, iommufd's mmap of vIOMMU MMIO, the 10 s wait for
 shortterm users (an in-flight ioctl makes DESTROY EBUSY at once).
 """
 
@@ -278,8 +277,10 @@ def ioctl_op(cmd: int, struct: type[ctypes.Structure], last: str,
 
 
 def _vfio_compat(ictx: IommufdCtx, proc: Process, cmd: int, arg: UserArg) -> int:
-    """iommufd_vfio_ioctl: the VFIO container ioctls on an iommufd (not modelled)."""
-    raise kerr(errno.ENOTTY, f"ioctl {cmd:#x}: not an iommufd ioctl (iommufd_vfio_ioctl)")
+    """iommufd_vfio_ioctl: the VFIO container ioctls on an iommufd (vfio_compat.py)."""
+    from .vfio_compat import iommufd_vfio_ioctl  # vfio_compat.py imports this module: a cycle
+
+    return iommufd_vfio_ioctl(ictx, proc, cmd, arg)
 
 
 def iommufd_fops_ioctl(ictx: IommufdCtx, proc: Process, cmd: int, arg: UserArg) -> int:
