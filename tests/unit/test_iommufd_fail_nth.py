@@ -8,12 +8,11 @@ import ctypes
 from typing import Any
 
 import pytest
+from iommufd_state import sweep
 
 from passthru import SimHost
 from passthru.uapi import iommufd as I
 from passthru.uapi import linux as L
-
-from iommufd_state import sweep
 
 PAGE = 4096
 RW = I.IOMMU_IOAS_MAP_READABLE | I.IOMMU_IOAS_MAP_WRITEABLE
