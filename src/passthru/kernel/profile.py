@@ -55,6 +55,20 @@ DMA_BUF_MOVE_PINNED = seeded_bug(
 DMA_BUF_MOVE_SKIPS_FENCE_WAIT = seeded_bug(
     "dma_buf.move_skips_fence_wait",
     "the movable exporter copies without waiting for the importers' published fences")
+# kernel/iommu/iommufd/dmabuf.py: the importer side of iommufd's dma-buf mapping.
+IOMMUFD_REVOKE_SKIPS_UNMAP = seeded_bug(
+    "iommufd.revoke_skips_unmap",
+    "iommufd's dma-buf revoke callback marks the pages revoked but leaves them mapped in the "
+    "IOMMU domains (a device keeps reaching the exporter's memory)")
+IOMMUFD_DMABUF_MAP_LOCK_INVERSION = seeded_bug(
+    "iommufd.dmabuf_map_lock_inversion",
+    "IOAS_MAP_FILE of a dma-buf takes the pages mutex before the buffer's resv lock, against "
+    "revoke's resv -> pages mutex (ABBA)")
+# kernel/iommu/iommufd/main.py: closing the iommufd.
+IOMMUFD_RELEASE_IGNORES_USERS = seeded_bug(
+    "iommufd.release_ignores_users",
+    "closing the iommufd destroys objects in id order, ignoring their users: a HWPT's domain "
+    "is freed while a device is still attached to it")
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,7 @@ from ...dma_buf.mock import _REVOKED, MOCK_OPS, MOCK_OPS_PIN_REFUSED, MockRevoca
 from ...dma_buf.p2p_exporter import BAR_OPS, BarExporter
 from ...lockdep_assert import lockdep_assert_held
 from ...mm.mm import PAGE
+from ...profile import IOMMUFD_DMABUF_MAP_LOCK_INVERSION, IOMMUFD_REVOKE_SKIPS_UNMAP
 from .pages import IoptPages
 
 if TYPE_CHECKING:
@@ -136,10 +137,18 @@ class IoptDmabuf(track.Tracked):
         kernel = self.pages.kernel
         attach = core.dma_buf_dynamic_attach(buf, IOMMUFD_DEV, IOPT_DMABUF_ATTACH_REVOKE_OPS,
                                              self)
-        buf.resv.lock_ctx()
+        inverted = kernel.profile.has_bug(IOMMUFD_DMABUF_MAP_LOCK_INVERSION)
+        if inverted:  # the seeded bug: pages->mutex held across taking resv
+            self.pages.mutex.lock()
         try:
-            with self.pages.mutex:  # lockdep learns resv -> pages->mutex
-                pass
+            buf.resv.lock_ctx()
+        finally:
+            if inverted:
+                self.pages.mutex.unlock()
+        try:
+            if not inverted:
+                with self.pages.mutex:  # lockdep learns resv -> pages->mutex
+                    pass
             if kernel.profile.dma_buf_attach_revocable:  # the 7.1 revoke series' pin
                 core.dma_buf_pin(attach)
                 self.pinned = True
@@ -216,7 +225,8 @@ class IoptDmabuf(track.Tracked):
             if self.revoked:
                 return
             done: list[tuple[int, Any]] = []
-            for area, domain in list(self.tracker):
+            skip = self.pages.kernel.profile.has_bug(IOMMUFD_REVOKE_SKIPS_UNMAP)
+            for area, domain in [] if skip else list(self.tracker):
                 _unmap_domain_range(domain, area.iova, area.length)
                 done.append((area.iova, domain))
             vec = self.phys.get()
