@@ -25,6 +25,14 @@ from typing import TYPE_CHECKING, Any
 from .check.scenario import Sandbox, scenario
 from .errors import Fault, kerr
 from .hw.physmem import Owner
+
+# iommufd (kapi_iommufd.py): mock devices doing DMA through an IOAS, in-kernel accesses.
+from .kapi_iommufd import MockDevice as MockDevice
+from .kapi_iommufd import access as access
+from .kapi_iommufd import dmabuf_fd as dmabuf_fd
+from .kapi_iommufd import iommufd_of as iommufd_of
+from .kapi_iommufd import mock_domain as mock_domain
+from .kapi_iommufd import phys_dma_write as phys_dma_write
 from .kernel.dma_buf import core as _dmabuf
 from .kernel.dma_buf import importers as _importers
 from .kernel.dma_buf.core import MEMORY_MODELS, MOVABLE, PINNED, REVOCABLE
@@ -51,6 +59,10 @@ from .kernel.mm import gup as _gup
 # Seeded bugs (kernel/profile.py): the names a buggy variant passes as ``@scenario(bugs=...)``.
 from .kernel.profile import DMA_BUF_MOVE_PINNED as DMA_BUF_MOVE_PINNED
 from .kernel.profile import DMA_BUF_MOVE_SKIPS_FENCE_WAIT as DMA_BUF_MOVE_SKIPS_FENCE_WAIT
+from .kernel.profile import IOMMUFD_DETACH_AFTER_FREE as IOMMUFD_DETACH_AFTER_FREE
+from .kernel.profile import IOMMUFD_DMABUF_MAP_LOCK_INVERSION as IOMMUFD_DMABUF_MAP_LOCK_INVERSION
+from .kernel.profile import IOMMUFD_RELEASE_IGNORES_USERS as IOMMUFD_RELEASE_IGNORES_USERS
+from .kernel.profile import IOMMUFD_REVOKE_SKIPS_UNMAP as IOMMUFD_REVOKE_SKIPS_UNMAP
 from .kernel.profile import KVM_MEMSLOT_DELETE_SKIPS_SRCU_SYNC as KVM_MEMSLOT_DELETE_SKIPS_SRCU_SYNC
 from .kernel.profile import KVM_NO_MMU_INVALIDATE_RETRY as KVM_NO_MMU_INVALIDATE_RETRY
 from .sim.locks import Completion, Mutex, RwSem, WaitQueue
@@ -62,6 +74,10 @@ if TYPE_CHECKING:
     from .kernel.fs.file import File
 
 __all__ = [
+    "IOMMUFD_DETACH_AFTER_FREE", "IOMMUFD_DMABUF_MAP_LOCK_INVERSION",
+    "IOMMUFD_RELEASE_IGNORES_USERS",
+    "IOMMUFD_REVOKE_SKIPS_UNMAP", "MockDevice", "access", "dmabuf_fd", "iommufd_of",
+    "mock_domain", "phys_dma_write",
     "DMA_BUF_MOVE_PINNED", "DMA_BUF_MOVE_SKIPS_FENCE_WAIT", "KVM_MEMSLOT_DELETE_SKIPS_SRCU_SYNC",
     "KVM_NO_MMU_INVALIDATE_RETRY", "MEMORY_MODELS", "MOVABLE", "PATCHABLE", "PINNED",
     "REVOCABLE", "Attachment", "Cell",

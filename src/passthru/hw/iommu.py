@@ -332,6 +332,8 @@ class Iommu:
         if write and (data is None or len(data) != n):
             raise ValueError(f"dma:{dev}: a write of {n} bytes needs {n} bytes of data")
         sched = self.sched
+        # Each DMA is a device's own event: a point where the checker may switch tasks.
+        sched.point(f"dma:{dev}", "w" if write else "r")
         if sched.log.enabled:
             sched.emit("iommu", "dma", dev=dev, iova=iova, n=n, write=write)
         tr = track.active()

@@ -67,8 +67,13 @@ IOMMUFD_DMABUF_MAP_LOCK_INVERSION = seeded_bug(
 # kernel/iommu/iommufd/main.py: closing the iommufd.
 IOMMUFD_RELEASE_IGNORES_USERS = seeded_bug(
     "iommufd.release_ignores_users",
-    "closing the iommufd destroys objects in id order, ignoring their users: a HWPT's domain "
-    "is freed while a device is still attached to it")
+    "closing the iommufd frees nested HWPTs first, ignoring their users: a device PASID "
+    "points at freed tables until the device is detached")
+# kernel/iommu/iommufd/device.py: detaching a device.
+IOMMUFD_DETACH_AFTER_FREE = seeded_bug(
+    "iommufd.detach_after_free",
+    "device detach puts the HWPT (freeing an automatic domain) before it points the device's "
+    "context entry away from it")
 
 
 @dataclass(frozen=True)

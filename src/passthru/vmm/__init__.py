@@ -6,6 +6,7 @@ These modules import only passthru.uapi and the Host protocol, never the model.
 
 from __future__ import annotations
 
+from .iommufd import HwInfo, Hwpt, Ioas, Iommufd, MockAccess, MockDomain, Vdevice, Viommu
 from .kvm import EXIT_REASONS, INTERNAL_ERRORS, Kvm, Vcpu, VcpuExit, Vm
 from .memory import GuestMemfd, GuestMemory, GuestRegion, Mapping, Memfd
 
@@ -14,11 +15,19 @@ __all__ = [
     "GuestMemfd",
     "GuestMemory",
     "GuestRegion",
+    "HwInfo",
+    "Hwpt",
     "INTERNAL_ERRORS",
+    "Ioas",
+    "Iommufd",
     "Kvm",
     "Mapping",
     "Memfd",
+    "MockAccess",
+    "MockDomain",
     "Vcpu",
     "VcpuExit",
+    "Vdevice",
+    "Viommu",
     "Vm",
 ]

@@ -38,12 +38,14 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable
+from typing import Any
 
 from ....errors import kerr
 from ....sim.locks import Mutex
 from ....sim.track import TrackedDict
 from ....uapi import iommufd as I
 from ...lockdep_assert import lockdep_assert_held
+from ...profile import IOMMUFD_DETACH_AFTER_FREE
 from .driver import IOMMU_NO_PASID, RESV_DIRECT, Device
 from .hw_pagetable import (
     HwPagetable,
@@ -70,6 +72,9 @@ class IommufdDevice(IommufdObject):
         self.dev = dev
         self.lock = Mutex(ictx.kernel.sched, f"{dev.name}.igroup.lock", "igroup->lock")
         self.attached: dict[int, HwPagetable] = TrackedDict(label=f"{dev.name}.pasid_attach")
+        # idev->vdev (viommu.py) and idev->destroying, both under ``lock``.
+        self.vdev: Any = None
+        self.destroying = False
 
     def destroy(self) -> None:
         """iommufd_device_destroy: give DMA ownership back."""
@@ -105,7 +110,11 @@ def iommufd_device_bind(ictx: IommufdCtx, dev: Device) -> IommufdDevice:
 
 
 def iommufd_device_unbind(idev: IommufdDevice) -> None:
-    """iommufd_device_unbind (iommufd_object_destroy_user): the caller detached first."""
+    """iommufd_device_unbind (iommufd_object_destroy_user): the caller detached first; the
+    device's vDEVICE goes first (iommufd_device_pre_destroy)."""
+    from .viommu import iommufd_device_remove_vdev  # viommu.py imports this module: a cycle
+
+    iommufd_device_remove_vdev(idev)
     idev.put()
     try:
         idev.ictx.object_remove(idev.id, "iommufd_device_unbind")
@@ -317,10 +326,33 @@ def iommufd_device_replace(idev: IommufdDevice, pasid: int | None, pt_id: int) -
 
 def iommufd_device_detach(idev: IommufdDevice, pasid: int | None) -> None:
     """iommufd_device_detach: DMA (at ``pasid``) is blocked afterwards."""
+    if idev.kernel.profile.has_bug(IOMMUFD_DETACH_AFTER_FREE):
+        _detach_after_free(idev, _pasid(pasid))
+        return
     hwpt = iommufd_hw_pagetable_detach(idev, _pasid(pasid))
     if hwpt is None:
         return
     hwpt_put(idev.ictx, hwpt)
+    idev.put()
+
+
+def _detach_after_free(idev: IommufdDevice, pasid: int) -> None:
+    """The seeded bug IOMMUFD_DETACH_AFTER_FREE: the HWPT is put first (an automatic domain
+    is freed with its last user) and only then is the device's entry pointed away from it."""
+    with idev.lock:
+        hwpt = idev.attached.pop(pasid, None)
+    if hwpt is None:
+        return
+    hwpt_put(idev.ictx, hwpt)
+    with idev.lock:
+        dev = idev.dev
+        if pasid == IOMMU_NO_PASID:
+            dev.iommu.attach(dev.name, dev.iommu.blocked)
+        else:
+            dev.iommu.attach(dev.name, None, pasid)
+        hwpt_paging = find_hwpt_paging(hwpt)
+        if hwpt_paging is not None and pasid == IOMMU_NO_PASID:
+            remove_resv_regions(idev, hwpt_paging)
     idev.put()
 
 

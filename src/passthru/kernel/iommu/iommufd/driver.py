@@ -191,8 +191,8 @@ class IommuDriver:
         raise kerr(errno.EOPNOTSUPP, f"{self.name}: no domain_alloc_nested")
 
     def domain_free(self, domain: IommuDomain) -> None:
-        if domain.parent is not None and domain in domain.parent.children:
-            domain.parent.children.remove(domain)
+        """ops->free: the domain's tables go (hw/iommu.py reports a later walk of them)."""
+        domain.free()
 
     def attach_dev(self, domain: IommuDomain, dev: Device, pasid: int,
                    old: IommuDomain | None) -> None:
@@ -304,6 +304,9 @@ class MockDriver(IommuDriver):
         if pasid == I.IOMMU_TEST_PASID_RESERVED and old is not None:
             raise kerr(errno.ENOMEM, "mock set_dev_pasid: the selftest's designed replace "
                        f"failure at PASID {pasid}")
+        mv = getattr(domain, "mock_viommu", None)
+        if mv is not None and pasid == IOMMU_NO_PASID:
+            mv.get_vdev_id(dev)  # mock_domain_nop_attach: ENOENT without a vDEVICE
 
     def cache_invalidate_user(self, domain: IommuDomain, array: UserDataArray) -> None:
         """mock_domain_cache_invalidate_user: entry by entry; ``array.entry_num`` becomes the

@@ -53,6 +53,7 @@ from ....uapi import iommufd as I
 from ...fs.file import File
 from ...fs.ioctl_table import IoctlTable
 from ...init import initcall
+from ...profile import IOMMUFD_RELEASE_IGNORES_USERS
 
 if TYPE_CHECKING:
     from ...core import Kernel
@@ -89,6 +90,8 @@ class IommufdObject(track.Tracked):
     def put(self) -> None:
         """refcount_dec(&obj->users)."""
         n = self.users.get() - 1
+        if n < 1 and self.ictx.unordered_release:
+            return  # destroyed early by the seeded unordered release: nothing to drop
         assert n >= 1, f"{self!r}: users dropped below the table's reference"
         self.users.set(n)
 
@@ -119,6 +122,7 @@ class IommufdCtx(File):
         self.ioas_creation_lock = RwSem(kernel.sched, f"{self.label}.ioas_creation_lock",
                                         "ictx->ioas_creation_lock")
         self.vfio_ioas: Any = None
+        self.unordered_release = False  # the seeded bug IOMMUFD_RELEASE_IGNORES_USERS ran
 
     # ----- the object table -------------------------------------------------------------
     def object_alloc(self, obj: O) -> O:
@@ -198,6 +202,8 @@ class IommufdCtx(File):
 
     def release(self) -> None:
         """iommufd_fops_release: destroy every leaf (users == 1) until nothing is left."""
+        if self.kernel.profile.has_bug(IOMMUFD_RELEASE_IGNORES_USERS):
+            self._release_nested_first()
         while self.objects:
             destroyed = 0
             for oid in sorted(self.objects):
@@ -212,6 +218,20 @@ class IommufdCtx(File):
                 left = ", ".join(repr(o) for o in self.objects.values())
                 raise AssertionError(f"iommufd release made no progress: {left}")
         self.vfio_ioas = None
+
+
+    def _release_nested_first(self) -> None:
+        """The seeded bug IOMMUFD_RELEASE_IGNORES_USERS: every nested HWPT is destroyed (its
+        domain freed) before the leaves-first loop, whatever its users — so a device PASID
+        still points at freed tables until its own teardown detaches it."""
+        self.unordered_release = True
+        for oid in sorted(self.objects, reverse=True):
+            obj = self.objects.get(oid)
+            if obj is None or obj.type != "HWPT_NESTED":
+                continue
+            obj.users.set(0)
+            del self.objects[oid]
+            self._destroy(obj)
 
 
 # ----- ioctl dispatch ---------------------------------------------------------------------
