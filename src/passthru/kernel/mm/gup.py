@@ -17,6 +17,10 @@ Invariants: while a Pin is held, every byte of its ``extents`` has a pin count o
 one in hw, so the memory is not reused even if its owner frees it. Units: user addresses,
 lengths and physical extents in bytes; a pin covers whole pages (the range is rounded out).
 
+Every pin here is FOLL_LONGTERM|FOLL_PIN: a read pin of a private file page unshares it first
+(an anonymous copy, as gup_must_unshare asks), so the pinned page stays the one the process
+sees.
+
 Leaves out: FOLL_LONGTERM migration out of movable zones, FOLL_PCI_P2PDMA, fast GUP.
 """
 
@@ -89,7 +93,9 @@ def pin_user_pages(mm: Mm, addr: int, length: int, write: bool) -> Pin:
                 raise kerr(errno.EFAULT, f"pin_user_pages: {pos:#x} lacks the needed permission")
             pos = vma.end
         try:
-            pieces = mm.resolve(start, end - start, write)
+            # FOLL_LONGTERM read pins unshare private file pages (gup_must_unshare): the pin
+            # and the process keep seeing the same page after a CPU write.
+            pieces = mm.resolve(start, end - start, write, unshare=not write)
             if any(p < 0 for _, _, p in pieces):
                 # Unpopulated private memory: fault it in for write so there is a page to pin
                 # (still under mmap_lock: the VMA found above may be gone once it is dropped).

@@ -42,7 +42,7 @@ from __future__ import annotations
 import errno
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ...errors import Fault, kerr
 from ...extents import RangeMap
@@ -185,6 +185,9 @@ class Vma:
         self.ptes: RangeMap[int] = RangeMap(linear=True, label=f"{where}.ptes", atomic=True)
         self.anon: RangeMap[int] = RangeMap(linear=True, label=f"{where}.anon", atomic=True)
         self.writable_counted = False  # counted in the file's i_mmap_writable
+        # vm_operations_struct's open (a split copies the VMA) and close (the VMA goes), for
+        # drivers whose mappings hold a reference (iommufd's MMIO pages); None: no vm_ops.
+        self.vm_ops: Any = None
         # the anon_vma: made at the first private page (anon_vma_prepare), shared by the
         # pieces of a split and kept by a merge; two different ones keep VMAs apart.
         self.anon_vma: object | None = None
@@ -460,6 +463,9 @@ class Mm(track.Tracked):
         track.write(self, at, vma.end)  # vma.end moves: a change of the tree
         right = Vma(self, at, vma.end, vma.vm_flags, vma.file, vma.foff(at))
         right.anon_vma = vma.anon_vma
+        right.vm_ops = vma.vm_ops
+        if right.vm_ops is not None:
+            right.vm_ops.open(right)
         for s, e, p in vma.ptes.remove(at, vma.end):
             right.ptes.set(s, e, p)
         for s, e, p in vma.anon.remove(at, vma.end):
@@ -475,6 +481,8 @@ class Mm(track.Tracked):
         self.notify_invalidate(vma.start, vma.end)
         self._remove_vma(vma)
         vma.ptes.clear()
+        if vma.vm_ops is not None:
+            vma.vm_ops.close(vma)
         for s, e, p in vma.anon.remove(vma.start, vma.end):
             self.kernel.phys.release(p, p + (e - s))
         if vma.file is not None:
@@ -498,7 +506,8 @@ class Mm(track.Tracked):
             self.mmap_lock.up_write()
 
     # ----- faults and access -------------------------------------------------------------
-    def _fault(self, vma: Vma, start: int, end: int, write: bool) -> list[tuple[int, int, int]]:
+    def _fault(self, vma: Vma, start: int, end: int, write: bool,
+               unshare: bool = False) -> list[tuple[int, int, int]]:
         """Resolve virtual ``[start, end)`` (page aligned, inside vma) to physical pieces."""
         out: list[tuple[int, int, int]] = []
         holes: Iterable[tuple[int, int]]
@@ -510,7 +519,7 @@ class Mm(track.Tracked):
         else:
             holes = [(start, end)]
         for hs, he in holes:
-            if private and write:
+            if private and (write or (unshare and vma.file is not None)):
                 # Copy-on-write: private pages take a copy of what the file (or zero) shows.
                 if vma.anon_vma is None:
                     vma.anon_vma = object()  # anon_vma_prepare
@@ -558,9 +567,12 @@ class Mm(track.Tracked):
             buf[vs - start : vs - start + (fe - fs)] = phys.read(p, fe - fs, "kernel")
         return bytes(buf)
 
-    def resolve(self, addr: int, n: int, write: bool) -> list[tuple[int, int, int]]:
+    def resolve(self, addr: int, n: int, write: bool,
+                unshare: bool = False) -> list[tuple[int, int, int]]:
         """Fault in ``[addr, addr+n)`` and return (vstart, vend, phys) pieces, clipped: the
-        fault path (handle_mm_fault, and GUP's faultin_page), mmap_lock held."""
+        fault path (handle_mm_fault, and GUP's faultin_page), mmap_lock held. ``unshare``
+        (FAULT_FLAG_UNSHARE, a long-term read pin) gives private file pages their anonymous
+        copy now, so a later CPU write does not copy again under the pin."""
         lockdep_assert_held(self.mmap_lock, "handle_mm_fault")
         end = addr + n
         out: list[tuple[int, int, int]] = []
@@ -573,7 +585,7 @@ class Mm(track.Tracked):
             if not vma.vm_flags & need:
                 raise Fault(pos, "SIGSEGV", f"{'write' if write else 'read'} not permitted")
             stop = min(end, vma.end)
-            for s, e, p in self._fault(vma, page_down(pos), page_up(stop), write):
+            for s, e, p in self._fault(vma, page_down(pos), page_up(stop), write, unshare):
                 cs, ce = max(s, pos), min(e, stop)
                 if cs < ce:
                     out.append((cs, ce, -1 if p < 0 else p + (cs - s)))

@@ -18,7 +18,9 @@ IOVA rules (KERNEL.md §3), in the kernel's order:
 - FIXED iova: misaligned EINVAL, wrapping EOVERFLOW, reserved EINVAL, over an area EEXIST.
 Unmap (iopt_unmap_iova_range) removes whole areas inside the range one by one — an area only
 partly inside is ENOENT *after* the ones before it are gone (not all-or-nothing, as the real
-kernel); an area being mapped or locked EBUSY; an area an access pins is announced to every
+kernel); a range with nothing in it unmaps 0 bytes (IOAS_UNMAP makes that ENOENT, the VFIO
+compat unmap succeeds, as since the 2025 "unmap of empty" change); an area being mapped or
+locked EBUSY; an area an access pins is announced to every
 access (its ``unmap`` op must drop the pins) and retried, EDEADLOCK after 100 tries.
 
 Invariants: areas never overlap; no area overlaps a reserved range; every domain maps exactly
@@ -336,13 +338,8 @@ class IoPagetable(track.Tracked):
         return self.unmap_range(iova, iova + length - 1)
 
     def unmap_all(self) -> int:
-        """iopt_unmap_all: ENOENT (nothing mapped) is success."""
-        try:
-            return self.unmap_range(0, ULONG_MAX)
-        except OSError as err:
-            if err.errno == errno.ENOENT and not self.areas:
-                return 0
-            raise
+        """iopt_unmap_all: nothing mapped is success (0 bytes)."""
+        return self.unmap_range(0, ULONG_MAX)
 
     def unmap_range(self, start: int, last: int) -> int:
         """iopt_unmap_iova_range: see the module docstring. Whole areas removed before a
@@ -377,10 +374,7 @@ class IoPagetable(track.Tracked):
                             self.iova_rwsem.down_write()
                         unmapped += area.length
                     else:
-                        if not unmapped:
-                            raise kerr(errno.ENOENT, f"IOAS_UNMAP: nothing mapped in "
-                                       f"[{start:#x}, {last:#x}]")
-                        return unmapped
+                        return unmapped  # 0 when nothing was there: the callers decide
                     area.prevent_access = True
                     first, alen = area.iova, area.length
                     start = first

@@ -303,6 +303,9 @@ def iommufd_ioas_unmap(ucmd: Ucmd) -> int:
                 raise kerr(errno.EOVERFLOW, "IOMMU_IOAS_UNMAP: iova or length at or above "
                            "ULONG_MAX")
             unmapped = ioas.iopt.unmap_iova(cmd.iova, cmd.length)
+            if not unmapped:
+                raise kerr(errno.ENOENT, f"IOMMU_IOAS_UNMAP: nothing mapped in "
+                           f"[{cmd.iova:#x}, +{cmd.length:#x})")
         cmd.length = unmapped
         ucmd.respond()
     finally:

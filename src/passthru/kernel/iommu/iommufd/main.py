@@ -53,6 +53,7 @@ from ....uapi import iommufd as I
 from ...fs.file import File
 from ...fs.ioctl_table import IoctlTable
 from ...init import initcall
+from ...mm.mm import VM_DONTDUMP, VM_DONTEXPAND, VM_EXEC, VM_IO, VM_PFNMAP, VM_SHARED
 from ...profile import IOMMUFD_RELEASE_IGNORES_USERS
 
 if TYPE_CHECKING:
@@ -123,6 +124,10 @@ class IommufdCtx(File):
                                         "ictx->ioas_creation_lock")
         self.vfio_ioas: Any = None
         self.unordered_release = False  # the seeded bug IOMMUFD_RELEASE_IGNORES_USERS ran
+        self.i_mmap_writable = 0  # the inode's shared writable mappings (mm/vma.py counts)
+        # offset -> Immap: what mmap of this fd may map (ictx->mt_mmap, its own spinlock).
+        self.mt_mmap: dict[int, Immap] = TrackedDict(label=f"{self.label}.mt_mmap",
+                                                     atomic=True)
 
     # ----- the object table -------------------------------------------------------------
     def object_alloc(self, obj: O) -> O:
@@ -277,6 +282,7 @@ class IoctlOp:
 #: _IOC_NR - IOMMUFD_CMD_BASE -> op (iommufd_ioctl_ops[]).
 IOCTL_OPS: dict[int, IoctlOp] = {}
 _NR_MASK = 0xFF
+PAGE_SIZE = 4096
 
 
 def ioctl_op(cmd: int, struct: type[ctypes.Structure], last: str,
@@ -390,10 +396,74 @@ def option_rlimit_mode(ucmd: Ucmd) -> None:
         raise kerr(errno.EINVAL, f"IOMMU_OPTION_RLIMIT_MODE: value {cmd.val64} is not 0 or 1")
 
 
+@dataclass
+class Immap:
+    """struct iommufd_mmap: ``length`` bytes of MMIO (or the mock's pages) at physical
+    ``phys``, offered to mmap at file offset ``offset`` while ``owner`` lives."""
+
+    owner: IommufdObject
+    offset: int
+    length: int
+    phys: int
+
+
+class ImmapVmOps:
+    """iommufd_vma_ops: each VMA over an Immap holds a users reference on its owner."""
+
+    def __init__(self, immap: Immap) -> None:
+        self.immap = immap
+
+    def open(self, vma: Any) -> None:
+        self.immap.owner.users.set(self.immap.owner.users.get() + 1)
+
+    def close(self, vma: Any) -> None:
+        self.immap.owner.users.set(self.immap.owner.users.get() - 1)
+
+
+def iommufd_alloc_mmap(ictx: IommufdCtx, owner: IommufdObject, phys: int, length: int) -> int:
+    """iommufd_viommu_alloc_mmap: a page-aligned offset (from PAGE_SIZE, the lowest that fits)
+    at which userspace may mmap ``length`` bytes at ``phys``; returns the offset."""
+    if ictx.kernel.sched.fault("mtree_alloc"):
+        raise kerr(errno.ENOMEM, "iommufd_viommu_alloc_mmap: mtree_alloc_range (injected)")
+    off = PAGE_SIZE
+    for o in sorted(ictx.mt_mmap):
+        if off + length <= o:
+            break
+        off = max(off, o + ictx.mt_mmap[o].length)
+    ictx.mt_mmap[off] = Immap(owner, off, length, phys)
+    return off
+
+
+def iommufd_destroy_mmap(ictx: IommufdCtx, offset: int) -> None:
+    """iommufd_viommu_destroy_mmap."""
+    ictx.mt_mmap.pop(offset, None)
+
+
 class IommufdFile(IommufdCtx):
     """The file /dev/iommu opens (iommufd_fops)."""
 
     ioctl_table = IOMMUFD_IOCTLS
+
+    def mmap(self, proc: Process, vma: Any) -> None:
+        """iommufd_fops_mmap: MAP_SHARED (EINVAL), no PROT_EXEC (EPERM), exactly one Immap's
+        offset and length whose owner still lives (ENXIO); a VM_IO|VM_PFNMAP mapping whose
+        VMAs hold the owner (IOMMU_DESTROY is EBUSY while it is mapped)."""
+        length = vma.end - vma.start
+        if length % PAGE_SIZE or not vma.vm_flags & VM_SHARED:
+            raise kerr(errno.EINVAL, "iommufd mmap: needs MAP_SHARED and whole pages")
+        if vma.vm_flags & VM_EXEC:
+            raise kerr(errno.EPERM, "iommufd mmap: PROT_EXEC of MMIO")
+        immap = next((m for o, m in self.mt_mmap.items()
+                      if o <= vma.pgoff < o + m.length), None)
+        if immap is None or immap.owner.users.get() == 0:
+            raise kerr(errno.ENXIO, f"iommufd mmap: nothing offered at offset {vma.pgoff:#x}")
+        if vma.pgoff != immap.offset or length != immap.length:
+            raise kerr(errno.ENXIO, f"iommufd mmap: [{vma.pgoff:#x}, +{length:#x}) is not "
+                       f"exactly the window [{immap.offset:#x}, +{immap.length:#x})")
+        vma.vm_flags |= VM_IO | VM_PFNMAP | VM_DONTEXPAND | VM_DONTDUMP
+        vma.ptes.set(vma.start, vma.end, immap.phys)
+        vma.vm_ops = ImmapVmOps(immap)
+        vma.vm_ops.open(vma)
 
 
 @initcall("device")  # module_init(iommufd_init): misc_register(&iommu_misc_dev)

@@ -352,3 +352,31 @@ def test_pasid_check_hwpt(ucmd: Ucmd) -> int:
     finally:
         ucmd.ictx.put_object(sobj)
     return 0
+
+
+@test_op(I.IOMMU_TEST_OP_TRIGGER_IOPF)
+def test_trigger_iopf(ucmd: Ucmd) -> int:
+    """iommufd_test_trigger_iopf -> iommu_report_device_fault: a page request from device
+    ``dev_id`` at ``pasid``; a fault-capable HWPT attached there queues it on its FAULT
+    object (iommufd_fault_iopf_handler); otherwise the iopf core answers it itself."""
+    c = ucmd.cmd.trigger_iopf
+    idev = get_device(ucmd, c.dev_id, "TRIGGER_IOPF")
+    try:
+        hwpt = idev.attached.get(c.pasid)
+        if hwpt is None and c.pasid != IOMMU_NO_PASID:
+            # find_fault_handler: the mock driver has a user-managed PASID table
+            # (user_pasid_table), so a PASID without its own attachment faults through the
+            # nested domain on the RID.
+            rid = idev.attached.get(IOMMU_NO_PASID)
+            hwpt = rid if isinstance(rid, HwptNested) else None
+        fault = getattr(hwpt, "fault", None) if hwpt is not None else None
+        if fault is None:
+            return 0
+        flags = I.IOMMU_PGFAULT_FLAGS_LAST_PAGE
+        if c.pasid != IOMMU_NO_PASID:
+            flags |= I.IOMMU_PGFAULT_FLAGS_PASID_VALID
+        fault.report(I.iommu_hwpt_pgfault(flags=flags, dev_id=idev.id, pasid=c.pasid,
+                                          grpid=c.grpid, perm=c.perm, addr=c.addr))
+    finally:
+        ucmd.ictx.put_object(idev)
+    return 0

@@ -29,7 +29,7 @@ What it models:
 Invariants: ``hw_queue[i]`` is the live queue of index i or None; a queue i > 0 holds a users
 reference on queue i - 1. Units: bytes. Locking: ``hw_queue`` under ``queue_mutex``; the
 device's vIOMMU is read under the device's lock (the mock's viommu_rwsem).
-Leaves out: the register pages' memory and their mmap (main.py has no mmap), the
+Leaves out: the
 mock_iommu users/completion (module unload), the mdev->viommu/vdev_id copy taken at
 attach time (TRIGGER_VEVENT looks the vDEVICE up when it runs: a vDEVICE destroyed while the
 device stays attached makes it ENOENT, where the kernel still reports the stale virt_id).
@@ -43,6 +43,7 @@ from typing import Any
 
 from ....errors import kerr
 from ....hw.iommu import IommuDomain
+from ....hw.physmem import Owner
 from ....sim.locks import Mutex
 from ....sim.track import TrackedList
 from ....uapi import iommufd as I
@@ -59,7 +60,7 @@ from .driver import (
     offsetofend,
 )
 from .hw_pagetable import HwptNested
-from .main import Ucmd
+from .main import Ucmd, iommufd_alloc_mmap, iommufd_destroy_mmap
 from .selftest import test_op
 from .viommu import (
     HwQueue,
@@ -86,6 +87,7 @@ class MockViommuData:
     hw_queue: list[HwQueue | None]
     mmap_offset: int = 0
     page_value: int = 0  # the first u32 of the register pages (in_data)
+    pages: tuple[int, int] | None = None  # the two register pages, physical
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -100,7 +102,13 @@ class MockViommuOps(ViommuOps):
 
     def destroy(self, viommu: Viommu) -> None:
         """mock_viommu_destroy: the mmap window and pages go."""
-        _mock(viommu).mmap_offset = 0
+        m = _mock(viommu)
+        if m.mmap_offset:
+            iommufd_destroy_mmap(viommu.ictx, m.mmap_offset)
+            m.mmap_offset = 0
+        if m.pages is not None:
+            viommu.kernel.phys.release(*m.pages)
+            m.pages = None
 
     def alloc_domain_nested(self, viommu: Viommu, flags: int,
                             user_data: UserData) -> IommuDomain:
@@ -218,21 +226,29 @@ class MockViommuDriver(ViommuDriver):
                                   "out_data")
             if ictx.kernel.sched.fault("alloc_pages"):
                 raise kerr(errno.ENOMEM, "mock_viommu_init: __get_free_pages (injected)")
-            if ictx.kernel.sched.fault("mtree_alloc"):
-                raise kerr(errno.ENOMEM, "iommufd_viommu_alloc_mmap: mtree (injected)")
-            used = {_mock(o).mmap_offset for o in ictx.objects.values()
-                    if isinstance(o, Viommu) and isinstance(o.priv, MockViommuData)}
-            off = PAGE
-            while any(u and u <= off < u + 2 * PAGE or off <= u < off + 2 * PAGE
-                      for u in used):
-                off += PAGE
+            kernel = ictx.kernel
+            (start, end), = kernel.phys.alloc(2 * PAGE, Owner(f"{ictx.label}.mock_viommu"))
+            try:
+                # The register pages: the first u32 holds in_data (the selftest reads it back
+                # through the mmap).
+                kernel.phys.write(start, int(data.in_data).to_bytes(4, "little"), "kernel")
+                off = iommufd_alloc_mmap(ictx, viommu, start, 2 * PAGE)
+                try:
+                    data.out_data = data.in_data
+                    data.out_mmap_length = 2 * PAGE
+                    data.out_mmap_offset = off
+                    n = min(user_data.len,
+                            offsetofend(I.iommu_viommu_selftest, "out_mmap_length"))
+                    UserArg(user_data.proc, user_data.uptr).write(bytes(data)[:n])  # EFAULT
+                except OSError:
+                    iommufd_destroy_mmap(ictx, off)
+                    raise
+            except OSError:
+                kernel.phys.release(start, end)
+                raise
             m.mmap_offset = off
             m.page_value = data.in_data
-            data.out_data = data.in_data
-            data.out_mmap_length = 2 * PAGE
-            data.out_mmap_offset = off
-            n = min(user_data.len, offsetofend(I.iommu_viommu_selftest, "out_mmap_length"))
-            UserArg(user_data.proc, user_data.uptr).write(bytes(data)[:n])  # EFAULT
+            m.pages = (start, end)
         viommu.priv = m
         viommu.ops = MOCK_VIOMMU_OPS
 
