@@ -129,6 +129,18 @@ class RangeMap(Generic[V]):
             out.append(_extent((cs, ce, v + (cs - s) if lin else v)))
         return out
 
+    def iter_from(self, start: int, end: int) -> Iterator[tuple[int, int]]:
+        """The ``(start, end)`` bounds of the extents overlapping ``[start, end)``, lazily
+        and unclipped, lowest first: for first-fit searches that stop early (one tracked read
+        of the whole range)."""
+        if _track._ACTIVE is not None:
+            _track.read(self, start, end)
+        ss, ee = self._s, self._e
+        k = bisect_right(ee, start)
+        while k < len(ss) and ss[k] < end:
+            yield ss[k], ee[k]
+            k += 1
+
     def covered(self, start: int, end: int) -> bool:
         """True when every byte of ``[start, end)`` lies in some extent."""
         pos = start

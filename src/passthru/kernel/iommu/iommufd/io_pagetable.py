@@ -37,6 +37,8 @@ selftest.py through :meth:`IoPagetable.reserve_iova`).
 from __future__ import annotations
 
 import errno
+import heapq
+import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -124,6 +126,9 @@ class IoPagetable(track.Tracked):
         self.iova_rwsem = RwSem(s, f"{label}.iova_rwsem", "iopt->iova_rwsem")
         self.domains_rwsem = RwSem(s, f"{label}.domains_rwsem", "iopt->domains_rwsem")
         self.areas: RangeMap[Area] = RangeMap(label=f"{label}.area_itree")
+        # The union of the areas, coalesced (same lock): the IOVA allocator's first fit walks
+        # its spans, not every area, so packed areas cost one span.
+        self.used: RangeMap[bool] = RangeMap(label=f"{label}.area_span")
         self.reserved: list[Reserved] = TrackedList(label=f"{label}.reserved_itree")
         self.allowed: list[tuple[int, int]] = TrackedList(label=f"{label}.allowed_itree")
         self.domains: list[Any] = TrackedList(label=f"{label}.domains")
@@ -173,13 +178,16 @@ class IoPagetable(track.Tracked):
             raise kerr(errno.EINVAL, f"iopt_alloc_iova: alignment {align:#x} of the source "
                        f"is below the IOAS's iova_alignment {self.iova_alignment:#x}")
         spans = sorted(self.allowed) or [(PAGE, ULONG_MAX - PAGE)]
+        reserved = sorted((r.start, r.last + 1) for r in self.reserved)
         for a_start, a_last in spans:
             a_start, a_last = max(a_start, PAGE), min(a_last, ULONG_MAX - PAGE)
-            used = sorted([(r.start, r.last) for r in self.reserved]
-                          + [(e.start, e.end - 1) for e in self.areas.overlapping(
-                              a_start, a_last + 1)])
+            if a_start > a_last:
+                continue
+            # First fit over the holes between reserved ranges and areas, merged lazily
+            # (interval_tree_for_each_double_span): stops at the first hole that fits.
+            used = heapq.merge(reserved, self.used.iter_from(a_start, a_last + 1))
             pos = a_start
-            for u_start, u_last in used + [(a_last + 1, a_last + 1)]:
+            for u_start, u_end in itertools.chain(used, [(a_last + 1, a_last + 1)]):
                 if u_start > pos:
                     cand = ((pos + align - 1) // align * align) | page_offset
                     if cand < pos:
@@ -187,7 +195,7 @@ class IoPagetable(track.Tracked):
                     hole_last = min(u_start - 1, a_last)
                     if cand <= hole_last and hole_last - cand >= length - 1:
                         return cand
-                pos = max(pos, u_last + 1)
+                pos = max(pos, u_end)
                 if pos > a_last:
                     break
         raise kerr(errno.ENOSPC, f"iopt_alloc_iova: no free IOVA range of {length:#x} bytes "
@@ -240,6 +248,7 @@ class IoPagetable(track.Tracked):
                                f"aligned to iova_alignment {self.iova_alignment:#x}")
                 sl.area = Area(pos, sl.length, None, sl.start_byte, prot)
                 self.areas.set(pos, pos + sl.length, sl.area)
+                self.used.set(pos, pos + sl.length, True)
                 pos += sl.length
         with self.domains_rwsem.read():
             done: list[PagesSlice] = []
@@ -265,6 +274,7 @@ class IoPagetable(track.Tracked):
         for sl in slices:
             if sl.area is not None:
                 self.areas.remove(sl.area.iova, sl.area.last + 1)
+                self.used.remove(sl.area.iova, sl.area.last + 1)
                 sl.area = None
 
     def fill_area(self, area: Area, pages: IoptPages) -> None:
@@ -366,6 +376,7 @@ class IoPagetable(track.Tracked):
                         pages = area.pages
                         area.pages = None
                         self.areas.remove(area.iova, area.last + 1)
+                        self.used.remove(area.iova, area.last + 1)
                         self.iova_rwsem.up_write()
                         try:
                             self.unfill_area(area, pages)
