@@ -46,6 +46,7 @@ from ....errors import kerr
 from ....extents import RangeMap
 from ....hw.iommu import IOMMU_MMIO, IOMMU_WRITE
 from ....sim import track
+from ....sim.fields import Plain
 from ....sim.locks import RwSem
 from ....sim.track import TrackedList
 from ...lockdep_assert import lockdep_assert_held, lockdep_assert_held_write
@@ -69,10 +70,21 @@ def ffs_align(x: int) -> int:
 
 
 class Area(track.Tracked):
-    """struct iopt_area: ``[iova, last]`` onto ``pages`` from ``start_byte``."""
+    """struct iopt_area: ``[iova, last]`` onto ``pages`` from ``start_byte``. The fields that
+    change after creation are tracked (sim/fields.py), each its own part of the area's
+    location: ``pages`` (NULL while being made or unmapped) and ``prevent_access`` under
+    iova_rwsem, ``filled`` under the pages' mutex, ``num_accesses``/``num_locks`` under
+    iova_rwsem and the pages' mutex."""
+
+    pages = Plain[IoptPages | None]((0, 1))
+    filled = Plain[bool]((1, 2))
+    num_accesses = Plain[int]((2, 3))
+    num_locks = Plain[int]((3, 4))
+    prevent_access = Plain[bool]((4, 5))
 
     def __init__(self, iova: int, length: int, pages: IoptPages | None, start_byte: int,
                  prot: int) -> None:
+        self.track_init(f"area@{iova:#x}")
         self.iova = iova
         self.last = iova + length - 1
         self.pages = pages  # None while the area is being set up (IOVA reserved only)
@@ -82,7 +94,6 @@ class Area(track.Tracked):
         self.num_accesses = 0
         self.num_locks = 0
         self.prevent_access = False
-        self.track_init(f"area@{iova:#x}")
 
     @property
     def length(self) -> int:
@@ -117,9 +128,14 @@ class PagesSlice:
 
 
 class IoPagetable(track.Tracked):
-    """struct io_pagetable."""
+    """struct io_pagetable (``iova_alignment`` and ``disable_large_pages`` tracked fields,
+    written under iova_rwsem held for write)."""
+
+    iova_alignment = Plain[int]((0, 1))
+    disable_large_pages = Plain[bool]((1, 2))
 
     def __init__(self, kernel: Kernel, label: str) -> None:
+        self.track_init(label)
         self.kernel = kernel
         self.label = label
         s = kernel.sched
@@ -136,7 +152,6 @@ class IoPagetable(track.Tracked):
         self.iova_alignment = 1
         self.disable_large_pages = False
         self.thp = True
-        self.track_init(label)
 
     # ----- lookups (iova_rwsem held) ------------------------------------------------------
     def area_at(self, start: int, last: int) -> Area | None:
