@@ -88,6 +88,7 @@ class Profile:
     kvm_gmem_mmap: bool = True  # GUEST_MEMFD_FLAG_MMAP (6.18)
     kvm_pre_fault_memory: bool = True
     kvm_memory_attributes: bool = True  # answered per VM type, see KvmVm.check_extension
+    kvm_dmabuf_memslot: bool = False  # proposed KVM_MEM_VFIO_DMABUF slots (RFC, 2025)
     # dma-buf (drivers/dma-buf/dma-buf.c; vfio_pci_dmabuf.c for the revocable exporter)
     revoke_waits_for_unmap: bool = True  # 7.1: fences, then up to 1 s for every unmap
     move_notify_mandatory: bool = False  # < 7.1: dynamic importers must have move_notify
@@ -137,13 +138,15 @@ RFC_TDX_CONNECT = replace(
     LINUX_7_1,
     name="rfc-tdx-connect",
     kvm_vm_types=LINUX_7_1.kvm_vm_types | 1 << K.KVM_X86_TDX_VM,
+    kvm_dmabuf_memslot=True,
 )
 RFC_SEV_TIO = replace(
     LINUX_7_1,
     name="rfc-sev-tio",
     kvm_vm_types=LINUX_7_1.kvm_vm_types | 1 << K.KVM_X86_SNP_VM,
+    kvm_dmabuf_memslot=True,
 )
-RFC_CCA = replace(LINUX_7_1, name="rfc-cca")
+RFC_CCA = replace(LINUX_7_1, name="rfc-cca", kvm_dmabuf_memslot=True)
 RFC_DMABUF_MAPPING_TYPES = replace(LINUX_7_1, name="rfc-dmabuf-mapping-types",
                                    dma_buf_mapping_types=True)
 

@@ -50,6 +50,7 @@ from ...sim.locks import Mutex, Srcu
 from ...sim.track import Cell, TrackedDict, TrackedList
 from ...uapi import kvm as K
 from ...uapi import linux as L
+from ...uapi import proposed as P
 from ..fs.file import File, fput, no_such_ioctl
 from ..fs.ioctl_table import IoctlTable
 from ..init import initcall
@@ -324,8 +325,8 @@ def kvm_vm_ioctl_set_memory_region(kvm: Kvm, proc: Process,
     released under us; None when the fd is not open, which the bind step reports in the
     kernel's order), act under slots_lock, put. A delete never binds, so it gets nothing."""
     gmem = None
-    if mem.flags & K.KVM_MEM_GUEST_MEMFD and mem.memory_size:
-        gmem = proc.fget_or_none(mem.guest_memfd)
+    if mem.flags & (K.KVM_MEM_GUEST_MEMFD | P.KVM_MEM_VFIO_DMABUF) and mem.memory_size:
+        gmem = proc.fget_or_none(mem.guest_memfd)  # the guest_memfd, or the slot's dma-buf
     try:
         with kvm.slots_lock:
             kvm.memslots.set_memory_region(mem, v2, gmem)

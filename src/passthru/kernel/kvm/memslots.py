@@ -50,9 +50,11 @@ from ...sim import kinds, track
 from ...sim.track import TrackedDict
 from ...uapi import kvm as K
 from ...uapi import linux as L
+from ...uapi import proposed as P
 from ..fs.file import File
 from ..lockdep_assert import lockdep_assert_held, lockdep_assert_held_write, marked, observe
 from ..profile import KVM_MEMSLOT_DELETE_SKIPS_SRCU_SYNC
+from .dmabuf_slot import KvmDmabufBinding, kvm_dmabuf_bind
 from .guest_memfd import Binding, GmemFile
 
 if TYPE_CHECKING:
@@ -81,6 +83,7 @@ class Memslot(track.Tracked):
     flags: int
     gmem: GmemFile | None = None
     gmem_offset: int = 0  # bytes into the guest_memfd
+    dmabuf: KvmDmabufBinding | None = None  # a KVM_MEM_VFIO_DMABUF slot's importer side
     invalid: bool = False
     freed: bool = False
     name: str = field(default="")
@@ -190,6 +193,11 @@ class Memslots:
             valid &= ~K.KVM_MEM_LOG_DIRTY_PAGES  # dirty logging of gmem is not supported
         if kvm.has_readonly_mem and not flags & K.KVM_MEM_GUEST_MEMFD:
             valid |= K.KVM_MEM_READONLY
+        if kvm.kernel.profile.kvm_dmabuf_memslot:
+            valid |= P.KVM_MEM_VFIO_DMABUF
+            if flags & P.KVM_MEM_VFIO_DMABUF:  # MMIO: no gmem, dirty logging or read-only
+                valid &= ~(K.KVM_MEM_GUEST_MEMFD | K.KVM_MEM_LOG_DIRTY_PAGES
+                           | K.KVM_MEM_READONLY)
         if flags & ~valid:
             raise kerr(errno.EINVAL, f"KVM_SET_USER_MEMORY_REGION: flags {flags:#x} not in "
                        f"{valid:#x} (check_memory_region_flags)")
@@ -211,6 +219,9 @@ class Memslots:
         ):
             raise kerr(errno.EINVAL, f"{what}: guest_memfd_offset {mem.guest_memfd_offset:#x} "
                        "not page aligned or overflowing")
+        if mem.flags & P.KVM_MEM_VFIO_DMABUF and mem.guest_memfd_offset:
+            raise kerr(errno.EINVAL, f"{what}: a dma-buf slot starts at offset 0 of the buffer "
+                       f"(guest_memfd_offset {mem.guest_memfd_offset:#x})")
         as_id, sid = mem.slot >> 16, mem.slot & 0xFFFF
         if as_id >= kvm.nr_memslot_as_ids or sid >= kvm.kernel.profile.kvm_nr_memslots:
             raise kerr(errno.EINVAL, f"{what}: slot {mem.slot:#x} out of range")
@@ -232,8 +243,9 @@ class Memslots:
         elif old is None:
             kind = KVM_MR_CREATE
         else:
-            if (mem.flags | old.flags) & K.KVM_MEM_GUEST_MEMFD:
-                raise kerr(errno.EINVAL, f"{what}: guest_memfd slots are immutable (delete it)")
+            if (mem.flags | old.flags) & (K.KVM_MEM_GUEST_MEMFD | P.KVM_MEM_VFIO_DMABUF):
+                raise kerr(errno.EINVAL, f"{what}: guest_memfd and dma-buf slots are immutable "
+                           "(delete it)")
             if (uaddr != old.userspace_addr or npages != old.npages
                     or (mem.flags ^ old.flags) & K.KVM_MEM_READONLY):
                 raise kerr(errno.EINVAL, f"{what}: slot {mem.slot:#x} may only move or "
@@ -276,6 +288,8 @@ class Memslots:
             if not isinstance(gmem, GmemFile):
                 raise kerr(errno.EINVAL, f"{what}: fd {ch.guest_memfd} is not a guest_memfd")
             gmem.bind(new, ch.gmem_offset)
+        if ch.flags & P.KVM_MEM_VFIO_DMABUF:
+            new.dmabuf = kvm_dmabuf_bind(new, gmem, ch.guest_memfd, what)
         if ch.kind == KVM_MR_MOVE:
             assert ch.old is not None
             self._retire(ch.old)  # kvm_invalidate_memslot, then the new slot replaces it
@@ -309,8 +323,9 @@ class Memslots:
         """kvm_replace_memslot(NULL, slot): publish ``slot`` to readers."""
         self.by_id[slot.id] = slot
         self.gpa[slot.as_id].set(slot.base_gpa, slot.end_gpa, slot)
-        self.kvm.mm.notifiers.add_range(self.kvm.mn_id, (slot.as_id, slot.id),
-                                        *slot.hva_range)
+        if not slot.flags & P.KVM_MEM_VFIO_DMABUF:  # a dma-buf slot has no user memory
+            self.kvm.mm.notifiers.add_range(self.kvm.mn_id, (slot.as_id, slot.id),
+                                            *slot.hva_range)
         self.kvm.kernel.track("memslot", +1)
 
     def _erase(self, slot: Memslot) -> None:
@@ -344,6 +359,9 @@ class Memslots:
         gmem = slot.get_gmem()
         if gmem is not None:
             gmem.unbind(slot)
+        if slot.dmabuf is not None:
+            slot.dmabuf.detach()
+            slot.dmabuf = None
         observe(slot, *F_FREED, write=True)
         slot.freed = True
         kvm.kernel.track("memslot", -1)

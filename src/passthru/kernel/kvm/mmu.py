@@ -150,7 +150,8 @@ class KvmMmu:
         idx = kvm.srcu.read_lock()
         try:
             # gmem-only slots do not map through the hva: their invalidation comes from gmem.
-            slots = [s for s in kvm.memslots.hva_slots(start, end) if not kvm.gmem_only(s)]
+            slots = [s for s in kvm.memslots.hva_slots(start, end)
+                     if not kvm.gmem_only(s) and s.dmabuf is None]
             for slot in slots:
                 s = max(start, slot.userspace_addr) - slot.userspace_addr + slot.base_gpa
                 e = min(end, slot.userspace_addr + slot.npages * PAGE) - slot.userspace_addr
@@ -261,6 +262,8 @@ class KvmMmu:
         be mapped writable. A read fault of unpopulated private memory the VMM may not write
         gets the zero page, mapped read-only (GUP without FOLL_WRITE)."""
         kvm = self.kvm
+        if slot.dmabuf is not None:  # a KVM_MEM_VFIO_DMABUF slot: the exporter's pfn
+            return slot.dmabuf.pfn(page - slot.base_gpa), True
         if gmem is not None and (is_private or kvm.gmem_only(slot)):
             return gmem.get_pfn(slot.gmem_offset + (page - slot.base_gpa)), True
         if gmem is None and slot.flags & K.KVM_MEM_GUEST_MEMFD:
