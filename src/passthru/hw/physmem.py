@@ -14,6 +14,13 @@ silently served: a read returns zeros, a write is dropped. The allocator's own z
 range it is handing out (:meth:`PhysMem.alloc`) is the one access that needs no check.
 ``data`` is this module's: code elsewhere must not read or write it directly.
 
+MMIO routing: a device's BAR is not memory. A device model registers each BAR's range with
+:meth:`PhysMem.register_mmio` (hw/pcidev.py does it for every BAR); a read, write, zero or
+copy that touches a registered range sends that part to the handler (the device's
+mmio_read/mmio_write, where master abort is decided) and the rest down the usual path.
+:meth:`check` needs no change for them: a registered range lies inside an ``mmio`` region,
+which physical truth accepts from any accessor.
+
 Invariants: ``owners`` and ``free`` are disjoint, inside RAM, and together cover it except
 ranges taken out of the pool for a carve-out (:meth:`reserve`: CMA, firmware), which are in
 neither while the carve-out has not handed them out (:meth:`set_owner`, :meth:`disown`); a
@@ -40,17 +47,22 @@ Locking and tracking (sim/track.py), one line per field:
   yet see; every access to them is *marked* (footprint, never a data race) — ownership is
   what physical truth judges.
 - ``sched``, ``machine``: set at boot.
+- ``_mmio`` (the MMIO handler registry, sorted ``(start, end, handler)``): written while the
+  machine's devices are built (boot), read-only afterwards — like ``regions``, untracked.
 The check (:meth:`check`) is the oracle, not kernel code: it records the owner ranges it
 looks at (so the explorer orders an access against the free of its memory) with no
 happens-before and no race check.
 
-Leaves out: NUMA, zones, caches, ECC, memory encryption keys.
+Leaves out: NUMA, zones, caches, ECC, memory encryption keys; a zero of a registered MMIO
+range is a write of zero bytes (materialised: meant for register BARs and small ranges).
 """
 
 from __future__ import annotations
 
 import errno
+from bisect import bisect_right, insort
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..errors import kerr
 from ..extents import ByteStore, RangeCounter, RangeMap
@@ -98,6 +110,18 @@ class Owner:
     allow: tuple[str, ...] = ()  # accessors allowed when the state is restrictive
 
 
+class MmioHandler(Protocol):
+    """What decodes a registered MMIO range (hw/pcidev.py's BarWindow): absolute physical
+    addresses, ``who`` as in :meth:`PhysMem.read`."""
+
+    def read(self, addr: int, n: int, who: str) -> bytes: ...
+
+    def write(self, addr: int, data: bytes, who: str) -> None: ...
+
+
+MmioPiece = tuple[int, int, "MmioHandler | None"]
+
+
 def _label(o: Owner) -> str:
     """An owner and its state for the event log: ``gmem1@vm1/allocated``."""
     return f"{o.owner}/{o.state}"
@@ -120,6 +144,57 @@ class PhysMem:
         # Pins hold physical ranges alive: a pinned range that its owner frees becomes an
         # orphan (the folio's last reference is the pin) and is freed on the last unpin.
         self.pins = RangeCounter(label="physmem.pins", atomic=True)
+        self._mmio: list[tuple[int, int, MmioHandler]] = []  # sorted by start, disjoint
+
+    # ----- MMIO handlers (device BARs) ---------------------------------------------------
+    def register_mmio(self, start: int, end: int, handler: MmioHandler) -> None:
+        """Route accesses to ``[start, end)`` to ``handler``. ValueError unless the range is
+        inside the machine's MMIO windows and overlaps no registered range."""
+        if start >= end:
+            raise ValueError(f"register_mmio: empty range [{start:#x}, {end:#x})")
+        with track.untracked():
+            kinds_in = [k for _, _, k in self.regions.overlapping(start, end)]
+            gaps = list(self.regions.gaps(start, end))
+        if gaps or any(k != "mmio" for k in kinds_in):
+            raise ValueError(f"register_mmio: [{start:#x}, {end:#x}) is not inside the "
+                             "machine's MMIO windows")
+        if any(s < end and start < e for s, e, _ in self._mmio):
+            raise ValueError(f"register_mmio: [{start:#x}, {end:#x}) overlaps a registered "
+                             "MMIO range")
+        insort(self._mmio, (start, end, handler), key=lambda t: t[0])
+
+    def unregister_mmio(self, start: int, end: int) -> None:
+        """Forget the handler registered for exactly ``[start, end)`` (hot-unplug)."""
+        self._mmio = [t for t in self._mmio if (t[0], t[1]) != (start, end)]
+
+    def mmio_lookup(self, addr: int) -> tuple[int, int, MmioHandler] | None:
+        """The registered ``(start, end, handler)`` holding ``addr``, if any."""
+        i = bisect_right(self._mmio, addr, key=lambda t: t[0]) - 1
+        if i >= 0 and addr < self._mmio[i][1]:
+            return self._mmio[i]
+        return None
+
+    def _mmio_pieces(self, start: int, n: int) -> list[MmioPiece] | None:
+        """``[start, start + n)`` cut at registered ranges, each piece with its handler
+        (None: not MMIO-routed); None when no registered range is touched."""
+        end = start + n
+        i = max(bisect_right(self._mmio, start, key=lambda t: t[0]) - 1, 0)
+        pieces: list[MmioPiece] = []
+        pos = start
+        for s, e, h in self._mmio[i:]:
+            if s >= end:
+                break
+            if e <= pos:
+                continue
+            if s > pos:
+                pieces.append((pos, s, None))
+            pieces.append((max(s, pos), min(e, end), h))
+            pos = min(e, end)
+        if not pieces:
+            return None
+        if pos < end:
+            pieces.append((pos, end, None))
+        return pieces
 
     # ----- allocation ------------------------------------------------------------------
     def _insert_free(self, s: int, e: int) -> None:
@@ -263,24 +338,61 @@ class PhysMem:
         return ok
 
     def read(self, start: int, n: int, who: str) -> bytes:
-        """``who`` loads ``n`` bytes at ``start`` (zeros where the check fails)."""
+        """``who`` loads ``n`` bytes at ``start`` (zeros where the check fails; a registered
+        MMIO range answers for itself)."""
+        if self._mmio:
+            pieces = self._mmio_pieces(start, n)
+            if pieces is not None:
+                return b"".join(h.read(s, e - s, who) if h is not None
+                                else self._read(s, e - s, who) for s, e, h in pieces)
+        return self._read(start, n, who)
+
+    def _read(self, start: int, n: int, who: str) -> bytes:
         if not self.check(start, n, who, write=False):
             return bytes(n)
         return self.data.read(start, n)
 
     def write(self, start: int, data: bytes, who: str) -> None:
-        """``who`` stores ``data`` at ``start`` (dropped where the check fails)."""
+        """``who`` stores ``data`` at ``start`` (dropped where the check fails; a registered
+        MMIO range takes its part)."""
+        if self._mmio:
+            pieces = self._mmio_pieces(start, len(data))
+            if pieces is not None:
+                for s, e, h in pieces:
+                    part = data[s - start:e - start]
+                    if h is not None:
+                        h.write(s, part, who)
+                    else:
+                        self._write(s, part, who)
+                return
+        self._write(start, data, who)
+
+    def _write(self, start: int, data: bytes, who: str) -> None:
         if self.check(start, len(data), who, write=True):
             self.data.write(start, data)
 
     def zero(self, start: int, end: int, who: str) -> None:
         """``who`` clears ``[start, end)`` (clear_page, a partial-page truncation)."""
+        if self._mmio:
+            pieces = self._mmio_pieces(start, end - start)
+            if pieces is not None:
+                for s, e, h in pieces:
+                    if h is not None:
+                        h.write(s, bytes(e - s), who)
+                    elif self.check(s, e - s, who, write=True):
+                        self.data.zero(s, e)
+                return
         if self.check(start, end - start, who, write=True):
             self.data.zero(start, end)
 
     def copy(self, src: int, dst: int, n: int, who: str) -> None:
         """``who`` copies ``n`` bytes from ``src`` to ``dst`` (copy-on-write, migration): a
-        checked read and a checked write, without materialising the bytes."""
+        checked read and a checked write, without materialising the bytes (unless either
+        side is a registered MMIO range: then a read and a write)."""
+        if self._mmio and (self._mmio_pieces(src, n) is not None
+                           or self._mmio_pieces(dst, n) is not None):
+            self.write(dst, self.read(src, n, who), who)
+            return
         readable = self.check(src, n, who, write=False)
         if not self.check(dst, n, who, write=True):
             return

@@ -69,7 +69,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 LEVELS = ("pure", "core", "postcore", "arch", "subsys", "fs", "rootfs", "device", "late")
 
 # Link order of the packages under passthru.kernel (see the module docstring).
-BUILTIN = ("kvm", "cgroup", "mm", "fs", "char", "dma", "iommu", "dma_buf")
+BUILTIN = ("kvm", "cgroup", "mm", "fs", "char", "dma", "iommu", "vfio", "dma_buf")
 _PREFIX = __name__.rsplit(".", 1)[0] + "."  # "passthru.kernel."
 
 KINDS = ("initcall", "static", "invariant", "teardown")

@@ -1,0 +1,182 @@
+"""The VFIO device cdev's iommufd ioctls (drivers/vfio/device_cdev.c).
+
+- VFIO_DEVICE_BIND_IOMMUFD (:func:`vfio_df_ioctl_bind_iommufd`), in the kernel's order:
+  argsz below offsetofend(out_devid), a negative iommufd or unknown flags EINVAL; a group fd
+  EINVAL; under ``dev_set.lock``: a VF token (BIND_FLAG_TOKEN: argsz must reach
+  token_uuid_ptr, the 16 bytes are copied, EFAULT) that the device does not take EINVAL;
+  this file already bound EINVAL; the iommufd fd not open EBADF, not an iommufd EBADFD; then
+  vfio_df_open (another file has the device open EINVAL; iommufd_device_bind's errors), then
+  ``out_devid`` is written (EFAULT closes the device again) and ``access_granted`` is
+  published. The file holds the iommufd context (a file reference) until unbind.
+- VFIO_DEVICE_ATTACH_IOMMUFD_PT (:func:`vfio_df_ioctl_attach_pt`): argsz below
+  offsetofend(pt_id) EINVAL; flags other than ATTACH_PASID EINVAL; PASID without the
+  driver's pasid ops EOPNOTSUPP, argsz not reaching ``pasid`` EINVAL; then, under the
+  lock, the driver's (pasid_)attach_ioas — attach or replace — and ``pt_id`` is written
+  back with the HWPT id (EFAULT detaches again).
+- VFIO_DEVICE_DETACH_IOMMUFD_PT (:func:`vfio_df_ioctl_detach_pt`): argsz below
+  offsetofend(flags) EINVAL, flags other than DETACH_PASID EINVAL, PASID without ops
+  EOPNOTSUPP, argsz not reaching ``pasid`` EINVAL; the detach itself never fails.
+- :func:`vfio_df_unbind_iommufd` (file release): close the device, drop the context.
+
+Invariants: a file's ``access_granted`` is set only after the device is open and bound; the
+iommufd context a file holds is released exactly once, by unbind or by a failed bind.
+Locking: ``dev_set.lock`` around bind, attach, detach and unbind, as the kernel's.
+Leaves out: vfio_device_block_group (no group path), KVM references.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+from typing import TYPE_CHECKING
+
+from ...errors import kerr
+from ...uapi import vfio as V
+from ..fs.file import fput
+from ..fs.uaccess import UserArg
+from ..iommu.iommufd.main import IommufdCtx
+from .vfio_main import VfioDeviceFile, vfio_df_close, vfio_df_open
+
+if TYPE_CHECKING:
+    from ..fs.process import Process
+
+_BIND_MIN = V.vfio_device_bind_iommufd.out_devid.offset + 4
+_BIND_TOKEN_END = V.vfio_device_bind_iommufd.token_uuid_ptr.offset + 8
+_ATTACH_MIN = V.vfio_device_attach_iommufd_pt.pt_id.offset + 4
+_ATTACH_PASID_END = V.vfio_device_attach_iommufd_pt.pasid.offset + 4
+_DETACH_MIN = V.vfio_device_detach_iommufd_pt.flags.offset + 4
+_DETACH_PASID_END = V.vfio_device_detach_iommufd_pt.pasid.offset + 4
+
+
+def _struct(arg: UserArg, ctype: type[ctypes.Structure], n: int) -> ctypes.Structure:
+    """copy_from_user of the first ``n`` bytes of ``ctype`` (the rest zero)."""
+    return ctype.from_buffer_copy(arg.read(n).ljust(ctypes.sizeof(ctype), b"\0"))
+
+
+def iommufd_ctx_from_fd(proc: Process, fd: int) -> IommufdCtx:
+    """iommufd_ctx_from_fd: the context with a file reference; EBADF, or EBADFD when the fd
+    is not an iommufd."""
+    f = proc.fget(fd, "VFIO_DEVICE_BIND_IOMMUFD: iommufd")
+    if not isinstance(f, IommufdCtx):
+        fput(f)
+        raise kerr(errno.EBADFD, f"VFIO_DEVICE_BIND_IOMMUFD: fd {fd} is a {f.kind}, not an "
+                   "iommufd")
+    return f
+
+
+def vfio_df_ioctl_bind_iommufd(df: VfioDeviceFile, proc: Process, arg: UserArg) -> int:
+    device = df.device
+    bind = _struct(arg, V.vfio_device_bind_iommufd, _BIND_MIN)
+    if bind.argsz < _BIND_MIN or bind.iommufd < 0 or bind.flags & ~V.VFIO_DEVICE_BIND_FLAG_TOKEN:
+        raise kerr(errno.EINVAL, f"VFIO_DEVICE_BIND_IOMMUFD: argsz {bind.argsz} (min "
+                   f"{_BIND_MIN}), iommufd {bind.iommufd}, flags {bind.flags:#x}")
+    if df.group is not None:
+        raise kerr(errno.EINVAL, "VFIO_DEVICE_BIND_IOMMUFD: only on a cdev fd")
+    assert device.dev_set is not None
+    with device.dev_set.lock:
+        if bind.flags & V.VFIO_DEVICE_BIND_FLAG_TOKEN:
+            if bind.argsz < _BIND_TOKEN_END:
+                raise kerr(errno.EINVAL, "VFIO_DEVICE_BIND_IOMMUFD: BIND_FLAG_TOKEN with argsz "
+                           f"{bind.argsz} short of token_uuid_ptr")
+            tok = V.vfio_device_bind_iommufd.from_buffer_copy(arg.read(_BIND_TOKEN_END))
+            UserArg(proc, tok.token_uuid_ptr).read(16)  # copy_from_user of the uuid
+            raise kerr(errno.EINVAL, f"VFIO_DEVICE_BIND_IOMMUFD: {device.name} takes no VF "
+                       "token (not a PF or VF)")
+        if df.granted():
+            raise kerr(errno.EINVAL, f"VFIO_DEVICE_BIND_IOMMUFD: {df.name} is already bound")
+        df.iommufd = iommufd_ctx_from_fd(proc, bind.iommufd)
+        try:
+            vfio_df_open(df)
+        except BaseException:
+            fput(df.iommufd)
+            df.iommufd = None
+            raise
+        try:
+            arg.write(bytes(ctypes.c_uint32(df.devid)), V.vfio_device_bind_iommufd.out_devid.offset)
+        except OSError:
+            vfio_df_close(df)
+            fput(df.iommufd)
+            df.iommufd = None
+            raise
+        device.cdev_opened = True
+        df.access_granted.set(True)  # smp_store_release
+    device.kernel.sched.emit("vfio", "bind", dev=device.name, iommufd=bind.iommufd,
+                             devid=df.devid)
+    return 0
+
+
+def vfio_df_unbind_iommufd(df: VfioDeviceFile) -> None:
+    """vfio_df_unbind_iommufd (release): nothing to do when this file never bound."""
+    if not df.access_granted.get():
+        return
+    device = df.device
+    assert device.dev_set is not None
+    with device.dev_set.lock:
+        vfio_df_close(df)
+        ictx, df.iommufd = df.iommufd, None
+        device.cdev_opened = False
+    fput(ictx)  # iommufd_ctx_put
+    device.kernel.sched.emit("vfio", "unbind", dev=device.name)
+
+
+def vfio_df_ioctl_attach_pt(df: VfioDeviceFile, proc: Process, arg: UserArg) -> int:
+    device = df.device
+    attach = _struct(arg, V.vfio_device_attach_iommufd_pt, _ATTACH_MIN)
+    if attach.argsz < _ATTACH_MIN:
+        raise kerr(errno.EINVAL, f"VFIO_DEVICE_ATTACH_IOMMUFD_PT: argsz {attach.argsz} < "
+                   f"{_ATTACH_MIN}")
+    if attach.flags & ~V.VFIO_DEVICE_ATTACH_PASID:
+        raise kerr(errno.EINVAL, f"VFIO_DEVICE_ATTACH_IOMMUFD_PT: unknown flags "
+                   f"{attach.flags:#x}")
+    use_pasid = bool(attach.flags & V.VFIO_DEVICE_ATTACH_PASID)
+    if use_pasid:
+        if not device.has_pasid_ops:
+            raise kerr(errno.EOPNOTSUPP, f"VFIO_DEVICE_ATTACH_IOMMUFD_PT: {device.name} has "
+                       "no pasid_attach_ioas")
+        if attach.argsz < _ATTACH_PASID_END:
+            raise kerr(errno.EINVAL, "VFIO_DEVICE_ATTACH_IOMMUFD_PT: ATTACH_PASID with argsz "
+                       f"{attach.argsz} short of pasid")
+        attach = _struct(arg, V.vfio_device_attach_iommufd_pt, _ATTACH_PASID_END)
+    assert device.dev_set is not None
+    with device.dev_set.lock:
+        if use_pasid:
+            hwpt_id = device.pasid_attach_ioas(attach.pasid, attach.pt_id)
+        else:
+            hwpt_id = device.attach_ioas(attach.pt_id)
+        try:
+            arg.write(bytes(ctypes.c_uint32(hwpt_id)), V.vfio_device_attach_iommufd_pt.pt_id.offset)
+        except OSError:
+            device.detach_ioas()  # the kernel's out_detach (the RID, even for a PASID)
+            raise
+    device.kernel.sched.emit("vfio", "attach", dev=device.name, pt_id=attach.pt_id,
+                             hwpt=hwpt_id, pasid=attach.pasid if use_pasid else None)
+    return 0
+
+
+def vfio_df_ioctl_detach_pt(df: VfioDeviceFile, proc: Process, arg: UserArg) -> int:
+    device = df.device
+    detach = _struct(arg, V.vfio_device_detach_iommufd_pt, _DETACH_MIN)
+    if detach.argsz < _DETACH_MIN:
+        raise kerr(errno.EINVAL, f"VFIO_DEVICE_DETACH_IOMMUFD_PT: argsz {detach.argsz} < "
+                   f"{_DETACH_MIN}")
+    if detach.flags & ~V.VFIO_DEVICE_DETACH_PASID:
+        raise kerr(errno.EINVAL, f"VFIO_DEVICE_DETACH_IOMMUFD_PT: unknown flags "
+                   f"{detach.flags:#x}")
+    use_pasid = bool(detach.flags & V.VFIO_DEVICE_DETACH_PASID)
+    if use_pasid:
+        if not device.has_pasid_ops:
+            raise kerr(errno.EOPNOTSUPP, f"VFIO_DEVICE_DETACH_IOMMUFD_PT: {device.name} has "
+                       "no pasid_detach_ioas")
+        if detach.argsz < _DETACH_PASID_END:
+            raise kerr(errno.EINVAL, "VFIO_DEVICE_DETACH_IOMMUFD_PT: DETACH_PASID with argsz "
+                       f"{detach.argsz} short of pasid")
+        detach = _struct(arg, V.vfio_device_detach_iommufd_pt, _DETACH_PASID_END)
+    assert device.dev_set is not None
+    with device.dev_set.lock:
+        if use_pasid:
+            device.pasid_detach_ioas(detach.pasid)
+        else:
+            device.detach_ioas()
+    device.kernel.sched.emit("vfio", "detach", dev=device.name,
+                             pasid=detach.pasid if use_pasid else None)
+    return 0
