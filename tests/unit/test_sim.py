@@ -315,3 +315,22 @@ def test_event_log_computes_where_only_when_asked(monkeypatch):
     assert kernel_name("KVM_MMU_LOCK + kvm_mmu_invalidate_begin + x.") == \
         "kvm_mmu_invalidate_begin"
     assert kernel_name("A guest load/store of n bytes") is None
+
+
+def test_rwsem_down_write_trylock_never_waits():
+    s = Scheduler()
+    sem = RwSem(s, "t.sem")
+    got = []
+
+    def t():
+        sem.down_read()
+        got.append(sem.down_write_trylock())  # a reader holds it: False at once, no wait
+        sem.up_read()
+        got.append(sem.down_write_trylock())  # free: taken
+        got.append(sem.held_for_write())
+        sem.up_write()
+
+    s.spawn("t", t)
+    s.run()
+    assert got == [False, True, True]
+    assert sem.writer is None and not sem.readers

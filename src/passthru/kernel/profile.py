@@ -95,6 +95,7 @@ class Profile:
     dma_buf_attach_revocable: bool = True  # 7.1: revocable exporters refuse non-revocable
     revocable_pin_refused: bool = False  # 6.19: the revocable exporter's pin is EOPNOTSUPP
     dma_buf_mapping_types: bool = False  # 2026 proposal: SGT / PAL negotiation
+    vfio_pci_dma_buf: bool = True  # 6.19: VFIO_DEVICE_FEATURE_DMA_BUF (else ENOTTY)
     # iommufd (drivers/iommu/iommufd/)
     iommufd_test: bool = True  # CONFIG_IOMMUFD_TEST: IOMMU_TEST_CMD and the mock (selftest.c)
     iommufd_map_dmabuf: bool = True  # 6.19: IOAS_MAP_FILE also takes a dma-buf fd
@@ -131,8 +132,10 @@ LINUX_6_18 = Profile(
     dma_buf_attach_revocable=False,
     revocable_pin_refused=True,
     iommufd_map_dmabuf=False,
+    vfio_pci_dma_buf=False,
 )
-LINUX_6_19 = replace(LINUX_6_18, name="linux-6.19", iommufd_map_dmabuf=True)
+LINUX_6_19 = replace(LINUX_6_18, name="linux-6.19", iommufd_map_dmabuf=True,
+                     vfio_pci_dma_buf=True)
 LINUX_7_1 = Profile(name="linux-7.1")
 RFC_TDX_CONNECT = replace(
     LINUX_7_1,

@@ -192,6 +192,14 @@ class RwSem(track.Tracked):
         self.writer = None
         _lock_released(self, "@w")
 
+    def down_write_trylock(self) -> bool:
+        """down_write_trylock: take the lock for write if nobody holds it; never waits."""
+        if self.writer is not None or self.readers:
+            track.observe(self, track.LO, track.HI, False)  # the failed attempt looked
+            return False
+        self.down_write()
+        return True
+
     def held_for_write(self) -> bool:
         return self.writer is self.sched.current
 

@@ -30,10 +30,12 @@ through the IOVA faults in hw until userspace unmaps and maps again (a new attac
 The areas stay (UNMAP removes them as usual).
 
 Exporters: :func:`register_iommufd_map` names an exporter's ops table and its
-vfio_pci_dma_buf_iommufd_map-like function. Registered here: kernel/dma_buf/mock.py's
-revocable exporter (the model's stand-in for vfio-pci's buffers: same rules) and
-p2p_exporter.py's BAR exporter (vfio_pci_dmabuf.c's phys_vec shape); the iommufd test mock's
-buffer registers itself in selftest_dmabuf.py.
+vfio_pci_dma_buf_iommufd_map-like function. vfio-pci's own buffers register from
+kernel/vfio/pci/dmabuf.py and the iommufd test mock's from selftest_dmabuf.py, as in the
+kernel. Two model extras are registered here for scenarios and tests written before vfio-pci
+existed: kernel/dma_buf/mock.py's revocable exporter (vfio-pci's rules) and p2p_exporter.py's
+BAR exporter (its phys_vec shape); the kernel would refuse both with EOPNOTSUPP
+(docs/fidelity.md).
 
 Invariants: a dma-buf pages object has exactly one attachment from creation to its last
 put; ``phys`` is set once under the resv lock and only ever cleared afterwards (revoke);
@@ -98,8 +100,9 @@ def is_dma_buf_file(f: File) -> bool:
 
 
 def sym_vfio_pci_dma_buf_iommufd_map(attach: DmaBufAttachment) -> phys_vec:
-    """The private link: the test mock's function first, then vfio-pci's; a buffer neither
-    exported is EOPNOTSUPP."""
+    """The private link (symbol_get of vfio_pci_dma_buf_iommufd_map): the function registered
+    for the buffer's ops — vfio-pci's, the test mock's, or a model extra; any other buffer is
+    EOPNOTSUPP."""
     buf = attach.dmabuf
     buf.resv.assert_held("vfio_pci_dma_buf_iommufd_map")
     fn = next((f for ops, f in _IOMMUFD_MAP if ops is buf.ops), None)

@@ -135,10 +135,8 @@ def pci_hot_reset(vdev: VfioPciCoreDevice, arg: UserArg) -> int:
                 if d.iommufd_ictx is not ictx or ictx is None:
                     raise kerr(errno.EINVAL, f"PCI_HOT_RESET: {d.name} is not owned by the "
                                "caller's iommufd")
-                sem = d.memory_lock  # type: ignore[attr-defined]
-                if sem.writer is not None or sem.readers:  # down_write_trylock
+                if not d.memory_lock.down_write_trylock():  # type: ignore[attr-defined]
                     raise kerr(errno.EBUSY, f"PCI_HOT_RESET: {d.name}'s memory_lock is busy")
-                sem.down_write()
                 locked.append(d)
                 d.dma_buf_move(True)  # type: ignore[attr-defined]
                 d.zap_bars()  # type: ignore[attr-defined]

@@ -371,7 +371,7 @@ class VfioPciCoreDevice(VfioDevice):
     def device_feature(self, proc: Process, flags: int, arg: UserArg, argsz: int) -> int:
         """vfio_pci_core_ioctl_feature."""
         nr = flags & V.VFIO_DEVICE_FEATURE_MASK
-        if nr == V.VFIO_DEVICE_FEATURE_DMA_BUF:
+        if nr == V.VFIO_DEVICE_FEATURE_DMA_BUF and self.kernel.profile.vfio_pci_dma_buf:
             return vfio_pci_core_feature_dma_buf(self, flags, arg, argsz)
         if nr == V.VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY:
             if vfio_check_feature(flags, argsz, V.VFIO_DEVICE_FEATURE_SET, 0):
