@@ -96,6 +96,7 @@ class Profile:
     revocable_pin_refused: bool = False  # 6.19: the revocable exporter's pin is EOPNOTSUPP
     dma_buf_mapping_types: bool = False  # 2026 proposal: SGT / PAL negotiation
     vfio_pci_dma_buf: bool = True  # 6.19: VFIO_DEVICE_FEATURE_DMA_BUF (else ENOTTY)
+    vfio_type1_overflow_checks: bool = True  # 6.19: type1 MAP_DMA wrap is EOVERFLOW, first
     # iommufd (drivers/iommu/iommufd/)
     iommufd_test: bool = True  # CONFIG_IOMMUFD_TEST: IOMMU_TEST_CMD and the mock (selftest.c)
     iommufd_map_dmabuf: bool = True  # 6.19: IOAS_MAP_FILE also takes a dma-buf fd
@@ -133,9 +134,10 @@ LINUX_6_18 = Profile(
     revocable_pin_refused=True,
     iommufd_map_dmabuf=False,
     vfio_pci_dma_buf=False,
+    vfio_type1_overflow_checks=False,
 )
 LINUX_6_19 = replace(LINUX_6_18, name="linux-6.19", iommufd_map_dmabuf=True,
-                     vfio_pci_dma_buf=True)
+                     vfio_pci_dma_buf=True, vfio_type1_overflow_checks=True)
 LINUX_7_1 = Profile(name="linux-7.1")
 RFC_TDX_CONNECT = replace(
     LINUX_7_1,

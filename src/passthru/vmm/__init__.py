@@ -9,8 +9,30 @@ from __future__ import annotations
 from .iommufd import HwInfo, Hwpt, Ioas, Iommufd, MockAccess, MockDomain, Vdevice, Viommu
 from .kvm import EXIT_REASONS, INTERNAL_ERRORS, Kvm, Vcpu, VcpuExit, Vm
 from .memory import GuestMemfd, GuestMemory, GuestRegion, Mapping, Memfd
+from .vfio import (
+    Assignment,
+    BarSlot,
+    DeviceInfo,
+    IrqInfo,
+    Region,
+    VfioContainer,
+    VfioDevice,
+    VfioDmaBuf,
+    VfioGroup,
+    assign_device,
+)
 
 __all__ = [
+    "Assignment",
+    "BarSlot",
+    "DeviceInfo",
+    "IrqInfo",
+    "Region",
+    "VfioContainer",
+    "VfioDevice",
+    "VfioDmaBuf",
+    "VfioGroup",
+    "assign_device",
     "EXIT_REASONS",
     "GuestMemfd",
     "GuestMemory",

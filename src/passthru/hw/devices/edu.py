@@ -116,6 +116,10 @@ class EduDevice(PciDevice):
     # ----- registers --------------------------------------------------------------------
     def _reg_read(self, bar: int, off: int, size: int) -> int:
         ones = (1 << 8 * size) - 1
+        if size < 4:
+            # edu_mmio_ops.valid.min_access_size = 4: QEMU's memory core refuses the access
+            # before edu_mmio_read runs and reads it as unassigned memory, 0.
+            return 0
         if (off < 0x80 and size != 4) or (off >= 0x80 and size not in (4, 8)):
             return ones
         if off == 0x00:
@@ -135,7 +139,7 @@ class EduDevice(PciDevice):
         return val & ones
 
     def _reg_write(self, bar: int, off: int, size: int, val: int) -> None:
-        if (off < 0x80 and size != 4) or (off >= 0x80 and size not in (4, 8)):
+        if size < 4 or (off < 0x80 and size != 4) or (off >= 0x80 and size not in (4, 8)):
             return
         regs = self.regs
         if off == 0x04:

@@ -15,8 +15,10 @@ Invariants: ``pending_read`` is set only between an MMIO/IO read exit and the ne
 Units: register values and ``ip`` are 16-bit; offsets into kvm_run in bytes.
 Locking: a RealModeCpu belongs to one vCPU and is used only under its ``vcpu->mutex``
 (kvm_main.py asserts it for every vCPU ioctl).
+The operand-size prefix (0x66) is understood for ``mov eax, moffs16`` / ``mov moffs16, eax``
+(A1/A3) only: 4-byte MMIO accesses, as device registers need.
 Leaves out: protected/long mode, interrupts, flags arithmetic, segments other than the reset
-values.
+values, other prefixed instructions.
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ def kvm_arch_vcpu_ioctl_run(vcpu: Vcpu) -> int:
         if size == 1:
             cpu.set8("al", val)
         else:
-            cpu.regs["rax"] = (cpu.regs["rax"] & ~0xFFFF) | val
+            mask = (1 << 8 * size) - 1
+            cpu.regs["rax"] = (cpu.regs["rax"] & ~mask) | val
         cpu.pending_read = None
     for _ in range(MAX_STEPS):
         ex = _step(vcpu, cpu)
@@ -106,13 +109,19 @@ def _step(vcpu: Vcpu, cpu: RealModeCpu) -> int | None:
         return K.KVM_EXIT_INTERNAL_ERROR  # fetching from MMIO: emulation failure
     op = code[0]
     ip = cpu.regs["rip"] & 0xFFFF
+    pre = 0  # prefix bytes before the opcode
+    if op == 0x66:  # operand-size prefix: 32-bit operands in 16-bit code
+        nxt = vcpu.access(cpu.cs_base + ((ip + 1) & 0xFFFF), 1)[0]
+        if nxt[0] not in (0xA1, 0xA3):
+            return K.KVM_EXIT_INTERNAL_ERROR  # only mov eax, moffs / moffs, eax are modelled
+        op, pre = nxt[0], 1
 
     def imm(n: int) -> int:
-        b = vcpu.access(cpu.cs_base + ((ip + 1) & 0xFFFF), n)[0]
+        b = vcpu.access(cpu.cs_base + ((ip + 1 + pre) & 0xFFFF), n)[0]
         return int.from_bytes(b, "little")
 
     def advance(n: int) -> None:
-        cpu.regs["rip"] = (ip + n) & 0xFFFF
+        cpu.regs["rip"] = (ip + pre + n) & 0xFFFF
 
     if op == 0x90:
         advance(1)
@@ -127,11 +136,11 @@ def _step(vcpu: Vcpu, cpu: RealModeCpu) -> int | None:
         cpu.regs[r] = (cpu.regs[r] & ~0xFFFF) | imm(2)
         advance(3)
     elif op in (0xA0, 0xA1, 0xA2, 0xA3):
-        size = 1 if op in (0xA0, 0xA2) else 2
+        size = 1 if op in (0xA0, 0xA2) else 4 if pre else 2
         gpa = cpu.ds_base + imm(2)
         advance(3)
         if op in (0xA2, 0xA3):
-            val = cpu.get8("al") if size == 1 else cpu.regs["rax"] & 0xFFFF
+            val = cpu.get8("al") if size == 1 else cpu.regs["rax"] & ((1 << 8 * size) - 1)
             _, ex = vcpu.access(gpa, data=val.to_bytes(size, "little"))
             if ex is not None:
                 return ex.reason
@@ -143,7 +152,8 @@ def _step(vcpu: Vcpu, cpu: RealModeCpu) -> int | None:
             if size == 1:
                 cpu.set8("al", got[0])
             else:
-                cpu.regs["rax"] = (cpu.regs["rax"] & ~0xFFFF) | int.from_bytes(got, "little")
+                mask = (1 << 8 * size) - 1
+                cpu.regs["rax"] = (cpu.regs["rax"] & ~mask) | int.from_bytes(got, "little")
     elif op in (0xE4, 0xE6, 0xEC, 0xEE):
         if op in (0xE4, 0xE6):
             port = imm(1)

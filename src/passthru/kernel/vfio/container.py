@@ -61,11 +61,12 @@ CONTAINER_PATH = "/dev/vfio/vfio"
 
 
 def _default(c: VfioContainer, proc: Process, cmd: int, arg: UserArg) -> int:
-    """The ioctl's default case: the IOMMU driver's, or ENOTTY while none is set."""
+    """The ioctl's default case: the IOMMU driver's, or EINVAL while none is set
+    (vfio_fops_unl_ioctl's ``long ret = -EINVAL``)."""
     with c.group_lock.read():
         data = c.iommu_data.get()
         if data is None:
-            raise kerr(errno.ENOTTY, f"ioctl {cmd:#x}: the container has no IOMMU driver "
+            raise kerr(errno.EINVAL, f"ioctl {cmd:#x}: the container has no IOMMU driver "
                        "(VFIO_SET_IOMMU first)")
         return T1.vfio_iommu_type1_ioctl(data, proc, cmd, arg)
 

@@ -392,7 +392,8 @@ def _map_dma(iommu: VfioIommu, proc: Process, arg: UserArg) -> int:
     iova, vaddr, size = int(m.iova), int(m.vaddr), int(m.size)
     if not size:
         raise kerr(errno.EINVAL, "VFIO_IOMMU_MAP_DMA: size 0")
-    if iova + size - 1 > U64_MAX or vaddr + size - 1 > U64_MAX:
+    wraps = iova + size - 1 > U64_MAX or vaddr + size - 1 > U64_MAX
+    if wraps and iommu.kernel.profile.vfio_type1_overflow_checks:  # 6.19's checks
         raise kerr(errno.EOVERFLOW, f"VFIO_IOMMU_MAP_DMA: iova {iova:#x} or vaddr "
                    f"{vaddr:#x} + size {size:#x} wraps")
     prot = (IOMMU_WRITE if m.flags & V.VFIO_DMA_MAP_FLAG_WRITE else 0) | \
@@ -405,6 +406,9 @@ def _map_dma(iommu: VfioIommu, proc: Process, arg: UserArg) -> int:
         if (size | iova | vaddr) & (pg - 1):
             raise kerr(errno.EINVAL, f"VFIO_IOMMU_MAP_DMA: iova {iova:#x} vaddr {vaddr:#x} "
                        f"size {size:#x} not aligned to {pg:#x}")
+        if wraps:  # before 6.19: the overflow test after the alignment check, EINVAL
+            raise kerr(errno.EINVAL, f"VFIO_IOMMU_MAP_DMA: iova {iova:#x} or vaddr "
+                       f"{vaddr:#x} + size {size:#x} wraps")
         if iommu.overlapping(iova, iova + size):
             raise kerr(errno.EEXIST, f"VFIO_IOMMU_MAP_DMA: [{iova:#x}, +{size:#x}) overlaps "
                        f"{iommu.overlapping(iova, iova + size)[0]!r}")
