@@ -40,6 +40,7 @@ user bitmap (it is written with copy_to_user semantics).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 from typing import TYPE_CHECKING, Any
@@ -264,43 +265,50 @@ def iommufd_hwpt_alloc(ucmd: Ucmd) -> int:
     try:
         pt = ictx.get_object(cmd.pt_id, IommufdObject, "IOMMU_HWPT_ALLOC")
         try:
-            hwpt: HwPagetable
-            if isinstance(pt, Ioas):
-                with ioas_mutex(pt):
-                    hwpt = iommufd_hwpt_paging_alloc(ictx, pt, idev, 0, cmd.flags, False,
-                                                     user_data)
-            elif isinstance(pt, HwptPaging):
-                if user_data is None:
-                    raise kerr(errno.EOPNOTSUPP, "IOMMU_HWPT_ALLOC: a nested HWPT needs "
-                               "user data")
-                hwpt = iommufd_hwpt_nested_alloc(ictx, pt, None, cmd.flags, user_data, idev)
-            elif pt.type == "VIOMMU":
-                if user_data is None:
-                    raise kerr(errno.EOPNOTSUPP, "IOMMU_HWPT_ALLOC: a nested HWPT needs "
-                               "user data")
-                parent: HwptPaging = pt.hwpt  # type: ignore[attr-defined]
-                hwpt = iommufd_hwpt_nested_alloc(ictx, parent, pt, cmd.flags, user_data, idev)
-            else:
-                raise kerr(errno.EINVAL, f"IOMMU_HWPT_ALLOC: pt_id {cmd.pt_id} is a {pt.type}")
-            try:
-                if cmd.flags & I.IOMMU_HWPT_FAULT_ID_VALID:
-                    fault = ictx.objects.get(cmd.fault_id)
-                    if fault is None or fault.type != "FAULT":
-                        raise kerr(errno.ENOENT, f"IOMMU_HWPT_ALLOC: fault_id {cmd.fault_id} "
-                                   "is not a FAULT")
-                    fault.get()
-                    hwpt.fault = fault
-                cmd.out_hwpt_id = hwpt.id
-                ucmd.respond()
-            except BaseException:
-                ictx.abort_and_destroy(hwpt)
-                raise
-            ictx.finalize(hwpt)
+            # An IOAS's mutex is held from the paging allocation to finalize or abort
+            # (iommufd_hwpt_alloc's out_unlock), as the abort asserts.
+            lock = ioas_mutex(pt) if isinstance(pt, Ioas) else contextlib.nullcontext()
+            with lock:
+                _hwpt_alloc_locked(ucmd, pt, idev, user_data)
         finally:
             ictx.put_object(pt)
     finally:
         ictx.put_object(idev)
     return 0
+
+
+def _hwpt_alloc_locked(ucmd: Ucmd, pt: IommufdObject, idev: IommufdDevice,
+                       user_data: UserData | None) -> None:
+    """The body of IOMMU_HWPT_ALLOC once ``pt`` is found (its IOAS mutex held if an IOAS)."""
+    cmd, ictx = ucmd.cmd, ucmd.ictx
+    hwpt: HwPagetable
+    if isinstance(pt, Ioas):
+        hwpt = iommufd_hwpt_paging_alloc(ictx, pt, idev, 0, cmd.flags, False, user_data)
+    elif isinstance(pt, HwptPaging):
+        if user_data is None:
+            raise kerr(errno.EOPNOTSUPP, "IOMMU_HWPT_ALLOC: a nested HWPT needs user data")
+        hwpt = iommufd_hwpt_nested_alloc(ictx, pt, None, cmd.flags, user_data, idev)
+    elif pt.type == "VIOMMU":
+        if user_data is None:
+            raise kerr(errno.EOPNOTSUPP, "IOMMU_HWPT_ALLOC: a nested HWPT needs user data")
+        parent: HwptPaging = pt.hwpt  # type: ignore[attr-defined]
+        hwpt = iommufd_hwpt_nested_alloc(ictx, parent, pt, cmd.flags, user_data, idev)
+    else:
+        raise kerr(errno.EINVAL, f"IOMMU_HWPT_ALLOC: pt_id {cmd.pt_id} is a {pt.type}")
+    try:
+        if cmd.flags & I.IOMMU_HWPT_FAULT_ID_VALID:
+            fault = ictx.objects.get(cmd.fault_id)
+            if fault is None or fault.type != "FAULT":
+                raise kerr(errno.ENOENT, f"IOMMU_HWPT_ALLOC: fault_id {cmd.fault_id} is not "
+                           "a FAULT")
+            fault.get()
+            hwpt.fault = fault
+        cmd.out_hwpt_id = hwpt.id
+        ucmd.respond()
+    except BaseException:
+        ictx.abort_and_destroy(hwpt)
+        raise
+    ictx.finalize(hwpt)
 
 
 @ioctl_op(I.IOMMU_HWPT_INVALIDATE, I.iommu_hwpt_invalidate, "__reserved")

@@ -378,14 +378,14 @@ class IoPagetable(track.Tracked):
                     while (area := self.area_at(start, last)) is not None:
                         if area.pages is None:
                             raise kerr(errno.EBUSY, f"IOAS_UNMAP: {area!r} is being mapped")
+                        if area.num_locks:  # before the split check, as the kernel
+                            raise kerr(errno.EBUSY, f"IOAS_UNMAP: {area!r} is locked by an "
+                                       "in-kernel user (a vIOMMU HW queue)")
                         if area.iova < start or area.last > last:
                             raise kerr(errno.ENOENT, f"IOAS_UNMAP: [{start:#x}, {last:#x}] "
                                        f"would split {area!r}"
                                        + (f" ({unmapped:#x} bytes before it already "
                                           "unmapped)" if unmapped else ""))
-                        if area.num_locks:
-                            raise kerr(errno.EBUSY, f"IOAS_UNMAP: {area!r} is locked by an "
-                                       "in-kernel user (a vIOMMU HW queue)")
                         if area.num_accesses:
                             break  # notify the accesses outside the locks, then retry
                         pages = area.pages
