@@ -535,10 +535,27 @@ def test_gpu_info_reset_and_hot_reset(gpu: Env) -> None:
     assert vma is not None and not list(vma.ptes.overlapping(va, va + PAGE))  # zapped
     assert gpu.pdev.memory_enabled  # config restored after the reset
     assert len(h.peek(va, 4)) == 4  # faults in again
+    # Below a root port, the GPU can be hot reset (its bridge's secondary bus reset): INFO
+    # lists it as owned, HOT_RESET revokes its dma-buf, zaps, resets the bus, un-revokes.
     info_arg = bytearray(64)
     info_arg[0] = 64
-    err_ = err(h.ioctl, gpu.fd, V.VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, info_arg)
-    assert err_ == errno.ENODEV  # below a root port, but the model has no bus reset yet
+    assert h.ioctl(gpu.fd, V.VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, info_arg) == 0
+    hdr = V.vfio_pci_hot_reset_info.from_buffer_copy(info_arg)
+    assert hdr.count == 1 and hdr.flags & V.VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED
+    buf_fd = h.ioctl(gpu.fd, V.VFIO_DEVICE_FEATURE, V.feature_dma_buf(0, [(0, PAGE)],
+                                                                     L.O_RDWR))
+    priv = h.proc.fds[buf_fd].priv
+    h.peek(va, 4)
+    before = len([e for e in h.sched.log.events if e.event == "bus-reset"])
+    hot = V.vfio_pci_hot_reset(argsz=ctypes.sizeof(V.vfio_pci_hot_reset))
+    assert h.ioctl(gpu.fd, V.VFIO_DEVICE_PCI_HOT_RESET, hot) == 0
+    assert len([e for e in h.sched.log.events if e.event == "bus-reset"]) == before + 1
+    vma = h.proc.mm.find_vma(va)
+    assert vma is not None and not list(vma.ptes.overlapping(va, va + PAGE))  # zapped
+    assert not priv.revoked and gpu.vdev.memory_enabled()  # un-revoked after the reset
+    moves = [dict(e.args)["revoked"] for e in h.sched.log.events
+             if e.subsystem == "vfio" and e.event == "dma_buf_move"]
+    assert moves[-2:] == [True, False]  # revoked across the reset, then un-revoked
 
 
 def test_gpu_d3hot_and_flr_through_config(gpu: Env) -> None:

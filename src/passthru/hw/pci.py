@@ -100,9 +100,18 @@ class PciBridge:
         self.kind = kind
         self.parent = parent
         self.acs_redir = acs_redir
+        # The hardware models on this bridge's secondary bus (hw/devices/fabric.py fills it),
+        # for the Secondary Bus Reset bit of its bridge control register.
+        self.secondary: list[Any] = []
 
     def __repr__(self) -> str:
         return f"PciBridge({self.name!r}, {self.kind})"
+
+    def secondary_bus_reset(self) -> None:
+        """PCI_BRIDGE_CTL_BUS_RESET pulsed (pci_reset_secondary_bus): every function on the
+        secondary bus is reset."""
+        for dev in list(self.secondary):
+            dev.bus_reset()
 
 
 class PciSwitch:

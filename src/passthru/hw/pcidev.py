@@ -471,6 +471,13 @@ class PciDevice(track.Tracked):
         self.cfg_write(reg, 2, (self.cfg_read(reg, 2) & ~3) | 3)
         self.cfg_write(reg, 2, self.cfg_read(reg, 2) & ~3)
 
+    def bus_reset(self) -> None:
+        """A conventional reset from the bridge above (Secondary Bus Reset): like an FLR,
+        registers and device state go back to their power-on values."""
+        self.sched.emit("pci", "bus-reset", dev=self.name)
+        self._reset_registers()
+        self._reset_state()
+
     def _reset_state(self) -> None:
         """The device-specific state a reset clears (models override)."""
 

@@ -34,6 +34,9 @@ class PciFabric:
             raise ValueError(f"PciFabric: {dev.name} already present")
         self.devices[dev.name] = dev
         dev.fabric = self
+        parent = dev.func.parent
+        if isinstance(parent, PciBridge):  # it will be reset with the bridge's bus
+            parent.secondary.append(dev)
 
     def decode(self, bus_addr: int, n: int) -> tuple[PciDevice, int, int] | None:
         """The device, BAR and offset whose bus window holds ``[bus_addr, +n)``."""

@@ -20,9 +20,10 @@ bus is reset, so every one must belong to the caller. The checks, in the kernel'
   device is un-revoked when its memory is enabled, and unlocked (in reverse order).
 
 Where a bus reset is possible: the function sits below a bridge (a root bus cannot be
-reset: pci_probe_reset_bus is -ENOTTY there) that offers ``secondary_bus_reset()``. The hw
-model has none yet, so today every hot reset is ENODEV — the kernel's answer for a device
-on a root bus, as the edu of a QEMU q35 machine is.
+reset: pci_probe_reset_bus is -ENOTTY there), whose ``secondary_bus_reset()`` (hw/pci.py)
+resets every function the fabric placed on its secondary bus. The edu of the default machine
+is root-complex integrated, so its hot reset is ENODEV as on QEMU's q35; the GPU behind its
+root port can be hot reset.
 Locking: ``dev_set.lock`` for the reset; each device's ``memory_lock`` for write.
 Leaves out: slot resets (no hotplug slots), the group-fd form, runtime-PM gets.
 """
