@@ -33,6 +33,23 @@ from .kapi_iommufd import dmabuf_fd as dmabuf_fd
 from .kapi_iommufd import iommufd_of as iommufd_of
 from .kapi_iommufd import mock_domain as mock_domain
 from .kapi_iommufd import phys_dma_write as phys_dma_write
+
+# VFIO (kapi_vfio.py): binding functions to vfio-pci, a P2P NIC, BAR exports, BAR reachability.
+from .kapi_vfio import PCI_COMMAND_MASTER as PCI_COMMAND_MASTER
+from .kapi_vfio import PCI_COMMAND_MEMORY as PCI_COMMAND_MEMORY
+from .kapi_vfio import cfg_write as cfg_write
+from .kapi_vfio import edu_dma_in_flight as edu_dma_in_flight
+from .kapi_vfio import export_bar as export_bar
+from .kapi_vfio import hotplug_nic as hotplug_nic
+from .kapi_vfio import iommu_reaches_disabled_bar as iommu_reaches_disabled_bar
+from .kapi_vfio import mmap_bar as mmap_bar
+from .kapi_vfio import nic_of as nic_of
+from .kapi_vfio import pci_dev as pci_dev
+from .kapi_vfio import set_command as set_command
+from .kapi_vfio import sptes_reach_disabled_bar as sptes_reach_disabled_bar
+from .kapi_vfio import vfio_device_of as vfio_device_of
+from .kapi_vfio import vfio_open as vfio_open
+from .kapi_vfio import vfio_pci_bind as vfio_pci_bind
 from .kernel.dma_buf import core as _dmabuf
 from .kernel.dma_buf import importers as _importers
 from .kernel.dma_buf.core import MEMORY_MODELS, MOVABLE, PINNED, REVOCABLE
@@ -78,6 +95,10 @@ __all__ = [
     "IOMMUFD_RELEASE_IGNORES_USERS",
     "IOMMUFD_REVOKE_SKIPS_UNMAP", "MockDevice", "access", "dmabuf_fd", "iommufd_of",
     "mock_domain", "phys_dma_write",
+    "PCI_COMMAND_MASTER", "PCI_COMMAND_MEMORY", "cfg_write", "edu_dma_in_flight",
+    "export_bar", "hotplug_nic", "iommu_reaches_disabled_bar",
+    "mmap_bar", "nic_of", "pci_dev", "set_command", "sptes_reach_disabled_bar",
+    "vfio_device_of", "vfio_open", "vfio_pci_bind",
     "DMA_BUF_MOVE_PINNED", "DMA_BUF_MOVE_SKIPS_FENCE_WAIT", "KVM_MEMSLOT_DELETE_SKIPS_SRCU_SYNC",
     "KVM_NO_MMU_INVALIDATE_RETRY", "MEMORY_MODELS", "MOVABLE", "PATCHABLE", "PINNED",
     "REVOCABLE", "Attachment", "Cell",
@@ -363,6 +384,8 @@ PATCHABLE: dict[str, tuple[str, str]] = {
     "kvm_mmu_invalidate_end": ("passthru.kernel.kvm.mmu", "KvmMmu.invalidate_end"),
     "mmu_invalidate_retry_gfn": ("passthru.kernel.kvm.mmu", "KvmMmu.retry"),
     "kvm_tdp_mmu_map": ("passthru.kernel.kvm.mmu", "KvmMmu.install"),
+    "kvm_mmu_notifier_invalidate_range_start": ("passthru.kernel.kvm.mmu",
+                                                "KvmMmu.hva_invalidate"),
 }
 
 

@@ -26,8 +26,9 @@ def _vm_with_slot(h: SimHost, kfd: int, uaddr: int, size: int, slot: int = 0) ->
 
 def _called(h: SimHost, start: int, end: int) -> list[int]:
     """Which VMs an invalidation of [start, end) would call, by vm id."""
-    fns = h.proc.mm.notifiers.subscribers_of(start, end)
-    return sorted(fn.__self__.kvm.vm_id for fn in fns)  # type: ignore[attr-defined]
+    sids = set(h.proc.mm.notifiers.ids_of(start, end))
+    vms = {f.kvm for f in h.proc.fds.values() if f.kind == "kvm-vm"}  # type: ignore[attr-defined]
+    return sorted(vm.vm_id for vm in vms if vm.mn_id in sids)
 
 
 def test_unrelated_munmap_calls_no_vm_and_overlapping_munmap_calls_each() -> None:

@@ -76,6 +76,13 @@ class Kernel:
                                "initcall (kernel/init.py)")
         self.devices[path] = opener
 
+    def device_add(self, path: str, opener: Opener) -> None:
+        """A driver's probe creates a device node (device_add + devtmpfs), at boot or later
+        (a bind through driver_override or new_id); a node of the same path is EEXIST."""
+        if path in self.devices:
+            raise kerr(errno.EEXIST, f"device_add {path}: the node exists")
+        self.devices[path] = opener
+
     def open_device(self, proc: Process, path: str, flags: int) -> File:
         opener = self.devices.get(path)
         if opener is None:

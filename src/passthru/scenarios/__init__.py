@@ -1,5 +1,5 @@
 """The built-in scenario library: importing it registers every scenario."""
 
-from . import demos, dma_buf, iommufd, kvm
+from . import demos, dma_buf, iommufd, kvm, vfio
 
-__all__ = ["demos", "dma_buf", "iommufd", "kvm"]
+__all__ = ["demos", "dma_buf", "iommufd", "kvm", "vfio"]

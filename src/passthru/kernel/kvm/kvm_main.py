@@ -196,7 +196,10 @@ class Kvm:
                                                       atomic=True)
         self.vcpus: dict[int, Vcpu] = TrackedDict(label=f"{self.name}.vcpus")
         # A ranged subscriber: memslots file their hva ranges (memslots.py, _insert/_erase).
-        self.mn_id = self.mm.mmu_notifier_register(self.mmu.hva_invalidate, ranged=True)
+        # Through a lambda, not the bound method: a scenario may patch KvmMmu.hva_invalidate
+        # (kapi.PATCHABLE) after the VM exists.
+        self.mn_id = self.mm.mmu_notifier_register(
+            lambda start, end: self.mmu.hva_invalidate(start, end), ranged=True)
         kernel.track("kvm", +1)
         self.sched.emit("kvm", "create-vm", vm=self.vm_id, type=vm_type)
 

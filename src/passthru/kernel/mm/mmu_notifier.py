@@ -101,18 +101,17 @@ class MmuNotifierSubscriptions:
             if entry in members:
                 self._replace(s, e, members - {entry})
 
-    def subscribers_of(self, start: int, end: int) -> list[Invalidate]:
-        """The callbacks an invalidation of ``[start, end)`` calls, in registration order:
-        every plain one, and each ranged one with a range overlapping it."""
+    def ids_of(self, start: int, end: int) -> list[int]:
+        """The subscription ids an invalidation of ``[start, end)`` calls, in registration
+        order: every plain one, and each ranged one with a range overlapping it."""
         hit = {sid for _, _, members in self._index.overlapping(start, end)
                for sid, _ in members}
         hit.update(self._plain)
-        out = []
-        for sid in sorted(hit):
-            fn = self._plain.get(sid) or self._ranged.get(sid)
-            if fn is not None:
-                out.append(fn)
-        return out
+        return sorted(sid for sid in hit if sid in self._plain or sid in self._ranged)
+
+    def subscribers_of(self, start: int, end: int) -> list[Invalidate]:
+        """The callbacks of :meth:`ids_of`, in the same order."""
+        return [self._plain.get(sid) or self._ranged[sid] for sid in self.ids_of(start, end)]
 
     def invalidate(self, start: int, end: int) -> None:
         """__mmu_notifier_invalidate_range_start/end for ``[start, end)``: call each

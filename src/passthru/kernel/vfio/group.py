@@ -139,7 +139,7 @@ def vfio_device_set_group(kernel: Kernel, device: VfioDevice, iommu_dev: Any,
     if group is None:
         group = VfioGroup(kernel, gid)
         groups[gid] = group
-        kernel.register_device(group.devnode, functools.partial(_open, group))
+        kernel.device_add(group.devnode, functools.partial(_open, group))
     group.devices.append((device, iommu_dev))
     return group
 

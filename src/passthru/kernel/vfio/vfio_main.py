@@ -432,5 +432,5 @@ def vfio_device_fops_cdev_open(device: VfioDevice, flags: int) -> VfioDeviceFile
 def vfio_register_device(kernel: Kernel, device: VfioDevice) -> None:
     """vfio_register_group_dev's cdev half: the node /dev/vfio/devices/vfioN (from an
     initcall: devices are probed at boot)."""
-    kernel.register_device(device.devnode,
+    kernel.device_add(device.devnode,
                            lambda proc, flags: vfio_device_fops_cdev_open(device, flags))

@@ -77,7 +77,12 @@ class IoptPages(track.Tracked):
         first = (uptr if kind == "user" else start) - self.base
         self.npages = page_up(first + length) // PAGE
         self.account_mode = ACCOUNT_NONE if kind != "user" else account_mode
-        self.mutex = Mutex(kernel.sched, f"{self.label}.mutex", "pages->mutex")
+        # dma-buf pages get their own lock class, as iopt_alloc_dmabuf_pages'
+        # lockdep_set_class(&pages->mutex, &pages_dmabuf_mutex_key): their mutex nests under
+        # the buffer's resv, which nests under vfio's memory_lock, which a BAR fault takes
+        # under mmap_lock, which pinning user pages takes under a user pages' mutex.
+        cls = "pages_dmabuf->mutex" if kind == "dmabuf" else "pages->mutex"
+        self.mutex = Mutex(kernel.sched, f"{self.label}.mutex", cls)
         self.holders = RangeCounter(label=f"{self.label}.holders")
         self.phys: RangeMap[int] = RangeMap(linear=True, label=f"{self.label}.pfns")
         self.npinned = 0

@@ -20,8 +20,10 @@ real PCI core (kernel/pci/ would own :data:`pci_devices`).
 
 from __future__ import annotations
 
+import errno
 from typing import TYPE_CHECKING
 
+from ....errors import kerr
 from ....hw.devices import build_devices
 from ....hw.pci import PciBridge
 from ...init import initcall, kernel_static
@@ -59,6 +61,21 @@ def vfio_pci_probe(kernel: Kernel, pdev: PciDevice) -> VfioPciCoreDevice:
     vfio_register_device(kernel, vdev)
     vfio_pci_devices(kernel)[pdev.name] = vdev
     return vdev
+
+
+def vfio_pci_bind(kernel: Kernel, name: str) -> VfioPciCoreDevice:
+    """Bind PCI device ``name`` to vfio-pci after boot (driver_override + bind, or new_id):
+    the probe runs as at boot and creates its nodes. Bound already: that device. A device
+    behind no IOMMU: EINVAL (vfio-pci refuses it without noiommu); no such device: ENODEV."""
+    bound = vfio_pci_devices(kernel)
+    if name in bound:
+        return bound[name]
+    pdev = pci_devices(kernel).get(name)
+    if pdev is None:
+        raise kerr(errno.ENODEV, f"vfio-pci bind: no PCI device {name}")
+    if pdev.iommu is None:
+        raise kerr(errno.EINVAL, f"vfio-pci bind: {name} is behind no IOMMU (no noiommu mode)")
+    return vfio_pci_probe(kernel, pdev)
 
 
 @initcall("device")  # module_init(vfio_pci_init)
