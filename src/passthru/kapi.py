@@ -30,7 +30,9 @@ from .hw.physmem import Owner
 from .kapi_iommufd import MockDevice as MockDevice
 from .kapi_iommufd import access as access
 from .kapi_iommufd import dmabuf_fd as dmabuf_fd
+from .kapi_iommufd import ioas_alloc as ioas_alloc
 from .kapi_iommufd import iommufd_of as iommufd_of
+from .kapi_iommufd import map_ram as map_ram
 from .kapi_iommufd import mock_domain as mock_domain
 from .kapi_iommufd import phys_dma_write as phys_dma_write
 
@@ -94,7 +96,7 @@ __all__ = [
     "IOMMUFD_DETACH_AFTER_FREE", "IOMMUFD_DMABUF_MAP_LOCK_INVERSION",
     "IOMMUFD_RELEASE_IGNORES_USERS",
     "IOMMUFD_REVOKE_SKIPS_UNMAP", "MockDevice", "access", "dmabuf_fd", "iommufd_of",
-    "mock_domain", "phys_dma_write",
+    "mock_domain", "phys_dma_write", "ioas_alloc", "map_ram",
     "PCI_COMMAND_MASTER", "PCI_COMMAND_MEMORY", "cfg_write", "edu_dma_in_flight",
     "export_bar", "hotplug_nic", "iommu_reaches_disabled_bar",
     "mmap_bar", "nic_of", "pci_dev", "set_command", "sptes_reach_disabled_bar",

@@ -13,7 +13,9 @@ an IOAS and make it do DMA (re-exported by passthru.kapi).
 - :func:`phys_dma_write` — a device write to a physical address it was given (the pinned
   pages of an access), judged by physical truth;
 - :func:`dmabuf_fd` — an fd for a dma-buf a scenario made (dma_buf_fd, taking over the
-  export's reference).
+  export's reference);
+- :func:`ioas_alloc`, :func:`map_ram` — the uAPI calls every scenario's set-up makes: an
+  iommufd with an IOAS, and fresh shared anonymous memory mapped at a fixed IOVA.
 
 Leaves out: real IOMMU drivers (the mock's is the only one until VFIO devices arrive).
 """
@@ -29,6 +31,7 @@ from .kernel.iommu.iommufd.access import IommufdAccess, iommufd_access_create
 from .kernel.iommu.iommufd.main import IommufdCtx
 from .kernel.iommu.iommufd.selftest_mock import SelftestObj
 from .uapi import iommufd as I
+from .uapi import linux as L
 
 if TYPE_CHECKING:
     from .host.sim import SimHost
@@ -115,4 +118,25 @@ def dmabuf_fd(host: SimHost, buf: DmaBuf) -> int:
     return int(_dmabuf.dma_buf_fd(host.proc, buf, 0))
 
 
-__all__ = ["MockDevice", "access", "dmabuf_fd", "iommufd_of", "mock_domain", "phys_dma_write"]
+def ioas_alloc(host: SimHost) -> tuple[int, int]:
+    """Open /dev/iommu and IOMMU_IOAS_ALLOC: (iommufd fd, IOAS id)."""
+    fd = host.open("/dev/iommu", L.O_RDWR)
+    a = I.iommu_ioas_alloc(size=ctypes.sizeof(I.iommu_ioas_alloc))
+    host.ioctl(fd, I.IOMMU_IOAS_ALLOC, a)
+    return fd, int(a.out_ioas_id)
+
+
+def map_ram(host: SimHost, fd: int, ioas: int, iova: int, length: int) -> int:
+    """``length`` bytes of fresh shared anonymous memory, IOAS_MAPped read-write at ``iova``
+    (FIXED_IOVA); its user address."""
+    va = host.mmap(0, length, L.PROT_READ | L.PROT_WRITE, L.MAP_SHARED | L.MAP_ANONYMOUS,
+                   -1, 0)
+    host.ioctl(fd, I.IOMMU_IOAS_MAP, I.iommu_ioas_map(
+        size=ctypes.sizeof(I.iommu_ioas_map), ioas_id=ioas, user_va=va, length=length,
+        iova=iova, flags=I.IOMMU_IOAS_MAP_READABLE | I.IOMMU_IOAS_MAP_WRITEABLE
+        | I.IOMMU_IOAS_MAP_FIXED_IOVA))
+    return int(va)
+
+
+__all__ = ["MockDevice", "access", "dmabuf_fd", "ioas_alloc", "iommufd_of", "map_ram",
+           "mock_domain", "phys_dma_write"]

@@ -38,6 +38,8 @@ from ..kapi import (
     Sandbox,
     access,
     dmabuf_fd,
+    ioas_alloc,
+    map_ram,
     mock_domain,
     phys_dma_write,
     reclaim_buffer,
@@ -59,13 +61,6 @@ def _sz(cls: type[ctypes.Structure]) -> int:
     return ctypes.sizeof(cls)
 
 
-def _ioas(host: SimHost) -> tuple[int, int]:
-    fd = host.open("/dev/iommu", L.O_RDWR)
-    a = I.iommu_ioas_alloc(size=_sz(I.iommu_ioas_alloc))
-    host.ioctl(fd, I.IOMMU_IOAS_ALLOC, a)
-    return fd, int(a.out_ioas_id)
-
-
 def _map_file(host: SimHost, fd: int, ioas: int, dfd: int, iova: int, length: int) -> None:
     host.ioctl(fd, I.IOMMU_IOAS_MAP_FILE, I.iommu_ioas_map_file(
         size=_sz(I.iommu_ioas_map_file), flags=RW | FIXED, ioas_id=ioas, fd=dfd, start=0,
@@ -79,7 +74,7 @@ def _unmap(host: SimHost, fd: int, ioas: int, iova: int, length: int) -> None:
 
 def _revoke_vs_dma(s: Sandbox) -> None:
     host = s.host
-    fd, ioas = _ioas(host)
+    fd, ioas = ioas_alloc(host)
     stdev, _, _ = mock_domain(host, fd, ioas)
     buf = revocable_dmabuf(host, 2 * PAGE)
     dfd = dmabuf_fd(host, buf)
@@ -118,7 +113,7 @@ def iommufd_dmabuf_revoke_vs_dma_buggy(s: Sandbox) -> None:
 
 def _map_vs_revoke(s: Sandbox) -> None:
     host = s.host
-    fd, ioas = _ioas(host)
+    fd, ioas = ioas_alloc(host)
     mock_domain(host, fd, ioas)
     buf = revocable_dmabuf(host, PAGE)
     dfd = dmabuf_fd(host, buf)
@@ -150,12 +145,8 @@ def iommufd_dmabuf_map_vs_revoke_abba(s: Sandbox) -> None:
 
 def _access_vs_unmap(s: Sandbox, quiesce: bool) -> None:
     host = s.host
-    fd, ioas = _ioas(host)
-    buf = host.mmap(0, 2 * PAGE, L.PROT_READ | L.PROT_WRITE, L.MAP_SHARED | L.MAP_ANONYMOUS,
-                    -1, 0)
-    host.ioctl(fd, I.IOMMU_IOAS_MAP, I.iommu_ioas_map(
-        size=_sz(I.iommu_ioas_map), flags=RW | FIXED, ioas_id=ioas, user_va=buf,
-        length=2 * PAGE, iova=IOVA))
+    fd, ioas = ioas_alloc(host)
+    buf = map_ram(host, fd, ioas, IOVA, 2 * PAGE)
     lock = Mutex(host.kernel.sched, "mdev.dma_lock")
     stopped = s.shared(False, "mdev.stopped")
     pins: list[Any] = []
@@ -208,12 +199,8 @@ def iommufd_access_ignores_unmap(s: Sandbox) -> None:
 
 def _close_vs_device(s: Sandbox) -> None:
     host = s.host
-    fd, ioas = _ioas(host)
-    buf = host.mmap(0, 2 * PAGE, L.PROT_READ | L.PROT_WRITE, L.MAP_SHARED | L.MAP_ANONYMOUS,
-                    -1, 0)
-    host.ioctl(fd, I.IOMMU_IOAS_MAP, I.iommu_ioas_map(
-        size=_sz(I.iommu_ioas_map), flags=RW | FIXED, ioas_id=ioas, user_va=buf,
-        length=2 * PAGE, iova=IOVA))
+    fd, ioas = ioas_alloc(host)
+    buf = map_ram(host, fd, ioas, IOVA, 2 * PAGE)
     stdev, _, _ = mock_domain(host, fd, ioas)
     dev = MockDevice(host, fd, stdev)
 
@@ -245,7 +232,7 @@ def iommufd_close_vs_device_dma_buggy(s: Sandbox) -> None:
 
 def _pasid_nested(s: Sandbox) -> None:
     host = s.host
-    fd, ioas = _ioas(host)
+    fd, ioas = ioas_alloc(host)
     stdev, _, idev = mock_domain(host, fd, ioas, I.MOCK_FLAGS_DEVICE_PASID)
     parent = I.iommu_hwpt_alloc(size=_sz(I.iommu_hwpt_alloc), dev_id=idev, pt_id=ioas,
                                 flags=I.IOMMU_HWPT_ALLOC_NEST_PARENT | I.IOMMU_HWPT_ALLOC_PASID)

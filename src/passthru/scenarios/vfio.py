@@ -48,9 +48,11 @@ from ..kapi import (
     edu_dma_in_flight,
     export_bar,
     hotplug_nic,
+    ioas_alloc,
     iommu_reaches_disabled_bar,
     kerr,
     map_attachment,
+    map_ram,
     mmap_bar,
     patch,
     pci_dev,
@@ -81,22 +83,6 @@ POLLS = 3  # DMA reads the edu makes after its programmed DMA
 
 def _sz(cls: type[ctypes.Structure]) -> int:
     return ctypes.sizeof(cls)
-
-
-def _ioas(host: SimHost) -> tuple[int, int]:
-    fd = host.open("/dev/iommu", L.O_RDWR)
-    a = I.iommu_ioas_alloc(size=_sz(I.iommu_ioas_alloc))
-    host.ioctl(fd, I.IOMMU_IOAS_ALLOC, a)
-    return fd, int(a.out_ioas_id)
-
-
-def _map_ram(host: SimHost, fd: int, ioas: int, iova: int, length: int) -> int:
-    va = host.mmap(0, length, L.PROT_READ | L.PROT_WRITE, L.MAP_SHARED | L.MAP_ANONYMOUS,
-                   -1, 0)
-    host.ioctl(fd, I.IOMMU_IOAS_MAP, I.iommu_ioas_map(
-        size=_sz(I.iommu_ioas_map), flags=RW | FIXED, ioas_id=ioas, user_va=va,
-        length=length, iova=iova))
-    return va
 
 
 def _map_memfd(host: SimHost, fd: int, ioas: int, iova: int, length: int) -> int:
@@ -144,8 +130,8 @@ def _reset_vs_dma_and_vcpu(s: Sandbox, hook: bool) -> None:
     if not hook:
         _no_mmu_notifier(s)
     path = vfio_pci_bind(host, "gpu0")
-    ifd, ioas = _ioas(host)
-    _map_ram(host, ifd, ioas, IOVA, PAGE)
+    ifd, ioas = ioas_alloc(host)
+    map_ram(host, ifd, ioas, IOVA, PAGE)
     gfd = vfio_open(host, path, ifd, ioas)
     gpu = vfio_device_of(host, gfd).pdev
     set_command(host, gfd, PCI_COMMAND_MASTER, True)  # the guest driver enables DMA
@@ -194,7 +180,7 @@ def _mse_vs_nic(s: Sandbox) -> None:
     gpath = vfio_pci_bind(host, "gpu0")
     nic = hotplug_nic(host)
     npath = vfio_pci_bind(host, nic.name)
-    ifd, ioas = _ioas(host)
+    ifd, ioas = ioas_alloc(host)
     gfd = vfio_open(host, gpath, ifd)
     gpu = vfio_device_of(host, gfd).pdev
     nfd = vfio_open(host, npath, ifd, ioas)
@@ -260,7 +246,7 @@ def _vmm_dies(s: Sandbox, orders: tuple[tuple[str, ...], ...]) -> None:
     that order (a single order: the VMM's exit; several: its threads racing), while the
     edu's DMA is in flight."""
     host = s.host
-    ifd, ioas = _ioas(host)
+    ifd, ioas = ioas_alloc(host)
     mfd = _map_memfd(host, ifd, ioas, IOVA, PAGE)
     efd = vfio_open(host, VFIO0, ifd, ioas)
     vdev = vfio_device_of(host, efd)
@@ -345,7 +331,7 @@ _order_scenario("vfio_vmm_dies_buggy", (_ORDERS["vfio_vmm_dies_cdev_first"],), (
 
 def _edu_export(s: Sandbox) -> tuple[SimHost, int, int, int, int]:
     host = s.host
-    ifd, ioas = _ioas(host)
+    ifd, ioas = ioas_alloc(host)
     efd = vfio_open(host, VFIO0, ifd, ioas)
     dfd = export_bar(host, efd, 0, PAGE)
     return host, ifd, ioas, efd, dfd
@@ -382,7 +368,7 @@ def _importer_vs_mse(s: Sandbox, takes_memory_lock: bool) -> None:
     host = s.host
     path = vfio_pci_bind(host, "gpu0")
     nic = hotplug_nic(host, bdf="0000:01:00.1", beside="gpu0")  # a P2P path below rp1
-    ifd, _ = _ioas(host)
+    ifd, _ = ioas_alloc(host)
     efd = vfio_open(host, path, ifd)
     dfd = export_bar(host, efd, 0, PAGE)
     vdev = vfio_device_of(host, efd)
