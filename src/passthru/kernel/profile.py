@@ -97,6 +97,7 @@ class Profile:
     dma_buf_mapping_types: bool = False  # 2026 proposal: SGT / PAL negotiation
     vfio_pci_dma_buf: bool = True  # 6.19: VFIO_DEVICE_FEATURE_DMA_BUF (else ENOTTY)
     vfio_type1_overflow_checks: bool = True  # 6.19: type1 MAP_DMA wrap is EOVERFLOW, first
+    udmabuf_size_limit_mb: int = 0x7FFFFFFF  # udmabuf's size_limit_mb default (7.3: INT_MAX)
     # iommufd (drivers/iommu/iommufd/)
     iommufd_test: bool = True  # CONFIG_IOMMUFD_TEST: IOMMU_TEST_CMD and the mock (selftest.c)
     iommufd_map_dmabuf: bool = True  # 6.19: IOAS_MAP_FILE also takes a dma-buf fd
@@ -135,6 +136,7 @@ LINUX_6_18 = Profile(
     iommufd_map_dmabuf=False,
     vfio_pci_dma_buf=False,
     vfio_type1_overflow_checks=False,
+    udmabuf_size_limit_mb=64,
 )
 LINUX_6_19 = replace(LINUX_6_18, name="linux-6.19", iommufd_map_dmabuf=True,
                      vfio_pci_dma_buf=True, vfio_type1_overflow_checks=True)

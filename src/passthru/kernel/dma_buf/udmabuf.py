@@ -8,7 +8,8 @@ heaps'. Memory model PINNED; no pin/unpin ops (a static exporter).
 
 udmabuf_create, read from the kernel source (KERNEL.md §1 "udmabuf"), in this order:
 1. for every item: offset and size page aligned, else EINVAL; the running page count above
-   ``size_limit_mb`` (module parameter, default 64) EINVAL; a total of 0 pages EINVAL;
+   ``size_limit_mb`` (module parameter; the profile's default, 64 before 7.x, INT_MAX on
+   7.3 as observed) EINVAL; a total of 0 pages EINVAL;
 2. for every item, in turn: fget(memfd) fails EBADFD (EBADFD, 77 — not EBADF); not a shmem or
    hugetlbfs file EBADFD; then, under the inode lock, the seals: F_SEAL_SHRINK required and
    F_SEAL_WRITE/F_SEAL_FUTURE_WRITE denied, else EINVAL; then memfd_pin_folios(): an empty
@@ -71,7 +72,7 @@ from ..fs.ioctl_table import IoctlTable
 from ..init import initcall
 from ..mm.gup import Pin
 from ..mm.memfd import MemfdFile
-from ..mm.mm import VM_DONTDUMP, VM_DONTEXPAND, VM_PFNMAP, page_up
+from ..mm.mm import VM_DONTDUMP, VM_DONTEXPAND, VM_PFNMAP
 from . import core
 from .core import (
     PINNED,
@@ -92,7 +93,9 @@ if TYPE_CHECKING:
 
 PAGE = L.PAGE_SIZE
 list_limit = 1024  # module_param: udmabuf_create_list->count limit
-size_limit_mb = 64  # module_param: max size of a dmabuf, in megabytes
+# module_param size_limit_mb (the max size of a dmabuf, MiB): None takes the profile's default
+# (64 on older kernels, INT_MAX on 7.3); a test sets it as `modprobe udmabuf size_limit_mb=`.
+size_limit_mb: int | None = None
 SEALS_WANTED = L.F_SEAL_SHRINK
 SEALS_DENIED = L.F_SEAL_WRITE | L.F_SEAL_FUTURE_WRITE
 LOFF_MAX = (1 << 63) - 1
@@ -230,10 +233,9 @@ def memfd_pin_folios(memfd: MemfdFile, start: int, end: int) -> Pin:
         raise kerr(errno.EINVAL, f"memfd_pin_folios: empty or negative range [{start:#x}, "
                    f"{end:#x}]")
     last = end + 1
-    if last > page_up(memfd.i_size):
-        raise kerr(errno.EINVAL, f"memfd_pin_folios: [{start:#x}, {last:#x}) reaches past the "
-                   f"last page of {memfd.name} (i_size {memfd.i_size:#x}; shmem_get_folio "
-                   "refuses to allocate past EOF)")
+    if end >= memfd.i_size:  # mm/gup.c compares bytes: a partial last page is refused
+        raise kerr(errno.EINVAL, f"memfd_pin_folios: [{start:#x}, {last:#x}) reaches past "
+                   f"i_size {memfd.i_size:#x} of {memfd.name} (end >= i_size_read)")
     pieces = memfd.cache.populate(start, last)
     extents: list[tuple[int, int]] = []
     for s, e, p in pieces:
@@ -274,7 +276,8 @@ def udmabuf_create(proc: Process, flags: int, items: list[UdmabufItem]) -> int:
     sched = kernel.sched
     if sched.fault("kzalloc"):
         raise kerr(errno.ENOMEM, "udmabuf_create: kzalloc failed (injected)")
-    pglimit = (size_limit_mb * 1024 * 1024) >> L.PAGE_SHIFT
+    limit_mb = kernel.profile.udmabuf_size_limit_mb if size_limit_mb is None else size_limit_mb
+    pglimit = (limit_mb * 1024 * 1024) >> L.PAGE_SHIFT
     pgcnt = 0
     for i, (_, offset, size) in enumerate(items):
         if offset & (PAGE - 1):
@@ -284,7 +287,7 @@ def udmabuf_create(proc: Process, flags: int, items: list[UdmabufItem]) -> int:
         pgcnt += size >> L.PAGE_SHIFT
         if pgcnt > pglimit:
             raise kerr(errno.EINVAL, f"udmabuf: {pgcnt} pages exceed size_limit_mb "
-                       f"({size_limit_mb} MiB)")
+                       f"({limit_mb} MiB)")
     if not pgcnt:
         raise kerr(errno.EINVAL, "udmabuf: size 0 (no pages)")
     if sched.fault("kvmalloc"):
