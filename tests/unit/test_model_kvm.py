@@ -329,3 +329,32 @@ def test_memslot_move_waits_for_srcu_readers(bug):
     sched.run()
     assert seen == [(True, bug)] and old.freed and sched.violations == []
     assert kvm.memslots.lookup(0, 0x100000) is not None and kvm.memslots.lookup(0, 0) is None
+
+
+def test_operand_size_prefix_moves_four_bytes_and_refuses_the_rest() -> None:
+    """0x66 A1/A3 (mov eax, moffs16 / mov moffs16, eax) move 4 bytes; 0x66 before anything
+    else (also a prefix at the segment's last byte, whose next byte wraps to IP 0) is an
+    emulation failure (INTERNAL_ERROR), never an exception out of KVM_RUN."""
+    from passthru.vmm import Kvm
+
+    h = SimHost()
+    with Kvm(h) as kvm:
+        vm = kvm.create_vm()
+        mem = vm.guest_memory([(0, 0x10000), (0xFFFF0000, 0x10000)])
+        mem.write(0x100, (0x11223344).to_bytes(4, "little"))
+        # mov eax, [0x100]; mov [0x200], eax; hlt
+        mem.write(0xFFFFFFF0, bytes.fromhex("66 A1 00 01 66 A3 00 02 F4"))
+        cpu = vm.create_vcpu(0)
+        assert cpu.run().reason == "HLT"
+        assert cpu.get_regs().rax & 0xFFFFFFFF == 0x11223344
+        assert mem.read(0x200, 4) == (0x11223344).to_bytes(4, "little")
+    with Kvm(h) as kvm:
+        vm = kvm.create_vm()
+        mem = vm.guest_memory([(0xFFFF0000, 0x10000)])
+        mem.write(0xFFFFFFF0, bytes.fromhex("66 90 F4"))  # 0x66 nop: not modelled
+        assert vm.create_vcpu(0).run().reason == "INTERNAL_ERROR"
+        mem.write(0xFFFFFFFF, b"\x66")  # the prefix is the segment's last byte
+        cpu2 = vm.create_vcpu(1)
+        regs = cpu2.get_regs()
+        cpu2.set_regs(regs, rip=0xFFFF)
+        assert cpu2.run().reason == "INTERNAL_ERROR"

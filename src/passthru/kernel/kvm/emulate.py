@@ -111,8 +111,8 @@ def _step(vcpu: Vcpu, cpu: RealModeCpu) -> int | None:
     ip = cpu.regs["rip"] & 0xFFFF
     pre = 0  # prefix bytes before the opcode
     if op == 0x66:  # operand-size prefix: 32-bit operands in 16-bit code
-        nxt = vcpu.access(cpu.cs_base + ((ip + 1) & 0xFFFF), 1)[0]
-        if nxt[0] not in (0xA1, 0xA3):
+        nxt, ex = vcpu.access(cpu.cs_base + ((ip + 1) & 0xFFFF), 1)
+        if ex is not None or not nxt or nxt[0] not in (0xA1, 0xA3):
             return K.KVM_EXIT_INTERNAL_ERROR  # only mov eax, moffs / moffs, eax are modelled
         op, pre = nxt[0], 1
 
