@@ -119,24 +119,33 @@ def vfio_df_unbind_iommufd(df: VfioDeviceFile) -> None:
     device.kernel.sched.emit("vfio", "unbind", dev=device.name)
 
 
+def _copy_pt_arg(df: VfioDeviceFile, arg: UserArg, verb: str,
+                 ctype: type[ctypes.Structure], pasid_flag: int, minsz: int,
+                 pasid_end: int) -> tuple[ctypes.Structure, bool]:
+    """The checks attach and detach share (vfio_df_ioctl_{attach,detach}_pt): argsz, flags,
+    then, for a PASID, the device's pasid ops and the longer copy that includes ``pasid``."""
+    cmd = f"VFIO_DEVICE_{verb}_IOMMUFD_PT"
+    data: ctypes.Structure = _struct(arg, ctype, minsz)
+    if data.argsz < minsz:
+        raise kerr(errno.EINVAL, f"{cmd}: argsz {data.argsz} < {minsz}")
+    if data.flags & ~pasid_flag:
+        raise kerr(errno.EINVAL, f"{cmd}: unknown flags {data.flags:#x}")
+    use_pasid = bool(data.flags & pasid_flag)
+    if use_pasid:
+        if not df.device.has_pasid_ops:
+            raise kerr(errno.EOPNOTSUPP, f"{cmd}: {df.device.name} has no "
+                       f"pasid_{verb.lower()}_ioas")
+        if data.argsz < pasid_end:
+            raise kerr(errno.EINVAL, f"{cmd}: {verb}_PASID with argsz "
+                       f"{data.argsz} short of pasid")
+        data = _struct(arg, ctype, pasid_end)
+    return data, use_pasid
+
+
 def vfio_df_ioctl_attach_pt(df: VfioDeviceFile, proc: Process, arg: UserArg) -> int:
     device = df.device
-    attach = _struct(arg, V.vfio_device_attach_iommufd_pt, _ATTACH_MIN)
-    if attach.argsz < _ATTACH_MIN:
-        raise kerr(errno.EINVAL, f"VFIO_DEVICE_ATTACH_IOMMUFD_PT: argsz {attach.argsz} < "
-                   f"{_ATTACH_MIN}")
-    if attach.flags & ~V.VFIO_DEVICE_ATTACH_PASID:
-        raise kerr(errno.EINVAL, f"VFIO_DEVICE_ATTACH_IOMMUFD_PT: unknown flags "
-                   f"{attach.flags:#x}")
-    use_pasid = bool(attach.flags & V.VFIO_DEVICE_ATTACH_PASID)
-    if use_pasid:
-        if not device.has_pasid_ops:
-            raise kerr(errno.EOPNOTSUPP, f"VFIO_DEVICE_ATTACH_IOMMUFD_PT: {device.name} has "
-                       "no pasid_attach_ioas")
-        if attach.argsz < _ATTACH_PASID_END:
-            raise kerr(errno.EINVAL, "VFIO_DEVICE_ATTACH_IOMMUFD_PT: ATTACH_PASID with argsz "
-                       f"{attach.argsz} short of pasid")
-        attach = _struct(arg, V.vfio_device_attach_iommufd_pt, _ATTACH_PASID_END)
+    attach, use_pasid = _copy_pt_arg(df, arg, "ATTACH", V.vfio_device_attach_iommufd_pt,
+                                     V.VFIO_DEVICE_ATTACH_PASID, _ATTACH_MIN, _ATTACH_PASID_END)
     assert device.dev_set is not None
     with device.dev_set.lock:
         if use_pasid:
@@ -155,22 +164,8 @@ def vfio_df_ioctl_attach_pt(df: VfioDeviceFile, proc: Process, arg: UserArg) -> 
 
 def vfio_df_ioctl_detach_pt(df: VfioDeviceFile, proc: Process, arg: UserArg) -> int:
     device = df.device
-    detach = _struct(arg, V.vfio_device_detach_iommufd_pt, _DETACH_MIN)
-    if detach.argsz < _DETACH_MIN:
-        raise kerr(errno.EINVAL, f"VFIO_DEVICE_DETACH_IOMMUFD_PT: argsz {detach.argsz} < "
-                   f"{_DETACH_MIN}")
-    if detach.flags & ~V.VFIO_DEVICE_DETACH_PASID:
-        raise kerr(errno.EINVAL, f"VFIO_DEVICE_DETACH_IOMMUFD_PT: unknown flags "
-                   f"{detach.flags:#x}")
-    use_pasid = bool(detach.flags & V.VFIO_DEVICE_DETACH_PASID)
-    if use_pasid:
-        if not device.has_pasid_ops:
-            raise kerr(errno.EOPNOTSUPP, f"VFIO_DEVICE_DETACH_IOMMUFD_PT: {device.name} has "
-                       "no pasid_detach_ioas")
-        if detach.argsz < _DETACH_PASID_END:
-            raise kerr(errno.EINVAL, "VFIO_DEVICE_DETACH_IOMMUFD_PT: DETACH_PASID with argsz "
-                       f"{detach.argsz} short of pasid")
-        detach = _struct(arg, V.vfio_device_detach_iommufd_pt, _DETACH_PASID_END)
+    detach, use_pasid = _copy_pt_arg(df, arg, "DETACH", V.vfio_device_detach_iommufd_pt,
+                                     V.VFIO_DEVICE_DETACH_PASID, _DETACH_MIN, _DETACH_PASID_END)
     assert device.dev_set is not None
     with device.dev_set.lock:
         if use_pasid:
