@@ -54,27 +54,11 @@ for tool in apt-get dpkg-deb tar xz; do
 done
 [[ -f $keyring ]] || { log "needs $keyring (Debian package debian-archive-keyring)"; exit 1; }
 
-# The machine's Debian mirror: the first non-security URI in its apt sources.
-mirror_uri() {
-    local uri=""
-    if [[ -f /etc/apt/sources.list.d/debian.sources ]]; then
-        uri=$(awk '
-            /^[[:space:]]*#/ { next }
-            /^URIs:/ { for (i = 2; i <= NF; i++) if ($i !~ /security/) { print $i; exit } }
-        ' /etc/apt/sources.list.d/debian.sources)
-    fi
-    if [[ -z $uri && -f /etc/apt/sources.list ]]; then
-        uri=$(awk '
-            $1 == "deb" {
-                for (i = 2; i <= NF; i++) if ($i ~ /^[a-z+]+:\/\//) {
-                    if ($i !~ /security/) { print $i; exit } else break
-                }
-            }
-        ' /etc/apt/sources.list)
-    fi
-    printf '%s\n' "${uri:-http://deb.debian.org/debian}"
-}
-mirror=${PASSTHRU_DEBIAN_MIRROR:-$(mirror_uri)}
+# The machine's Debian mirror (tools/lib/debian-mirror.sh), else deb.debian.org.
+# shellcheck source=lib/debian-mirror.sh
+source "$(dirname "$0")/lib/debian-mirror.sh"
+mirror=${PASSTHRU_DEBIAN_MIRROR:-$(debian_mirror_uri)}
+mirror=${mirror:-http://deb.debian.org/debian}
 mirror=${mirror%/}
 
 work=$(mktemp -d)

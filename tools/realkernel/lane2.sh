@@ -70,33 +70,16 @@ busybox=/bin/busybox
 ldd "$busybox" >/dev/null 2>&1 && die "$busybox is not static (install busybox-static)"
 
 # ---- 2. kernel + modules from trixie-backports (private apt config) -------------------------
-mirror_uri() {
-    local uri=""
-    if [[ -f /etc/apt/sources.list.d/debian.sources ]]; then
-        uri=$(awk '
-            /^[[:space:]]*#/ { next }
-            /^URIs:/ { for (i = 2; i <= NF; i++) if ($i !~ /security/) { print $i; exit } }
-        ' /etc/apt/sources.list.d/debian.sources)
-    fi
-    if [[ -z $uri && -f /etc/apt/sources.list ]]; then
-        uri=$(awk '
-            $1 == "deb" {
-                for (i = 2; i <= NF; i++) if ($i ~ /^[a-z+]+:\/\//) {
-                    if ($i !~ /security/) { print $i; exit } else break
-                }
-            }
-        ' /etc/apt/sources.list)
-    fi
-    [[ -n $uri ]] || die "no Debian mirror in the machine's apt sources (set PASSTHRU_DEBIAN_MIRROR)"
-    printf '%s\n' "$uri"
-}
+# shellcheck source=../lib/debian-mirror.sh
+source "$here/../lib/debian-mirror.sh"
 
 mkdir -p "$cache"
 abi_file=$cache/current-abi
 if [[ -f $abi_file && -f $cache/$(cat "$abi_file")/.complete ]]; then
     abi=$(cat "$abi_file")
 else
-    mirror=${PASSTHRU_DEBIAN_MIRROR:-$(mirror_uri)}
+    mirror=${PASSTHRU_DEBIAN_MIRROR:-$(debian_mirror_uri)}
+    [[ -n $mirror ]] || die "no Debian mirror in the machine's apt sources (set PASSTHRU_DEBIAN_MIRROR)"
     mirror=${mirror%/}
     work=$(mktemp -d)
     trap 'rm -rf "$work"' EXIT
