@@ -397,10 +397,12 @@ def record_bits(ucmd: Ucmd, bitmap: int, base: int, page_size: int,
     for s, e in dirty:
         first, last = (s - base) // page_size, (e - 1 - base) // page_size
         lo, hi = first // 8, last // 8
-        buf = bytearray(read_user(ucmd, bitmap + lo, hi - lo + 1))
-        for bit in range(first, last + 1):
-            buf[bit // 8 - lo] |= 1 << (bit % 8)
-        write_user(ucmd, bitmap + lo, bytes(buf))
+        n = hi - lo + 1
+        # One bignum OR per dirty extent: no Python loop over its pages (bit i of the bytes,
+        # read little-endian, is bit i % 8 of byte i // 8, as the kernel's bitmap lays it).
+        bits = int.from_bytes(read_user(ucmd, bitmap + lo, n), "little")
+        bits |= ((1 << (last - first + 1)) - 1) << (first - 8 * lo)
+        write_user(ucmd, bitmap + lo, bits.to_bytes(n, "little"))
 
 
 @ioctl_op(I.IOMMU_HWPT_GET_DIRTY_BITMAP, I.iommu_hwpt_get_dirty_bitmap, "data")
