@@ -207,13 +207,14 @@ def iommu_reaches_disabled_bar(dev: PciDevice, iova: int, length: int,
         dom = unit.domain_of(dev.name)
         if dom is None or dom.kind != "paging":
             return None
-        for a in range(iova, iova + length, L.PAGE_SIZE):
-            p = dom.iova_to_phys(a)
+        assert dom.table is not None
+        for s, e, p, _prot in dom.table.mapped(iova, iova + length):  # extents, not pages
             for i, lo, hi in bars:
-                if p is not None and lo <= p < hi:
+                if p < hi and lo < p + (e - s):
+                    a = s + max(lo - p, 0)
                     return (f"{dev.name}'s IOMMU maps iova {a:#x} to {pdev.name} BAR{i} "
-                            f"(phys {p:#x}) while its memory is off ({_why(pdev)}): its DMA "
-                            f"reaches a BAR that does not decode")
+                            f"(phys {p + a - s:#x}) while its memory is off ({_why(pdev)}): "
+                            f"its DMA reaches a BAR that does not decode")
         return None
 
     return check

@@ -163,16 +163,32 @@ def iommufd_test_access_replace_ioas(ucmd: Ucmd) -> int:
     return 0
 
 
+def _runs(extents: list[tuple[int, int]], nbytes: int) -> list[tuple[int, int]]:
+    """The first ``nbytes`` of physical ``extents`` as maximal contiguous runs: two page lists
+    are the same pages in the same order iff their runs are equal (no per-page list)."""
+    out: list[tuple[int, int]] = []
+    for s, e in extents:
+        if nbytes <= 0:
+            break
+        e = min(e, s + nbytes)
+        nbytes -= e - s
+        if out and out[-1][1] == s:
+            out[-1] = (out[-1][0], e)
+        else:
+            out.append((s, e))
+    return out
+
+
 def check_pages(proc: Process, uptr: int, pinned: list[tuple[int, int]], npages: int) -> None:
     """iommufd_test_check_pages: the ``npages`` pages at ``uptr`` are the pinned ones
     (EBADE otherwise; EFAULT where nothing is mapped)."""
-    got = [p for s, e in pinned for p in range(s, e, PAGE)]
+    got = _runs(pinned, npages * PAGE)
     pin = pin_user_pages(proc.mm, page_down(uptr), npages * PAGE, False)  # get/put_page
     try:
-        want = [p for s, e in pin.extents for p in range(s, e, PAGE)]
+        want = _runs(pin.extents, npages * PAGE)
     finally:
         pin.unpin()
-    if got[:npages] != want:
+    if got != want:
         raise kerr(errno.EBADE, f"ACCESS_PAGES: the pinned pages are not the pages at user "
                    f"address {uptr:#x}")
 
