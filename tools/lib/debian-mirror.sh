@@ -1,4 +1,4 @@
-# Sourced by tools/fetch-headers.sh and tools/realkernel/lane2.sh (not run on its own).
+# Sourced by tools/fetch-headers.sh and tools/realkernel/*.sh (not run on its own).
 #
 # debian_mirror_uri: the machine's Debian mirror, the first non-security URI in its apt
 # sources (deb822 debian.sources first, then a one-line sources.list); prints nothing when
