@@ -61,38 +61,19 @@ mirror=${PASSTHRU_DEBIAN_MIRROR:-$(debian_mirror_uri)}
 mirror=${mirror:-http://deb.debian.org/debian}
 mirror=${mirror%/}
 
+# shellcheck source=lib/apt-private.sh
+source "$(dirname "$0")/lib/apt-private.sh"
 work=$(mktemp -d)
 tmp=""
 trap 'rm -rf "$work"; if [[ -n $tmp ]]; then rm -rf "$tmp"; fi' EXIT
-mkdir -p "$work/lists/partial" "$work/cache/archives/partial" "$work/deb" "$work/src"
-cat >"$work/sources.list" <<SOURCES
-deb [signed-by=$keyring] $mirror $suite main
-deb [signed-by=$keyring] $mirror ${suite%%-*} main
-SOURCES
-
-apt_opts=(
-    -o "Dir::Etc::SourceList=$work/sources.list"
-    -o "Dir::Etc::SourceParts=/dev/null"
-    -o "Dir::State::Lists=$work/lists"
-    -o "Dir::Cache=$work/cache"
-    -o "Debug::NoLocking=1"
-    -o "Acquire::Languages=none"
-)
-# apt drops privileges to _apt for downloads, which cannot write into a root-only temp dir.
-if [[ $(id -u) == 0 ]]; then
-    apt_opts+=(-o "APT::Sandbox::User=root")
-fi
-
+mkdir -p "$work/deb" "$work/src"
 log "apt-get update ($mirror $suite, private config in $work)"
-apt-get "${apt_opts[@]}" -q update >&2
+apt_private_init "$work" "$suite" "$mirror"
 
 # download SPEC DIR: apt-get download the package SPEC into the empty DIR; print the .deb.
 download() {
     log "apt-get download $1"
-    (cd "$2" && apt-get "${apt_opts[@]}" -q download "$1" >&2) || return 1
-    local debs=("$2"/*.deb)
-    [[ -f ${debs[0]} ]] || { log "no .deb was downloaded for $1"; return 1; }
-    printf '%s\n' "${debs[0]}"
+    apt_private_download "$1" "$2"
 }
 
 mkdir -p "$(dirname "$dest")"
