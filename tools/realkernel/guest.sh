@@ -109,12 +109,12 @@ guest_show_new() {  # echo the guest's own lines (/init's and pytest's, not the 
     local n
     n=$(wc -l <"$guest_log")
     ((n > shown)) || return 0
+    # The base64 JUnit lines after LANE-JUNIT-BEGIN match none of these patterns.
     sed -n "$((shown + 1)),${n}p" "$guest_log" | tr -d '\r' | awk -v inside="$inside" '
-        /^LANE-JUNIT-BEGIN/ { junit = 1 }
+        /^LANE-JUNIT-/ { next }
         /^LANE-PYTEST-BEGIN/ { inside = 1 }
-        !junit && (inside || /^lane: / || /^LANE-/) { print }
+        inside || /^lane: / || /^LANE-/ { print }
         /^LANE-PYTEST-END/ { inside = 0 }
-        /^LANE-JUNIT-END/ { junit = 0 }
         END { print inside > "/dev/stderr" }' 2>"$run/inside"
     inside=$(tail -n1 "$run/inside")
     shown=$n

@@ -6,8 +6,8 @@
 #
 #   make tinyconfig; merge_config.sh kernel-fragment.config; make olddefconfig; make bzImage
 #
-# The bzImage is cached outside the repo, in ~/.cache/passthru/lane3/<key>/, keyed by the
-# hash of the fragment and the source package's version; a cached kernel is reused, a
+# The bzImage is cached outside the repo, in ~/.cache/passthru/lane3/<fragment hash>-<source
+# package version>/; a cached kernel is reused, a
 # missing one is built (about 10 minutes on 2 cores). Prints the bzImage's path on stdout;
 # progress goes to stderr. Never installs the source package (dpkg-deb streams the tarball).
 #
@@ -40,17 +40,26 @@ need_packages build-essential:gcc flex:flex bison:bison bc:bc libelf-dev:/usr/in
     libssl-dev:/usr/include/openssl/ssl.h xz-utils:xz dpkg:dpkg-deb \
     debian-archive-keyring:"$apt_private_keyring" || die "build tools missing"
 
+fraghash=$(sha256sum "$fragment" | cut -c1-16)
 mirror=${PASSTHRU_DEBIAN_MIRROR:-$(debian_mirror_uri)}
 [[ -n $mirror ]] || die "no Debian mirror in the machine's apt sources (set PASSTHRU_DEBIAN_MIRROR)"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 log "apt-get update ($mirror $suite, private config in $work)"
-apt_private_init "$work" "$suite" "$mirror" || die "private apt-get update failed"
+if ! apt_private_init "$work" "$suite" "$mirror"; then
+    # Offline: a kernel built earlier from the same fragment still serves.
+    for done in "$cache/$fraghash"-*/.complete; do
+        [[ -f $done ]] || continue
+        log "private apt-get update failed; using the cached $(dirname "$done")/bzImage"
+        printf '%s\n' "$(dirname "$done")/bzImage"
+        exit 0
+    done
+    die "private apt-get update failed (and no kernel is cached for this fragment)"
+fi
 version=$(apt-cache "${apt_opts[@]}" show "$src_pkg/$suite" 2>/dev/null |
     sed -n 's/^Version: //p' | head -n1)
 [[ -n $version ]] || die "package $src_pkg is not in $mirror $suite"
-key=$( (cat "$fragment"; printf '%s %s\n' "$src_pkg" "$version") | sha256sum | cut -c1-16)
-out=$cache/$key
+out=$cache/$fraghash-${version//[^A-Za-z0-9.+-]/_}
 if [[ -f $out/bzImage && -f $out/.complete ]]; then
     log "cached: $out/bzImage ($src_pkg $version)"
     printf '%s\n' "$out/bzImage"
