@@ -250,8 +250,11 @@ def test_alloc_hwpt_nested(host):
     ctx.check_iotlb_all(n1, DEFAULT)
     raises(errno.EINVAL, nested, dev, n0)  # nested on nested
     raises(errno.EBUSY, ctx.destroy, parent)  # parent now has children
-    # HWPT_INVALIDATE only on a user-managed (nested) HWPT
-    assert ctx.invalidate(parent, [_inv()], INV, E, 1) == (errno.ENOENT, 0)
+    # HWPT_INVALIDATE only on a user-managed (nested) HWPT or a vIOMMU: any other object is
+    # EINVAL (iommufd_hwpt_invalidate, since 6.14; 6.8-6.13 said ENOENT), an unknown id ENOENT
+    assert ctx.invalidate(parent, [_inv()], INV, E, 1) == (errno.EINVAL, 0)
+    assert ctx.invalidate(ioas, [_inv()], INV, E, 1) == (errno.EINVAL, 0)
+    assert ctx.invalidate(0xFFFF, [_inv()], INV, E, 1) == (errno.ENOENT, 0)
     assert ctx.invalidate(n0, [_inv()], INV, E, 0) == (0, 0)  # zero-length array: type check
     assert ctx.invalidate(n0, [_inv()], I.IOMMU_HWPT_INVALIDATE_DATA_SELFTEST_INVALID, E, 1) \
         == (errno.EINVAL, 0)
@@ -382,6 +385,14 @@ def test_compat_get_info(compat):
         _check_buf(ctx, buf, n)
         info = V.vfio_iommu_type1_info.from_buffer_copy(buf[:24])
         assert info.flags == want_flags
+        # DMA_AVAIL (12 bytes) comes first, at 24, once it fits; its next points at the
+        # 8-byte aligned 40 once argsz reaches there, even before IOVA_RANGE itself fits
+        dma = V.vfio_info_cap_header.from_buffer_copy(buf, 24)
+        if argsz >= 24 + ctypes.sizeof(V.vfio_iommu_type1_info_dma_avail):
+            assert (dma.id, dma.next) == (V.VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL,
+                                          40 if argsz >= 40 else 0)
+        else:
+            assert not any(buf[24:argsz])
         if info.cap_offset:
             _check_cap_chain(buf, info)
 
@@ -401,7 +412,11 @@ def _check_cap_chain(buf, info):
             assert (start, end) == (START, I.MOCK_APERTURE_LAST)
         elif hdr.id == V.VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL:
             assert hdr.version == 1
-            assert size == ctypes.sizeof(V.vfio_iommu_type1_info_dma_avail)
+            # each capability starts 8-byte aligned (vfio_compat.c: cap_size = ALIGN(cap_size,
+            # sizeof(u64)), 6.6), so the 12-byte struct spans 16; iommufd's limit is U32_MAX
+            assert size == 16 == -(-ctypes.sizeof(V.vfio_iommu_type1_info_dma_avail) // 8) * 8
+            avail = V.vfio_iommu_type1_info_dma_avail.from_buffer_copy(buf, off)
+            assert avail.avail == 0xFFFFFFFF
         else:
             raise AssertionError(f"unexpected capability {hdr.id}")
         if not hdr.next:

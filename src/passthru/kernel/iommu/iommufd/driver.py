@@ -19,6 +19,14 @@ dirty-tracking domain to a NO_DIRTY device EINVAL; a PASID replace at
 IOMMU_TEST_PASID_RESERVED ENOMEM (the selftest's designed failure); hw_info answers
 IOMMU_HW_INFO_TYPE_SELFTEST with test_reg = IOMMU_HW_INFO_SELFTEST_REGVAL (an input type other
 than DEFAULT or SELFTEST: EOPNOTSUPP).
+Dirty bits (7.x: the mock's table is generic_pt's AMDv1 "mock" format, iommu_pt.h
+set_dirty / read_and_clear_dirty, fmt/amdv1.h): a dirty bit belongs to a leaf PTE, and the
+mock's leaves are any power of two from MOCK_PAGE_SIZE (MOCK_IOMMUPT_HUGE: PAGE_SIZE and
+MOCK_HUGE_PAGE_SIZE only), as large as the map call allows (``IommuDomain.leaf``).
+IOMMU_TEST_OP_DIRTY marks the whole leaf holding an IOVA (so with huge pages disabled a
+PAGE_SIZE leaf, two mock pages); read_and_clear_dirty reports every dirty leaf the range
+touches whole and clears it whole unless NO_CLEAR; it does not look at MOCK_DIRTY_TRACK (a
+read with tracking off reports what was left dirty).
 
 Invariants: a device's ``owner`` is the iommufd context that claimed DMA ownership (None:
 the kernel's DMA API owns it); ``owner_cnt`` counts the claims. Units: bytes, inclusive
@@ -29,9 +37,10 @@ writes them without a lock, each entry a u32 store).
 Leaves out: iommu groups with several devices (every device is its own group, as the mock's
 generic_device_group gives), ATS, IOPF enable/disable (fault.py's business), the generic_pt
 page-table formats of the 7.x mock (MOCK_IOMMUPT_AMDV1): every mock domain is the flat hw
-IoPageTable; which reserved region the 7.3 mock reports is **[unconfirmed]**: the model
-gives mock devices the SW_MSI window [0x80000000, +1 MiB) of the 6.15 selftest, which lies
-outside the mock aperture, so IOVA_RANGES is the same either way.
+IoPageTable, whose ``leaf`` stands for the format's leaf PTEs; which reserved region the 7.3
+mock reports is **[unconfirmed]**: the model gives mock devices the SW_MSI window
+[0x80000000, +1 MiB) of the 6.15 selftest, which lies outside the mock aperture, so
+IOVA_RANGES is the same either way.
 """
 
 from __future__ import annotations
@@ -47,6 +56,7 @@ from ....sim.track import Cell, TrackedList
 from ....uapi import iommufd as I
 from ...fs.uaccess import UserArg
 from ...init import kernel_static
+from ...mm.mm import PAGE
 
 if TYPE_CHECKING:
     from ...core import Kernel
@@ -106,9 +116,9 @@ class UserDataArray:
 
     def copy_entry(self, struct: type[ctypes.Structure], data_type: int, index: int,
                    min_last: str) -> Any:
-        """iommu_copy_struct_from_user_array: entry ``index``. An entry length below the
-        minimum or above the kernel's struct is EINVAL (the selftest's "structure size
-        sanity" cases, sizeof + 1 and 1, both expect EINVAL) [unconfirmed: the exact check]."""
+        """iommu_copy_struct_from_user_array (include/linux/iommu.h): entry ``index``. A
+        wrong type, or an entry length below the minimum or above the kernel's struct, is
+        EINVAL (__iommu_copy_struct_from_user: ``len < min_len || data_len < len``)."""
         if self.type != data_type:
             raise kerr(errno.EINVAL, f"cache invalidation: data type {self.type:#x} is not "
                        f"{data_type:#x}")
@@ -118,6 +128,21 @@ class UserDataArray:
                        f"not fit {struct.__name__}")
         return copy_struct_from_user(self.proc, self.uptr + self.entry_len * index,
                                      self.entry_len, struct)
+
+    def copy_full(self, struct: type[ctypes.Structure], data_type: int) -> list[Any]:
+        """iommu_copy_struct_from_full_user_array (include/linux/iommu.h): every entry. A
+        wrong type or no entries EINVAL; unlike :meth:`copy_entry` the entry length is not
+        bounded by the struct: an ``entry_len`` other than its size copies entry by entry
+        with copy_struct_from_user, so a shorter entry is zero-extended and a longer one is
+        fine when its extra bytes are zero (E2BIG otherwise); a bad pointer EFAULT."""
+        if self.type != data_type:
+            raise kerr(errno.EINVAL, f"cache invalidation: data type {self.type:#x} is not "
+                       f"{data_type:#x}")
+        if not self.entry_num:
+            raise kerr(errno.EINVAL, "cache invalidation: no entries to copy")
+        return [copy_struct_from_user(self.proc, self.uptr + self.entry_len * i,
+                                      self.entry_len, struct)
+                for i in range(self.entry_num)]
 
 
 class Device(track.Tracked):
@@ -218,6 +243,12 @@ MOCK_PAGING_FLAGS = (I.IOMMU_HWPT_ALLOC_NEST_PARENT | I.IOMMU_HWPT_ALLOC_DIRTY_T
 MOCK_DEVICE_FLAGS = I.MOCK_FLAGS_DEVICE_NO_DIRTY | I.MOCK_FLAGS_DEVICE_PASID | (1 << 1)
 #: 1 << 1 is MOCK_FLAGS_DEVICE_HUGE_IOVA (not in the uapi mirror): accepted, huge pgsize.
 MOCK_FLAGS_DEVICE_HUGE_IOVA = 1 << 1
+#: The leaf sizes of the AMDv1 mock format (fmt/amdv1.h amdv1pt_possible_sizes with the
+#: mock's 2 KiB granule): every power of two from MOCK_PAGE_SIZE to 2^51 but 512 GiB.
+MOCK_LEAF_SIZES = ((1 << 52) - I.MOCK_PAGE_SIZE) & ~(1 << 39)
+#: MOCK_IOMMUPT_HUGE's pgsize_bitmap (selftest.c mock_domain_alloc_pgtable): the huge page
+#: and PAGE_SIZE only, so iommu_map's calls are never split into other sizes.
+MOCK_HUGE_LEAF_SIZES = I.MOCK_HUGE_PAGE_SIZE | PAGE
 
 
 class MockPagingDomain(IommuDomain):
@@ -277,6 +308,8 @@ class MockDriver(IommuDriver):
                                aperture=(I.MOCK_APERTURE_START, I.MOCK_APERTURE_LAST),
                                nest_parent=bool(flags & I.IOMMU_HWPT_ALLOC_NEST_PARENT))
         dom.mock_dirty_ops = dirty
+        dom.leaf_sizes = MOCK_HUGE_LEAF_SIZES if pt_type == I.MOCK_IOMMUPT_HUGE else \
+            MOCK_LEAF_SIZES
         return dom
 
     def domain_alloc_nested(self, dev: Device, parent: IommuDomain, flags: int,
@@ -345,12 +378,22 @@ class MockDriver(IommuDriver):
 
     def read_and_clear_dirty(self, domain: IommuDomain, iova: int, size: int,
                              no_clear: bool) -> list[tuple[int, int]]:
-        if not domain.dirty_tracking:
-            raise kerr(errno.EINVAL, f"mock read_and_clear_dirty: tracking is off on "
-                       f"{domain.name}")
+        """iommu_pt.h read_and_clear_dirty: the dirty leaves ``[iova, iova + size)`` touches,
+        whole (they may start before ``iova`` or end after the range), cleared whole unless
+        ``no_clear``; MOCK_DIRTY_TRACK is not looked at."""
+        first, last = domain.leaf(iova), domain.leaf(iova + size - 1)
+        lo = first[0] if first is not None else iova
+        hi = last[1] if last is not None else iova + size
         if no_clear:
-            return [(s, e) for s, e, _ in domain.dirty.overlapping(iova, iova + size)]
-        return domain.read_and_clear_dirty(iova, size)
+            dirty = [(s, e) for s, e, _ in domain.dirty.overlapping(lo, hi)]
+        else:
+            dirty = domain.read_and_clear_dirty(lo, hi - lo)
+        if first is None or lo == iova:
+            return dirty
+        # each leaf is recorded on its own: keep the first one apart from dirty neighbours
+        cut = first[1]
+        return [piece for s, e in dirty
+                for piece in ([(s, cut), (cut, e)] if s < cut < e else [(s, e)])]
 
 
 MOCK_DRIVER = MockDriver()

@@ -20,13 +20,21 @@ other than FAULT_ID_VALID|PASID or no data EOPNOTSUPP, a parent that is an auto 
 nest parent, or fault-capable EINVAL), a vIOMMU a nested one through it, anything else EINVAL;
 then DIRTY_TRACKING on a device that cannot EOPNOTSUPP, FAULT_ID_VALID with NEST_PARENT
 EOPNOTSUPP; the fault id (ENOENT) last.
-HWPT_INVALIDATE: __reserved EOPNOTSUPP; entries but no array or entry_len EINVAL; the id must
-be a HWPT_NESTED (or a vIOMMU, whose helper handles it): otherwise ENOENT; the driver handles
-entries in order and ``entry_num`` is written back with the number done, also on failure.
+HWPT_INVALIDATE: __reserved EOPNOTSUPP; entries but no array or entry_len EINVAL; an unknown
+id ENOENT; the id must be a HWPT_NESTED (or a vIOMMU, whose helper handles it): any other
+object, a HWPT_PAGING included, EINVAL (since 6.14, when hwpt_id learnt to carry a vIOMMU id;
+6.8-6.13 looked up a HWPT_NESTED only and said ENOENT; observed EINVAL on 7.3); the driver
+handles entries in order and ``entry_num`` is written back with the number done, also on
+failure.
 SET_DIRTY_TRACKING / GET_DIRTY_BITMAP: paging HWPTs only (ENOENT), unknown flags EOPNOTSUPP,
 no dirty ops EOPNOTSUPP; the bitmap range must be aligned to the IOAS alignment and to
-page_size (EINVAL), must not overflow (EOVERFLOW) and must be covered by areas (EINVAL);
-bits are OR-ed into the user bitmap, bit i for [iova + i * page_size, +page_size).
+page_size (EINVAL) and must not overflow (EOVERFLOW); the read walks the areas that follow
+each other from ``iova`` and stops at the first hole, and a range that is not mapped (or only
+partly) still succeeds (iommu_read_and_clear_dirty drops iova_bitmap_for_each's -EINVAL, as
+it has since dirty tracking came in, 6.7); bits are OR-ed into the user bitmap, bit i for
+[iova + i * page_size, +page_size), as iova_bitmap_set does: a dirty range that begins before
+``iova`` is not recorded at all, and one that runs past the end sets its bits past the
+bitmap's length too, as far as the end of the bitmap's last page.
 
 Invariants: a live HWPT_PAGING's domain is in its IOAS's ``iopt.domains`` and the HWPT in
 ``ioas.hwpt_list``; a HWPT's users = 1 (table) + devices attached + nested children +
@@ -50,6 +58,7 @@ from ....hw.iommu import IommuDomain
 from ....sim.locks import Mutex
 from ....uapi import iommufd as I
 from ...lockdep_assert import lockdep_assert_held
+from ...mm.mm import PAGE
 from .driver import UserData, UserDataArray
 from .ioas import Ioas, read_user, write_user
 from .main import IommufdCtx, IommufdObject, Ucmd, ioctl_op
@@ -313,8 +322,8 @@ def _hwpt_alloc_locked(ucmd: Ucmd, pt: IommufdObject, idev: IommufdDevice,
 
 @ioctl_op(I.IOMMU_HWPT_INVALIDATE, I.iommu_hwpt_invalidate, "__reserved")
 def iommufd_hwpt_invalidate(ucmd: Ucmd) -> int:
-    """IOMMU_HWPT_INVALIDATE: entry_num is written back (entries handled) on every path
-    after the argument checks."""
+    """IOMMU_HWPT_INVALIDATE (iommufd_hwpt_invalidate): entry_num is written back (entries
+    handled) on every path after the argument checks."""
     cmd, ictx = ucmd.cmd, ucmd.ictx
     array = UserDataArray(ucmd.proc, cmd.data_type, cmd.data_uptr, cmd.entry_len,
                           cmd.entry_num)
@@ -340,7 +349,7 @@ def iommufd_hwpt_invalidate(ucmd: Ucmd) -> int:
                 finally:
                     done = array.entry_num
             else:
-                raise kerr(errno.ENOENT, f"IOMMU_HWPT_INVALIDATE: {pt!r} is not a nested "
+                raise kerr(errno.EINVAL, f"IOMMU_HWPT_INVALIDATE: {pt!r} is not a nested "
                            "HWPT or a vIOMMU")
         finally:
             ictx.put_object(pt)
@@ -391,11 +400,25 @@ def check_iova_range(align: int, iova: int, length: int, page_size: int) -> None
                    f"{page_size:#x}")
 
 
-def record_bits(ucmd: Ucmd, bitmap: int, base: int, page_size: int,
+def record_bits(ucmd: Ucmd, bitmap: int, base: int, length: int, page_size: int,
                 dirty: list[tuple[int, int]]) -> None:
-    """iommu_dirty_bitmap_record: OR the bits of the dirty ranges into the user bitmap."""
+    """iommu_dirty_bitmap_record -> iova_bitmap_set (iova_bitmap.c): OR the bits of the dirty
+    ranges into the user bitmap of ``[base, base + length)``. A range starting before
+    ``base`` fails iova_bitmap_advance_to and records nothing; one running past the end is
+    recorded from its start through the pages iova_bitmap_get pins for the u64 words from
+    the one holding its first bit (bits past ``length`` included) [unconfirmed for a bitmap
+    longer than the 512 pages one pin covers]."""
+    words = (length - 1) // page_size // 64 + 1  # mapped_total_index
     for s, e in dirty:
+        if s < base:
+            continue
         first, last = (s - base) // page_size, (e - 1 - base) // page_size
+        if e > base + length:
+            word = first // 64  # iova_bitmap_advance_to: the window starts at its word
+            addr = bitmap + 8 * word
+            npages = min(-(-(words - word) * 8 // PAGE) + bool(addr % PAGE), PAGE // 8)
+            pinned_end = (addr & ~(PAGE - 1)) + npages * PAGE
+            last = min(last, (pinned_end - bitmap) * 8 - 1)
         lo, hi = first // 8, last // 8
         n = hi - lo + 1
         # One bignum OR per dirty extent: no Python loop over its pages (bit i of the bytes,
@@ -421,18 +444,19 @@ def iommufd_hwpt_get_dirty_bitmap(ucmd: Ucmd) -> int:
         iopt = hwpt.ioas.iopt
         with iopt.iova_rwsem.read():
             check_iova_range(iopt.iova_alignment, cmd.iova, cmd.length, cmd.page_size)
+            # __iommu_read_and_clear_dirty: iopt_for_each_contig_area from cmd.iova, up to
+            # the first hole; its -EINVAL for the hole is dropped (the ioctl succeeds)
             end = cmd.iova + cmd.length
             pos = cmd.iova
             for ext in iopt.areas.overlapping(cmd.iova, end):
                 if ext.start > pos:
                     break
                 pos = ext.end
-            if pos < end:
-                raise kerr(errno.EINVAL, f"IOMMU_HWPT_GET_DIRTY_BITMAP: [{pos:#x}, {end:#x}) "
-                           "is not mapped")
-            no_clear = bool(cmd.flags & I.IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR)
-            dirty = hwpt.driver.read_and_clear_dirty(dom, cmd.iova, cmd.length, no_clear)
-            record_bits(ucmd, cmd.data, cmd.iova, cmd.page_size, dirty)
+            if pos > cmd.iova:
+                no_clear = bool(cmd.flags & I.IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR)
+                dirty = hwpt.driver.read_and_clear_dirty(dom, cmd.iova, pos - cmd.iova,
+                                                         no_clear)
+                record_bits(ucmd, cmd.data, cmd.iova, cmd.length, cmd.page_size, dirty)
     finally:
         ictx.put_object(hwpt)
     return 0

@@ -12,8 +12,10 @@ What it models:
   IOMMU_HWPT_DATA_SELFTEST EOPNOTSUPP; the domain remembers the vIOMMU (``mock_viommu``),
   which the mock's attach uses to require a vDEVICE for the device (ENOENT).
 - Cache invalidation (IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST): a zero-length array of that
-  type is fine (probing); otherwise the whole array is copied first (a wrong type or entry
-  size EINVAL, nothing done), then entry by entry: unknown flags EOPNOTSUPP, cache_id above
+  type is fine (probing); otherwise the whole array is copied first
+  (iommu_copy_struct_from_full_user_array: a wrong type EINVAL; any entry_len is taken,
+  zero-extended when short, E2BIG when long with non-zero extra bytes; nothing done on
+  failure), then entry by entry: unknown flags EOPNOTSUPP, cache_id above
   MOCK_DEV_CACHE_ID_MAX EINVAL, a vdev_id with no vDEVICE EINVAL; an entry clears one cache
   entry of the device (all with IOMMU_TEST_INVALIDATE_FLAG_ALL); ``entry_num`` is written
   back with the entries done.
@@ -137,9 +139,8 @@ class MockViommuOps(ViommuOps):
         try:
             if viommu.kernel.sched.fault("kzalloc"):
                 raise kerr(errno.ENOMEM, "mock_viommu_cache_invalidate: kzalloc (injected)")
-            cmds = [array.copy_entry(I.iommu_viommu_invalidate_selftest,
-                                     I.IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST, i, "cache_id")
-                    for i in range(array.entry_num)]
+            cmds = array.copy_full(I.iommu_viommu_invalidate_selftest,
+                                   I.IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST)
             for i, cur in enumerate(cmds):
                 if cur.flags & ~I.IOMMU_TEST_INVALIDATE_FLAG_ALL:
                     raise kerr(errno.EOPNOTSUPP, f"mock vIOMMU invalidate: entry {i} flags "

@@ -8,7 +8,7 @@ iommufd answers the legacy container API on its own fd, acting on the *compat IO
 - VFIO_SET_IOMMU: TYPE1 or TYPE1v2 (else EINVAL), ENODEV without a compat IOAS; TYPE1 disables
   large pages so unmaps may cut areas;
 - VFIO_IOMMU_GET_INFO: argsz below the minimum EINVAL; the page sizes and the DMA_AVAIL and
-  IOVA_RANGE capabilities (argsz grows to what all of them need);
+  IOVA_RANGE capabilities, each 8-byte aligned (argsz grows to what all of them need);
 - VFIO_IOMMU_MAP_DMA: argsz too small or unknown flags EINVAL; always a FIXED iova;
 - VFIO_IOMMU_UNMAP_DMA: argsz/flags EINVAL; UNMAP_FLAG_ALL needs iova = size = 0; with large
   pages disabled the range is first cut out of its areas; ``size`` returns the bytes unmapped;
@@ -156,8 +156,12 @@ def _pagesizes(ioas: Ioas) -> int:
 
 
 def vfio_get_info(ictx: IommufdCtx, arg: UserArg) -> int:
-    """iommufd_vfio_iommu_get_info: the info, then DMA_AVAIL and IOVA_RANGE capabilities
-    where argsz has room; argsz reports what all of them need."""
+    """iommufd_vfio_iommu_get_info: the info, then the DMA_AVAIL and IOVA_RANGE capabilities
+    where argsz has room for them, each starting 8-byte aligned (cap_size = ALIGN(cap_size,
+    sizeof(u64)), "vfio: align capability structures", 6.6: the 12-byte DMA_AVAIL takes 16,
+    its 4 padding bytes left as the user had them). A capability's ``next`` is set once
+    argsz reaches where the following one starts; ``cap_offset`` only when all of them fit;
+    argsz reports what all of them need."""
     minsz = _minsz(V.vfio_iommu_type1_info, "iova_pgsizes")
     info = V.vfio_iommu_type1_info.from_buffer_copy(
         arg.read(minsz).ljust(ctypes.sizeof(V.vfio_iommu_type1_info), b"\0"))
@@ -170,18 +174,17 @@ def vfio_get_info(ictx: IommufdCtx, arg: UserArg) -> int:
         info.iova_pgsizes = _pagesizes(ioas)
         info.cap_offset = 0
         with ioas.iopt.iova_rwsem.read():
-            caps = [_cap_dma_avail(), _cap_iova(ioas)]
-        total = ctypes.sizeof(V.vfio_iommu_type1_info)
-        offsets = []
-        for cap in caps:
-            offsets.append(total)
-            total += len(cap)
-        for i, (off, cap) in enumerate(zip(offsets, caps, strict=True)):
-            if info.argsz >= off + len(cap):
-                hdr = V.vfio_info_cap_header.from_buffer_copy(cap)
-                hdr.next = offsets[i + 1] if i + 1 < len(caps) and \
-                    info.argsz >= offsets[i + 1] else 0
-                arg.write(bytes(hdr) + cap[ctypes.sizeof(hdr):], off)
+            total = ctypes.sizeof(V.vfio_iommu_type1_info)
+            last_cap: int | None = None
+            for fill in (_fill_cap_dma_avail, _fill_cap_iova):
+                room = info.argsz - total if info.argsz > total else 0
+                cap_size = fill(ioas, arg, total, room)
+                cap_size = (cap_size + 7) & ~7
+                if last_cap is not None and info.argsz >= total:
+                    arg.write(total.to_bytes(4, "little"),
+                              last_cap + V.vfio_info_cap_header.next.offset)
+                last_cap = total
+                total += cap_size
         if info.argsz >= total:
             info.cap_offset = ctypes.sizeof(V.vfio_iommu_type1_info)
         info.argsz = total
@@ -192,19 +195,33 @@ def vfio_get_info(ictx: IommufdCtx, arg: UserArg) -> int:
     return 0
 
 
-def _cap_dma_avail() -> bytes:
+def _fill_cap_dma_avail(ioas: Ioas, arg: UserArg, off: int, avail: int) -> int:
+    """iommufd_fill_cap_dma_avail: U32_MAX entries (iommufd's limit is the memory cgroup's),
+    written at ``off`` when ``avail`` bytes hold it; returns its (unaligned) size."""
     cap = V.vfio_iommu_type1_info_dma_avail(avail=U32_MAX)
     cap.header.id = V.VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL
     cap.header.version = 1
-    return bytes(cap)
+    if avail >= ctypes.sizeof(cap):
+        arg.write(bytes(cap), off)
+    return ctypes.sizeof(cap)
 
 
-def _cap_iova(ioas: Ioas) -> bytes:
+def _fill_cap_iova(ioas: Ioas, arg: UserArg, off: int, avail: int) -> int:
+    """iommufd_fill_cap_iova: the IOAS's usable ranges (the holes in its reserved itree).
+    Each range is written when ``avail`` reaches it, the header (with nr_iovas) only when
+    all of them fit; returns struct_size(cap, iova_ranges, nr_iovas)."""
     ranges = ioas.iopt.iova_ranges()
     cap = V.vfio_iommu_type1_info_cap_iova_range(nr_iovas=len(ranges))
     cap.header.id = V.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE
     cap.header.version = 1
-    return bytes(cap) + b"".join(bytes(V.vfio_iova_range(start=s, end=e)) for s, e in ranges)
+    head, rsz = ctypes.sizeof(cap), ctypes.sizeof(V.vfio_iova_range)
+    for i, (start, last) in enumerate(ranges):
+        if avail >= head + rsz * (i + 1):
+            arg.write(bytes(V.vfio_iova_range(start=start, end=last)), off + head + rsz * i)
+    size = head + rsz * len(ranges)
+    if avail >= size:
+        arg.write(bytes(cap), off)
+    return size
 
 
 def iommufd_vfio_ioctl(ictx: IommufdCtx, proc: Process, cmd: int, arg: UserArg) -> int:
