@@ -88,6 +88,25 @@ def test_adjacent_maps_that_continue_merge():
     assert len(t) == 2
 
 
+def test_leaf_ptes_split_each_map_call_into_the_largest_aligned_pages():
+    t = IoPageTable(PAGE, "t")
+    every = (1 << 48) - PAGE  # every power of two from PAGE
+    t.map(0x10000, 0x40000, 0x7000, RW)  # 16 KiB + 8 KiB + 4 KiB
+    assert [t.leaf(a, every) for a in (0x10000, 0x13FFF, 0x14000, 0x16000)] == [
+        (0x10000, 0x14000), (0x10000, 0x14000), (0x14000, 0x16000), (0x16000, 0x17000)]
+    assert t.leaf(0x12000, PAGE | 2 * PAGE) == (0x12000, 0x14000)  # only the sizes given
+    t.map(0x17000, 0x47000, 0x9000, RW)  # continues the first: one extent, two calls
+    assert len(t) == 1
+    assert t.leaf(0x18000, every) == (0x18000, 0x20000)  # not across the calls' border
+    t.map(0x40000, 0x81000, 0x8000, RW)  # IOVA and physical address disagree: 4 KiB
+    assert t.leaf(0x44000, every) == (0x44000, 0x45000)
+    t.map(0x80000, 0x100000, 0x8000, RW, step=PAGE)  # PAGE_SIZE calls
+    assert t.leaf(0x84000, every) == (0x84000, 0x85000)
+    assert t.leaf(0x90000, every) is None
+    t.unmap(0x10000, 0x4000)
+    assert t.leaf(0x14000, every) == (0x14000, 0x16000)
+
+
 def test_map_pages_errors_carry_the_kernels_errno():
     h, u = unit()
     d = u.domain(aperture=(0, 0xFFFF_FFFF))

@@ -19,6 +19,11 @@ range to ``(delta, prot)`` with ``paddr = iova + delta`` — a flat value, so ne
 continue each other with the same permissions merge, and 1 GiB mapped at once is one extent;
 a mapping is aligned to the domain's smallest page size in IOVA, physical address and size;
 ``nested`` domains have a ``paging`` parent with ``nest_parent``; nothing is per page.
+Leaf PTEs: the table also keeps the range of each map call (``IoPageTable.calls``, one extent
+per call, or per run of ``step``-sized calls), from which :meth:`IoPageTable.leaf` derives the
+PTE holding an IOVA the way a page-table walker splits a map call (drivers/iommu/generic_pt:
+the largest supported page size aligned in IOVA and physical address that stays inside the
+call); only the test mock's dirty bits use it (a DMA write marks the bytes it wrote).
 
 Units: IOVAs, IPAs, physical addresses and sizes in bytes; ``aperture`` and ``reserved`` are
 inclusive ``(start, last)`` like the kernel's geometry and iommu_resv_region; every other
@@ -96,11 +101,17 @@ class IoPageTable:
     def __init__(self, pgsize: int, label: str = "") -> None:
         self.pgsize = pgsize
         self.ptes: RangeMap[tuple[int, int]] = RangeMap(label=label, atomic=True)
+        # The map calls: ``(first iova, end, step)`` of the call (or run of ``step``-sized
+        # calls) that mapped each range; the first two keep neighbouring calls apart.
+        self.calls: RangeMap[tuple[int, int, int]] = RangeMap(label=f"{label}.calls",
+                                                              atomic=True)
 
     def _aligned(self, *xs: int) -> bool:
         return all(x % self.pgsize == 0 for x in xs)
 
-    def map(self, iova: int, paddr: int, size: int, prot: int) -> None:
+    def map(self, iova: int, paddr: int, size: int, prot: int, step: int = 0) -> None:
+        """Map ``[iova, iova + size)`` to ``paddr`` in one call, or (``step``) in calls of
+        ``step`` bytes each (the PTEs then never span a ``step`` boundary)."""
         if size <= 0 or not self._aligned(iova, paddr, size):
             raise ValueError(f"{self.ptes.label}: map iova {iova:#x} pa {paddr:#x} size "
                              f"{size:#x} not aligned to {self.pgsize:#x}")
@@ -108,13 +119,40 @@ class IoPageTable:
             raise ValueError(f"{self.ptes.label}: [{iova:#x}, {iova + size:#x}) is already "
                              "partly mapped")
         self.ptes.set(iova, iova + size, (paddr - iova, prot))
+        self.calls.set(iova, iova + size, (iova, iova + size, step))
 
     def unmap(self, iova: int, size: int) -> int:
         """Remove the PTEs of ``[iova, iova + size)``; the bytes that were mapped."""
         if size <= 0 or not self._aligned(iova, size):
             raise ValueError(f"{self.ptes.label}: unmap iova {iova:#x} size {size:#x} not "
                              f"aligned to {self.pgsize:#x}")
+        self.calls.remove(iova, iova + size)
         return sum(e - s for s, e, _ in self.ptes.remove(iova, iova + size))
+
+    def leaf(self, iova: int, sizes: int) -> tuple[int, int] | None:
+        """``[start, end)`` of the leaf PTE holding ``iova`` (None: not mapped): the largest
+        page size of ``sizes`` (a pgsize bitmap) whose aligned block around ``iova`` is
+        aligned in physical address too and lies inside the map call — what a page-table
+        walker builds when it splits a call into the largest pages that fit."""
+        pte = self.ptes.get(iova)
+        call = self.calls.get(iova)
+        if pte is None or call is None:
+            return None
+        delta = pte.value[0]
+        lo, hi = max(pte.start, call.start), min(pte.end, call.end)
+        step = call.value[2]
+        limit = delta & -delta if delta else 1 << 63  # the physical address's alignment
+        if step:
+            limit = min(limit, step)
+        for bit in range(min(limit, sizes).bit_length() - 1, -1, -1):
+            size = 1 << bit
+            if not sizes & size or size > limit:
+                continue
+            start = iova & ~(size - 1)
+            if lo <= start and start + size <= hi:
+                return start, start + size
+        start = iova & ~(self.pgsize - 1)
+        return start, start + self.pgsize
 
     def get(self, iova: int) -> tuple[int, int, int] | None:
         """The walk: ``(end, delta, prot)`` of the extent holding ``iova``."""
@@ -157,6 +195,9 @@ class IommuDomain:
         self.kind: str = kind
         self.pgsize_bitmap: int = pgsize_bitmap or (parent.pgsize_bitmap if parent else pgsize)
         self.pgsize = self.pgsize_bitmap & -self.pgsize_bitmap  # the lowest bit
+        # The page sizes its table's leaf PTEs come in (see :meth:`leaf`); a driver whose
+        # table has more than it advertises (the iommufd test mock) widens it.
+        self.leaf_sizes: int = self.pgsize_bitmap
         self.aperture = aperture
         self.reserved = list(iommu.reserved if reserved is None else reserved)
         self.nest_parent: bool = nest_parent
@@ -191,9 +232,10 @@ class IommuDomain:
         return self.table
 
     # ----- what the driver does: iommu_map/iommu_unmap_fast/iotlb_sync -------------------
-    def map_pages(self, iova: int, paddr: int, size: int, prot: int) -> None:
+    def map_pages(self, iova: int, paddr: int, size: int, prot: int, step: int = 0) -> None:
         """iommu_map without its sync: EINVAL when unaligned or outside the aperture,
-        EEXIST when part of the range is mapped already."""
+        EEXIST when part of the range is mapped already. ``step``: the range stands for
+        consecutive iommu_map calls of ``step`` bytes each (iommufd's batch_iommu_map_small)."""
         table = self._paging("iommu_map")
         lo, last = self.aperture
         if size <= 0 or (iova | paddr | size) & (self.pgsize - 1):
@@ -203,7 +245,7 @@ class IommuDomain:
             raise kerr(errno.EINVAL, f"iommu_map: [{iova:#x}, {iova + size:#x}) outside the "
                        f"aperture [{lo:#x}, {last:#x}] of {self.name}")
         try:
-            table.map(iova, paddr, size, prot)
+            table.map(iova, paddr, size, prot, step)
         except ValueError as e:
             raise kerr(errno.EEXIST, f"iommu_map: {e}") from None
 
@@ -231,6 +273,10 @@ class IommuDomain:
     def iova_to_phys(self, iova: int) -> int | None:
         """iommu_iova_to_phys: a software walk (paging domains only)."""
         return self._paging("iommu_iova_to_phys").iova_to_phys(iova)
+
+    def leaf(self, iova: int) -> tuple[int, int] | None:
+        """``[start, end)`` of the leaf PTE that maps ``iova`` (None: not mapped)."""
+        return self._paging("leaf").leaf(iova, self.leaf_sizes)
 
     # ----- dirty tracking (iommu_dirty_ops) -----------------------------------------------
     @property

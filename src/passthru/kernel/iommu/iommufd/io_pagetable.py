@@ -29,9 +29,12 @@ offsets; ``last`` is inclusive as in the kernel's interval trees.
 Locking (asserted as the kernel asserts): ``areas``, ``reserved``, ``allowed``,
 ``iova_alignment`` under ``iova_rwsem``; ``domains`` and area filling under ``domains_rwsem``
 (write to add/remove a domain) with the pages' mutex for each area; ``accesses`` under both.
-Leaves out: area splitting for the VFIO compat path (iopt_cut_iova), large-page contiguity of
-the domain mapping, the per-group reserved regions of real IOMMUs (the mock's come from
-selftest.py through :meth:`IoPagetable.reserve_iova`).
+Filling a domain maps each physically contiguous run of an area with one iommu_map call, or,
+while huge pages are disabled (IOMMU_OPTION_HUGE_PAGES 0), PAGE_SIZE at a time
+(batch_to_domain / batch_iommu_map_small, pages.c): the domain's leaf PTEs follow those calls.
+Leaves out: area splitting for the VFIO compat path (iopt_cut_iova), the pfn batch's own
+limits on a run (a run is split only where its pages are), the per-group reserved regions of
+real IOMMUs (the mock's come from selftest.py through :meth:`IoPagetable.reserve_iova`).
 """
 
 from __future__ import annotations
@@ -333,10 +336,13 @@ class IoPagetable(track.Tracked):
         if dmabuf is not None:
             dmabuf.track_domain(area, domain)
         prot = area.prot | (IOMMU_MMIO if dmabuf is not None else 0)
+        # batch_to_domain: one iommu_map per contiguous run, or batch_iommu_map_small's
+        # PAGE_SIZE calls while large pages are disabled
+        step = PAGE if self.disable_large_pages else 0
         done = 0
         try:
             for s, e, p in pages.pfns(area.start_byte, area.start_byte + area.length):
-                domain.map_pages(area.iova + (s - area.start_byte), p, e - s, prot)
+                domain.map_pages(area.iova + (s - area.start_byte), p, e - s, prot, step)
                 done = e - area.start_byte
         except (OSError, ValueError) as err:
             if done:

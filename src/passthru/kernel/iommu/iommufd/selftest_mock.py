@@ -15,8 +15,9 @@ to the physical address the user VA has (EINVAL otherwise); MD_CHECK_REFS (page 
 EINVAL) compares the pin count of every page under the user range with ``refs`` (EIO);
 MD_CHECK_IOTLB and DEV_CHECK_CACHE compare the mock's nested IOTLB / device cache entry
 (EINVAL). ADD_RESERVED reserves ``[start, +length)`` in an IOAS with no owner (it goes with
-the IOAS). DIRTY marks the mapped pages of a dirty-tracking mock domain dirty where the user
-bitmap has bits set, and returns how many bits hit mapped IOVA (``out_nr_dirty``).
+the IOAS). DIRTY (7.x: the page table's set_dirty) marks dirty, for each bit set in the user
+bitmap, the whole leaf PTE holding that bit's first IOVA (nothing where it is not mapped), and
+returns how many bits were set (``out_nr_dirty``, mapped or not).
 
 Invariants: a finalized SELFTEST object owns exactly one bound mock device; the device lives
 as long as the object. Units: bytes; bitmap bit i is ``[iova + i * page_size, +page_size)``.
@@ -261,32 +262,40 @@ def test_add_reserved(ucmd: Ucmd) -> int:
     return 0
 
 
+DIRTY_MAX_BITS = (16 << 20) * 8  # iommufd_test_dirty: SZ_16M * BITS_PER_BYTE
+
+
 @test_op(I.IOMMU_TEST_OP_DIRTY)
 def test_dirty(ucmd: Ucmd) -> int:
-    """iommufd_test_dirty: set the dirty bits the user bitmap names (mapped IOVA only)."""
+    """iommufd_test_dirty: ``mock->iommu.ops->set_dirty`` at the first IOVA of each bit set
+    in the user bitmap: the leaf PTE there becomes dirty (-ENOENT where nothing is mapped,
+    ignored); every set bit counts."""
     c = ucmd.cmd.dirty
     if not c.page_size or not c.length or c.iova % c.page_size or c.length % c.page_size \
             or not c.uptr:
         raise kerr(errno.EINVAL, "DIRTY: bad page_size, length, iova or uptr")
+    nbits = c.length // c.page_size
+    if nbits > DIRTY_MAX_BITS:
+        raise kerr(errno.EOVERFLOW, f"DIRTY: {nbits} bits, more than SZ_16M bytes of bitmap")
     hwpt = get_md_pagetable(ucmd, ucmd.cmd.id, HwptPaging, "DIRTY")
     try:
         dom: IommuDomain | None = hwpt.domain
         assert dom is not None and dom.table is not None
         if not dom.dirty_tracking:
             raise kerr(errno.EINVAL, f"DIRTY: dirty tracking is off on {dom.name}")
-        nbits = c.length // c.page_size
         if ucmd.ictx.kernel.sched.fault("kvzalloc"):
             raise kerr(errno.ENOMEM, "DIRTY: kvzalloc of the bitmap (injected)")
         bits = read_user(ucmd, c.uptr, (nbits + 7) // 8)
         count = 0
-        for i in range(nbits):
-            if not bits[i // 8] >> (i % 8) & 1:
-                continue
-            s = c.iova + i * c.page_size
-            hit = dom.table.mapped(s, s + c.page_size)
-            for ms, me, _p, _prot in hit:
-                dom.dirty.set(ms, me, True)
-            count += bool(hit)
+        for byte_index, byte in enumerate(bits):
+            for bit in range(8) if byte else ():
+                i = 8 * byte_index + bit
+                if i >= nbits or not byte >> bit & 1:
+                    continue
+                count += 1
+                leaf = dom.leaf(c.iova + i * c.page_size)
+                if leaf is not None:
+                    dom.dirty.set(*leaf, True)
         c.out_nr_dirty = count
         ucmd.respond()
     finally:
