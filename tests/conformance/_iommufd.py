@@ -432,6 +432,8 @@ class Iommufd:
                       hwpt_id=hwpt_id)
 
     def get_dmabuf(self, length: int) -> int:
+        """IOMMU_TEST_OP_DMABUF_GET's return value: the new fd before 7.3, 0 on 7.3 (the fd is
+        installed all the same; test_iommufd_dmabuf.get_dmabuf finds it)."""
         return self.test_cmd_ret(I.IOMMU_TEST_OP_DMABUF_GET, 0, "dmabuf_get", length=length,
                                  open_flags=L.O_CLOEXEC)
 

@@ -2,8 +2,11 @@
 tools/testing/selftests/iommu/iommufd.c) and KERNEL.md §3's IOAS_MAP_FILE-of-a-dma-buf
 facts: length 0 or past the buffer EINVAL, a revoked buffer ENODEV (checked before the IOVA
 overlap), and un-revoke does not remap. The buffers come from the mock's
-IOMMU_TEST_OP_DMABUF_GET. Needs CONFIG_IOMMUFD_TEST on a kernel whose mock has that op
-(6.19+); the linux variant skips otherwise, saying which."""
+IOMMU_TEST_OP_DMABUF_GET, whose return value changed in 7.3: the new fd before, 0 since
+(dba4254e216d; the fd is installed all the same, at the lowest free number — the selftest's
+own _test_cmd_get_dmabuf, which still takes the return value, gets 0). Needs
+CONFIG_IOMMUFD_TEST on a kernel whose mock has that op (6.19+); the linux variant skips
+otherwise, saying which."""
 
 from __future__ import annotations
 
@@ -12,8 +15,11 @@ import os
 
 import pytest
 
-from ._iommufd import NODE, U64_MAX, is_linux, mock_fixture_setup, raises
+from passthru.uapi import linux as L
+
+from ._iommufd import NODE, U64_MAX, Iommufd, is_linux, mock_fixture_setup, raises
 from ._probe import PAGE
+from ._vfio import kernel_version
 
 pytestmark = pytest.mark.node(NODE)
 
@@ -42,6 +48,23 @@ def host(request):
         yield h
 
 
+def get_dmabuf(host, ctx: Iommufd, length: int) -> int:
+    """IOMMU_TEST_OP_DMABUF_GET's new dma-buf fd, on every kernel. dma_buf_fd installs it at
+    the lowest free number (get_unused_fd_flags), learnt beforehand with F_DUPFD; the ioctl
+    returns that number before 7.3 and 0 since (iommufd_test_dmabuf_get, dba4254e216d). The
+    fd must then be open with FD_CLOEXEC (``open_flags`` O_CLOEXEC): nothing else is ever
+    closed as "the dma-buf"."""
+    free = host.fcntl(ctx.fd, L.F_DUPFD_CLOEXEC, 0)
+    host.close(free)
+    ret = ctx.get_dmabuf(length)
+    if kernel_version(host) >= (7, 3):
+        assert ret == 0, f"7.3's DMABUF_GET returns 0, not {ret}"
+    else:
+        assert ret == free, f"DMABUF_GET returned {ret}, not the new fd {free}"
+    assert host.fcntl(free, L.F_GETFD) == L.FD_CLOEXEC, f"fd {free} is not the new dma-buf"
+    return free
+
+
 class DmabufIoas:
     def __init__(self, host, mock_domains):
         self.host = host
@@ -52,7 +75,7 @@ class DmabufIoas:
         for _ in range(mock_domains):
             _, _, self.device_id = ctx.mock_domain(self.ioas_id)
         try:
-            self.dfd = ctx.get_dmabuf(SIZE)
+            self.dfd = get_dmabuf(host, ctx, SIZE)
         except OSError as e:
             if is_linux(host) and e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
                 pytest.skip("the running kernel's iommufd test mock has no "
@@ -112,3 +135,21 @@ def test_dmabuf_area_survives_revoke_cycle_as_area(b):
     b.ctx.revoke_dmabuf(b.dfd, False)
     raises(errno.EEXIST, b.map_file, 0, SIZE, iova)
     assert b.ctx.ioas_unmap(b.ioas_id, iova, SIZE) == SIZE
+
+
+def test_dmabuf_get_and_revoke_errors(b):
+    """selftest.c: DMABUF_GET rounds the length up to a page, 0 or above 512 pages EINVAL;
+    DMABUF_REVOKE takes the fd with dma_buf_get: a file that is no dma-buf EINVAL, a closed
+    fd EBADF."""
+    ctx = b.ctx
+    raises(errno.EINVAL, ctx.get_dmabuf, 0)
+    raises(errno.EINVAL, ctx.get_dmabuf, 513 * PAGE)
+    fd = get_dmabuf(b.host, ctx, PAGE + 1)  # two pages
+    try:
+        raises(errno.EINVAL, ctx.ioas_map_file, b.ioas_id, fd, 0, 2 * PAGE + 1)
+        iova = ctx.ioas_map_file(b.ioas_id, fd, 0, 2 * PAGE)
+        assert ctx.ioas_unmap(b.ioas_id, iova, 2 * PAGE) == 2 * PAGE
+    finally:
+        b.host.close(fd)
+    raises(errno.EBADF, ctx.revoke_dmabuf, fd, True)
+    raises(errno.EINVAL, ctx.revoke_dmabuf, ctx.fd, True)

@@ -1,7 +1,8 @@
 """The legacy VFIO path on QEMU's edu device, on SimHost and on the real kernel: the container
 (/dev/vfio/vfio, drivers/vfio/container.c), the group (/dev/vfio/<group>, group.c) and the
 type1 IOMMU backend (vfio_iommu_type1.c) — their ioctls and errnos, type1 MAP_DMA/UNMAP_DMA,
-a device fd from the group, and the edu's DMA through the type1 container.
+a device fd from the group, the group and the device's cdev excluding each other (where the
+kernel has the cdev), and the edu's DMA through the type1 container.
 
 The group of the edu: /dev/vfio/0 and BDF 0000:00:04.0 on SimHost's default machine; on
 LinuxHost the vfio-pci device with ID 1234:11e8 found in sysfs (its iommu_group link). The
@@ -18,7 +19,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,11 +29,13 @@ from passthru.vmm import Iommufd, Memfd, VfioContainer, VfioDevice, VfioGroup
 
 from ._iommufd import is_linux, raises
 from ._probe import PAGE
+from ._vfio import edu_dma, kernel_version
 
 CONTAINER = "/dev/vfio/vfio"
 pytestmark = pytest.mark.node(CONTAINER)
 
 SIM_GROUP, SIM_BDF = "/dev/vfio/0", "0000:00:04.0"
+CDEV = "/dev/vfio/devices/vfio0"  # the edu's cdev, on SimHost and in the lane-3 guest
 IOVA = 0x100000
 U64_MAX = (1 << 64) - 1
 RW = V.VFIO_DMA_MAP_FLAG_READ | V.VFIO_DMA_MAP_FLAG_WRITE
@@ -58,6 +60,13 @@ def edu_group(host: Any) -> tuple[str, str]:
                 pytest.skip(f"{node} absent or not accessible")
             return node, bdf
     pytest.skip("no edu (1234:11e8) bound to vfio-pci")
+
+
+def have_cdev(host: Any) -> bool:
+    """The edu's VFIO cdev and /dev/iommu are there (always on SimHost; not on a kernel
+    without CONFIG_VFIO_DEVICE_CDEV, such as Debian's)."""
+    return not is_linux(host) or all(os.access(n, os.R_OK | os.W_OK)
+                                     for n in (CDEV, "/dev/iommu"))
 
 
 @pytest.fixture
@@ -126,19 +135,36 @@ def test_group_device_fd(ready):
     assert dev.region(0).read_int(0, 4) == 0x010000ED
     # BIND_IOMMUFD is for cdev fds only: EINVAL with CONFIG_VFIO_DEVICE_CDEV, ENOTTY from the
     # stub without it (Debian's 7.3 kernel has no cdev: lane 2 sees ENOTTY)
-    cdev = os.path.isdir("/dev/vfio/devices") if is_linux(host) else True
-    raises(errno.EINVAL if cdev else errno.ENOTTY, dev.bind, 0)
+    cdev_config = os.path.isdir("/dev/vfio/devices") if is_linux(host) else True
+    raises(errno.EINVAL if cdev_config else errno.ENOTTY, dev.bind, 0)
     raises(errno.ENOTTY, dev.ioctl, V.VFIO_DEVICE_ATTACH_IOMMUFD_PT,
            V.vfio_device_attach_iommufd_pt(
                argsz=ctypes.sizeof(V.vfio_device_attach_iommufd_pt)))  # to vfio-pci
     raises(errno.EBUSY, g.unset_container)  # a device fd is open
-    cdev_node = "/dev/vfio/devices/vfio0"
-    if not is_linux(host) or all(os.access(n, os.R_OK | os.W_OK)
-                                 for n in (cdev_node, "/dev/iommu")):
-        with Iommufd(host) as ifd, VfioDevice(host, cdev_node) as cdev:  # the same device
-            raises(errno.EINVAL, cdev.bind, ifd)  # open through the group already
+    if have_cdev(host):
+        with Iommufd(host) as ifd, VfioDevice(host, CDEV) as cdev:  # the same device
+            # the group is open: vfio_device_block_group refuses before the device's open
+            # count is looked at (it would say EINVAL: open through the group already)
+            raises(errno.EBUSY, cdev.bind, ifd)
     dev.close()
     g.unset_container()
+
+
+def test_a_cdev_bind_and_the_group_exclude_each_other(host):
+    """group.c: while the group is open a cdev bind is EBUSY (test_group_device_fd); while a
+    device of the group is bound through its cdev, opening the group is EBUSY
+    (cdev_device_open_cnt), until that cdev file is closed. An unbound cdev file blocks
+    nothing."""
+    node, _ = edu_group(host)
+    if not have_cdev(host):
+        pytest.skip(f"{CDEV} or /dev/iommu absent or not accessible (no VFIO cdev)")
+    with Iommufd(host) as ifd, VfioDevice(host, CDEV) as cdev:
+        with VfioGroup(host, node) as g:  # the cdev file is open, not bound
+            assert g.status() == VIABLE
+        cdev.bind(ifd)
+        raises(errno.EBUSY, VfioGroup, host, node)
+    with VfioGroup(host, node) as g:  # the cdev file closed: the group opens again
+        assert g.status() == VIABLE
 
 
 # ----- type1 ----------------------------------------------------------------------------------
@@ -167,13 +193,6 @@ def test_type1_info_and_map_errnos(ready):
         assert c.unmap_dma(0, 0, V.VFIO_DMA_UNMAP_FLAG_ALL) == 0
 
 
-def kernel_version(host: Any) -> tuple[int, int]:
-    """(major, minor) of the running kernel, or of the SimHost profile (linux-X.Y)."""
-    release = os.uname().release if is_linux(host) else host.kernel.profile.name
-    major, minor = release.removeprefix("linux-").split(".")[:2]
-    return int(major), int(minor.split("-")[0])
-
-
 def test_type1_map_wrap_errno_by_version(ready):
     """An IOVA range that wraps: EINVAL (after the alignment check) before 6.19; EOVERFLOW
     from 6.19 on ("vfio/type1: sanitize for overflow using check_*_overflow()")."""
@@ -193,22 +212,11 @@ def test_edu_dma_round_trip_through_a_type1_container(ready):
         dev.set_command(memory=True, master=True)
         bar = dev.region(0)
 
-        def dma(src: int, dst: int, n: int, to_ram: bool) -> None:
-            for off, val in ((0x80, src), (0x88, dst), (0x90, n)):
-                bar.write_int(off, 8, val)
-            bar.write_int(0x98, 8, 0x1 | (0x2 if to_ram else 0))
-            # QEMU runs the transfer on a 100 ms timer and ignores register writes meanwhile:
-            # wait for the run bit to clear (the model finishes at once).
-            deadline = time.monotonic() + 5
-            while bar.read_int(0x98, 8) & 0x1:
-                assert time.monotonic() < deadline, "the edu's DMA never finished"
-                time.sleep(0.01)
-
         view.write(0, b"type1 round trip")
-        dma(IOVA, 0x40000, 16, to_ram=False)
-        dma(0x40000, IOVA + 3 * PAGE, 16, to_ram=True)
+        edu_dma(bar, IOVA, 0x40000, 16, to_ram=False)
+        edu_dma(bar, 0x40000, IOVA + 3 * PAGE, 16, to_ram=True)
         assert view.read(3 * PAGE, 16) == b"type1 round trip"
         assert c.unmap_dma(IOVA, 4 * PAGE) == 4 * PAGE
-        dma(0x40000, IOVA + 2 * PAGE, 16, to_ram=True)  # unmapped: the IOMMU blocks it
+        edu_dma(bar, 0x40000, IOVA + 2 * PAGE, 16, to_ram=True)  # unmapped: the IOMMU blocks it
         assert view.read(2 * PAGE, 16) == bytes(16)
         dev.close()

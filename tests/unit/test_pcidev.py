@@ -109,7 +109,7 @@ def test_ids_class_and_capability_lists():
     edu, gpu = devs["edu0"], devs["gpu0"]
     assert (edu.cfg_read(0, 2), edu.cfg_read(2, 2)) == (0x1234, 0x11E8)
     assert edu.cfg_read(0, 4) == 0x11E81234
-    assert edu.cfg_read(0x08, 4) == 0xFF000010  # class "other", revision 0x10
+    assert edu.cfg_read(0x08, 4) == 0x00FF0010  # PCI_CLASS_OTHERS (base 0, sub 0xff), rev 0x10
     assert edu.cfg_read(PCI_STATUS, 2) & PCI_STATUS_CAP_LIST
     assert set(caps(edu)) == {PCI_CAP_ID_MSI}  # like QEMU's: no PM, no PCIe
     assert edu.cfg_size == 256 and edu.cfg_read(0x100, 4) == 0xFFFFFFFF

@@ -416,15 +416,18 @@ def test_edu_dma_round_trip_through_a_type1_container() -> None:
     assert u.size == 4 * PAGE
     edu_dma(0x40000, 0x10_0000 + 2 * PAGE, 16, to_ram=True)  # unmapped: the IOMMU faults
     assert h.peek(va + 2 * PAGE, 16) == bytes(16)
-    # the cdev cannot take the device: open through the group EINVAL (vfio_df_open); closed
-    # but its group still in the container, iommufd's DMA-owner claim EBUSY
+    # the cdev cannot take the device while the group is open, with or without a device fd
+    # from it (vfio_device_block_group EBUSY); once the group file is gone it can
     vfd = h.open("/dev/vfio/devices/vfio0", L.O_RDWR)
     ictx = h.open("/dev/iommu", L.O_RDWR)
     b = V.vfio_device_bind_iommufd(argsz=ctypes.sizeof(V.vfio_device_bind_iommufd),
                                    iommufd=ictx)
-    err(errno.EINVAL, h.ioctl, vfd, V.VFIO_DEVICE_BIND_IOMMUFD, b)
+    err(errno.EBUSY, h.ioctl, vfd, V.VFIO_DEVICE_BIND_IOMMUFD, b)
     h.close(dfd)
     err(errno.EBUSY, h.ioctl, vfd, V.VFIO_DEVICE_BIND_IOMMUFD, b)
+    h.close(gfd)  # the release leaves the container: DMA ownership is free again
+    assert h.ioctl(vfd, V.VFIO_DEVICE_BIND_IOMMUFD, b) == 0
+    err(errno.EBUSY, h.open, "/dev/vfio/0", L.O_RDWR)  # bound through the cdev
     h.exit()
     assert h.leaks() == []
     assert [v.kind for v in h.kernel.sched.violations if v.kind != "iommu-fault"] == []

@@ -96,11 +96,22 @@ class Profile:
     revocable_pin_refused: bool = False  # 6.19: the revocable exporter's pin is EOPNOTSUPP
     dma_buf_mapping_types: bool = False  # 2026 proposal: SGT / PAL negotiation
     vfio_pci_dma_buf: bool = True  # 6.19: VFIO_DEVICE_FEATURE_DMA_BUF (else ENOTTY)
+    # 7.1 (702809dabdec "vfio/pci: Check BAR resources before exporting a DMABUF", also in
+    # 7.0.y): a BAR vfio holds no iomap of (an unimplemented one among them) is ENODEV right
+    # after the region index check, before the ranges; 6.19: EINVAL later (no p2pdma provider)
+    vfio_pci_dma_buf_barmap_check: bool = True
+    # before 7.3 ("vfio/pci: Remove the pcie check for VFIO_PCI_ERR_IRQ_INDEX"): the ERR IRQ
+    # index exists only on PCIe devices (GET_IRQ_INFO EINVAL, count 0 otherwise)
+    vfio_pci_err_irq_pcie_only: bool = True
     vfio_type1_overflow_checks: bool = True  # 6.19: type1 MAP_DMA wrap is EOVERFLOW, first
     udmabuf_size_limit_mb: int = 0x7FFFFFFF  # udmabuf's size_limit_mb default (7.3: INT_MAX)
     # iommufd (drivers/iommu/iommufd/)
     iommufd_test: bool = True  # CONFIG_IOMMUFD_TEST: IOMMU_TEST_CMD and the mock (selftest.c)
     iommufd_map_dmabuf: bool = True  # 6.19: IOAS_MAP_FILE also takes a dma-buf fd
+    # before 7.3 (dba4254e216d "iommufd/selftest: Fix dmabuf leak in
+    # iommufd_test_dmabuf_get()"): IOMMU_TEST_OP_DMABUF_GET returns the new fd; 7.3 installs
+    # the fd but the ioctl returns 0 (the caller finds it as the lowest free fd)
+    iommufd_test_dmabuf_get_returns_fd: bool = True
     thp: bool = True  # CONFIG_TRANSPARENT_HUGEPAGE: automatic IOVAs aligned up to 2 MiB
     design: str = "vfio"
     bugs: frozenset[str] = field(default=frozenset())
@@ -135,6 +146,7 @@ LINUX_6_18 = Profile(
     revocable_pin_refused=True,
     iommufd_map_dmabuf=False,
     vfio_pci_dma_buf=False,
+    vfio_pci_dma_buf_barmap_check=False,
     vfio_type1_overflow_checks=False,
     udmabuf_size_limit_mb=64,
 )

@@ -1,6 +1,7 @@
 """QEMU's educational PCI device (hw/misc/edu.c) as hardware.
 
-Models EduState: PCI ID 1234:11e8, revision 0x10, class "other" (0xff), INTx pin A, an MSI
+Models EduState: PCI ID 1234:11e8, revision 0x10, class_id PCI_CLASS_OTHERS (0x00ff: base
+class 0x00, sub-class 0xff, so the dword at config 0x08 reads 0x00ff0010), INTx pin A, an MSI
 capability (64-bit, one vector), and one 1 MiB memory BAR0 of registers:
 
 ====== ==== =================================================================================
@@ -83,7 +84,9 @@ class EduDevice(PciDevice):
     VENDOR = 0x1234
     DEVICE = 0x11E8
     REVISION = 0x10
-    CLASS = 0xFF0000  # PCI_CLASS_OTHERS
+    # edu_class_init: k->class_id = PCI_CLASS_OTHERS (0xff), the 16-bit base class and
+    # sub-class word at PCI_CLASS_DEVICE: base class 0x00, sub-class 0xff, prog-if 0.
+    CLASS = 0x00FF00
     INTERRUPT_PIN = 1
 
     def __init__(self, name: str, func: PciFunction, phys: PhysMem, sched: Scheduler, *,

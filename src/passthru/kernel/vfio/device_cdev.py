@@ -2,9 +2,11 @@
 
 - VFIO_DEVICE_BIND_IOMMUFD (:func:`vfio_df_ioctl_bind_iommufd`), in the kernel's order:
   argsz below offsetofend(out_devid), a negative iommufd or unknown flags EINVAL; a group fd
-  EINVAL; under ``dev_set.lock``: a VF token (BIND_FLAG_TOKEN: argsz must reach
-  token_uuid_ptr, the 16 bytes are copied, EFAULT) that the device does not take EINVAL;
-  this file already bound EINVAL; the iommufd fd not open EBADF, not an iommufd EBADFD; then
+  EINVAL; the device's group open (the legacy path) EBUSY (group.py's
+  vfio_device_block_group: the group cannot be opened from here until the unbind or a
+  failure); under ``dev_set.lock``: this file already bound EINVAL; a VF token
+  (BIND_FLAG_TOKEN: argsz must reach token_uuid_ptr, the 16 bytes are copied, EFAULT) that
+  the device does not take EINVAL; the iommufd fd not open EBADF, not an iommufd EBADFD; then
   vfio_df_open (another file has the device open EINVAL; iommufd_device_bind's errors), then
   ``out_devid`` is written (EFAULT closes the device again) and ``access_granted`` is
   published. The file holds the iommufd context (a file reference) until unbind.
@@ -16,12 +18,13 @@
 - VFIO_DEVICE_DETACH_IOMMUFD_PT (:func:`vfio_df_ioctl_detach_pt`): argsz below
   offsetofend(flags) EINVAL, flags other than DETACH_PASID EINVAL, PASID without ops
   EOPNOTSUPP, argsz not reaching ``pasid`` EINVAL; the detach itself never fails.
-- :func:`vfio_df_unbind_iommufd` (file release): close the device, drop the context.
+- :func:`vfio_df_unbind_iommufd` (file release): close the device, unblock the group, drop
+  the context.
 
 Invariants: a file's ``access_granted`` is set only after the device is open and bound; the
 iommufd context a file holds is released exactly once, by unbind or by a failed bind.
 Locking: ``dev_set.lock`` around bind, attach, detach and unbind, as the kernel's.
-Leaves out: vfio_device_block_group (no group path), KVM references.
+Leaves out: KVM references.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from ...uapi import vfio as V
 from ..fs.file import fput
 from ..fs.uaccess import UserArg
 from ..iommu.iommufd.main import IommufdCtx
+from .group import vfio_device_block_group, vfio_device_unblock_group
 from .vfio_main import VfioDeviceFile, vfio_df_close, vfio_df_open
 
 if TYPE_CHECKING:
@@ -72,9 +76,26 @@ def vfio_df_ioctl_bind_iommufd(df: VfioDeviceFile, proc: Process, arg: UserArg) 
                    f"{_BIND_MIN}), iommufd {bind.iommufd}, flags {bind.flags:#x}")
     if df.group is not None:
         raise kerr(errno.EINVAL, "VFIO_DEVICE_BIND_IOMMUFD: only on a cdev fd")
+    vfio_device_block_group(device)  # EBUSY while the group is open
+    try:
+        _bind_locked(df, proc, arg, bind)
+    except BaseException:
+        vfio_device_unblock_group(device)  # out_unlock
+        raise
+    device.kernel.sched.emit("vfio", "bind", dev=device.name, iommufd=bind.iommufd,
+                             devid=df.devid)
+    return 0
+
+
+def _bind_locked(df: VfioDeviceFile, proc: Process, arg: UserArg,
+                 bind: ctypes.Structure) -> None:
+    """The bind under ``dev_set.lock``, from the VF token on (its failures leave nothing)."""
+    device = df.device
     assert device.dev_set is not None
     with device.dev_set.lock:
-        if bind.flags & V.VFIO_DEVICE_BIND_FLAG_TOKEN:
+        if df.granted():
+            raise kerr(errno.EINVAL, f"VFIO_DEVICE_BIND_IOMMUFD: {df.name} is already bound")
+        if bind.flags & V.VFIO_DEVICE_BIND_FLAG_TOKEN:  # vfio_df_check_token
             if bind.argsz < _BIND_TOKEN_END:
                 raise kerr(errno.EINVAL, "VFIO_DEVICE_BIND_IOMMUFD: BIND_FLAG_TOKEN with argsz "
                            f"{bind.argsz} short of token_uuid_ptr")
@@ -82,8 +103,6 @@ def vfio_df_ioctl_bind_iommufd(df: VfioDeviceFile, proc: Process, arg: UserArg) 
             UserArg(proc, tok.token_uuid_ptr).read(16)  # copy_from_user of the uuid
             raise kerr(errno.EINVAL, f"VFIO_DEVICE_BIND_IOMMUFD: {device.name} takes no VF "
                        "token (not a PF or VF)")
-        if df.granted():
-            raise kerr(errno.EINVAL, f"VFIO_DEVICE_BIND_IOMMUFD: {df.name} is already bound")
         df.iommufd = iommufd_ctx_from_fd(proc, bind.iommufd)
         try:
             vfio_df_open(df)
@@ -100,9 +119,6 @@ def vfio_df_ioctl_bind_iommufd(df: VfioDeviceFile, proc: Process, arg: UserArg) 
             raise
         device.cdev_opened = True
         df.access_granted.set(True)  # smp_store_release
-    device.kernel.sched.emit("vfio", "bind", dev=device.name, iommufd=bind.iommufd,
-                             devid=df.devid)
-    return 0
 
 
 def vfio_df_unbind_iommufd(df: VfioDeviceFile) -> None:
@@ -115,6 +131,7 @@ def vfio_df_unbind_iommufd(df: VfioDeviceFile) -> None:
         vfio_df_close(df)
         ictx, df.iommufd = df.iommufd, None
         device.cdev_opened = False
+    vfio_device_unblock_group(device)
     fput(ictx)  # iommufd_ctx_put
     device.kernel.sched.emit("vfio", "unbind", dev=device.name)
 

@@ -7,7 +7,11 @@ What it models:
   device binds to a VFIO driver (:func:`vfio_device_set_group`, which registers the node);
   its devices are VFIO devices (vfio_main.py) with their iommu-core devices (the DMA
   requesters the container attaches and claims ownership of);
-- open (vfio_group_fops_open): one open file at a time, a second open EBUSY;
+- open (vfio_group_fops_open): EBUSY while a device of the group is bound through its cdev
+  (``cdev_device_open_cnt``), and one open file at a time, a second open EBUSY;
+- :func:`vfio_device_block_group` / :func:`vfio_device_unblock_group`, the cdev side of the
+  exclusion: a cdev bind while the group is open EBUSY, else it counts in
+  ``cdev_device_open_cnt`` until its unbind;
 - VFIO_GROUP_GET_STATUS: argsz below 8 EINVAL; CONTAINER_SET|VIABLE when in a container,
   else VIABLE unless another owner (iommufd through the cdev, a kernel driver) claimed the
   group's DMA;
@@ -28,14 +32,16 @@ What it models:
   driver (vfio-pci: ENOTTY), as group.c's device fd does.
 - unknown ioctls ENOTTY; releasing the group file detaches it from its container.
 
-Invariants: ``opened_file`` is the only open file of the group; ``container`` set implies
-the group is on that container's list and ``container_users`` >= 1 (one for the group, one
-per opened device); a device is open through the group or through the cdev, never both
-(open_count and cdev_opened, dev_set.lock).
+Invariants: ``opened_file`` is the only open file of the group; ``opened_file`` and a
+non-zero ``cdev_device_open_cnt`` never hold together; ``container`` set implies the group
+is on that container's list and ``container_users`` >= 1 (one for the group, one per opened
+device); a device is open through the group or through the cdev, never both (the group
+exclusion above, and open_count under dev_set.lock).
 Units: none.
 Locking: ``group_lock`` (a Mutex, group->group_lock) protects ``container``,
-``container_users`` and ``opened_file``; it is taken before the container's ``group_lock``
-and before a device's ``dev_set.lock`` (the kernel's order). ``VfioGroups`` (the per-kernel
+``container_users``, ``opened_file`` and ``cdev_device_open_cnt``; it is taken before the
+container's ``group_lock`` and before a device's ``dev_set.lock`` (the kernel's order; a cdev
+bind takes and drops it before dev_set.lock). ``VfioGroups`` (the per-kernel
 group table, vfio.group_ida + the group list) is written at boot only.
 Leaves out: noiommu groups, KVM association (vfio_file_set_kvm), an iommufd given to
 SET_CONTAINER (the kernel, with IOMMUFD, binds the group to that context: EBADFD here), the
@@ -95,6 +101,7 @@ class VfioGroup(track.Tracked):
     container = Plain[Any]((0, 1))
     container_users = Plain[int]((1, 2))
     opened_file = Plain[Any]((2, 3))
+    cdev_device_open_cnt = Plain[int]((3, 4))
 
     def __init__(self, kernel: Kernel, group_id: int) -> None:
         self.kernel = kernel
@@ -106,6 +113,7 @@ class VfioGroup(track.Tracked):
         self._container: Any = None
         self._container_users = 0
         self._opened_file: Any = None
+        self._cdev_device_open_cnt = 0
         self.track_init(f"vfio.group{group_id}")
 
     def __repr__(self) -> str:
@@ -141,7 +149,32 @@ def vfio_device_set_group(kernel: Kernel, device: VfioDevice, iommu_dev: Any,
         groups[gid] = group
         kernel.device_add(group.devnode, functools.partial(_open, group))
     group.devices.append((device, iommu_dev))
+    device.group = group
     return group
+
+
+def vfio_device_block_group(device: VfioDevice) -> None:
+    """vfio_device_block_group (a cdev bind): EBUSY while the group is open, else one more
+    cdev user keeps the group from being opened. A device without a group (the stub without
+    CONFIG_VFIO_GROUP) is not blocked."""
+    group: VfioGroup | None = device.group
+    if group is None:
+        return
+    with group.group_lock:
+        if group.opened_file is not None:
+            raise kerr(errno.EBUSY, f"VFIO_DEVICE_BIND_IOMMUFD: {device.name}'s group "
+                       f"{group.devnode} is open (the legacy path owns it)")
+        group.cdev_device_open_cnt = group.cdev_device_open_cnt + 1
+
+
+def vfio_device_unblock_group(device: VfioDevice) -> None:
+    """vfio_device_unblock_group: a failed bind, or the unbind at release."""
+    group: VfioGroup | None = device.group
+    if group is None:
+        return
+    with group.group_lock:
+        assert group.cdev_device_open_cnt > 0, f"{group!r}: unblocked more than blocked"
+        group.cdev_device_open_cnt = group.cdev_device_open_cnt - 1
 
 
 def _open(group: VfioGroup, proc: Process, flags: int) -> VfioGroupFile:
@@ -177,6 +210,9 @@ class VfioGroupFile(File):
 
 def vfio_group_fops_open(group: VfioGroup, flags: int) -> VfioGroupFile:
     with group.group_lock:
+        if group.cdev_device_open_cnt:
+            raise kerr(errno.EBUSY, f"open {group.devnode}: a device of the group is bound "
+                       "through its cdev")
         if group.opened_file is not None:
             raise kerr(errno.EBUSY, f"open {group.devnode}: the group is already open")
         if group.kernel.sched.fault("kzalloc"):
@@ -265,8 +301,8 @@ class VfioGroupDeviceFile(VfioDeviceFile):
         self.gfile = gfile
 
     def ioctl(self, proc: Process, cmd: int, arg: Any) -> int:
-        if cmd == V.VFIO_DEVICE_BIND_IOMMUFD:
-            raise kerr(errno.EINVAL, "VFIO_DEVICE_BIND_IOMMUFD: only for cdev fds")
+        """vfio_device_fops_unl_ioctl with df->group set: BIND_IOMMUFD goes to device_cdev.py,
+        which refuses a group's file (EINVAL, after its argument checks)."""
         if cmd in (V.VFIO_DEVICE_ATTACH_IOMMUFD_PT, V.VFIO_DEVICE_DETACH_IOMMUFD_PT):
             return self.device.ioctl(proc, cmd, arg)  # not cdev: the driver's
         return super().ioctl(proc, cmd, arg)

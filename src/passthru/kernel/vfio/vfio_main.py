@@ -42,8 +42,9 @@ Which lock protects which field:
 - ``VfioDeviceFile.iommufd``/``devid``: written under ``dev_set.lock`` before
   ``access_granted`` is published, read after it or under the lock;
 - ``VfioDeviceSet.devices``: written at probe (boot), read-only afterwards.
-Leaves out: the group/container path (group.c, container.c: ``df.group`` is always None
-here), noiommu, KVM references, runtime PM get/put around ioctls, device unregistration
+The group/container path is group.py and container.py (``df.group`` is set only on the
+device files a group hands out; ``VfioDevice.group`` is the device's group, set at probe).
+Leaves out: noiommu, KVM references, runtime PM get/put around ioctls, device unregistration
 (vfio_unregister_group_dev: devices stay registered), debugfs, the VF token on bind.
 """
 
@@ -152,6 +153,7 @@ class VfioDevice(track.Tracked):
         self.name = name
         self.index = kernel.next_id("vfio_device") - 1
         self.dev_set: VfioDeviceSet | None = None
+        self.group: Any = None  # device->group (group.py's VfioGroup), set at probe
         self._open_count = 0
         self._cdev_opened = False
         self._iommufd_device: Any = None
@@ -356,7 +358,7 @@ class VfioDeviceFile(File):
                                                atomic=True)
         self.iommufd: Any = None  # the bound iommufd context (a File reference)
         self.devid = 0
-        self.group = None  # the legacy group path is not modelled
+        self.group = None  # df->group: None on a cdev file (group.py's files set it)
         self.i_mmap_writable = 0  # the inode's count of writable shared maps (mm/vma.py)
 
     def granted(self) -> bool:

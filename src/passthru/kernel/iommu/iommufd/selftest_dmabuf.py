@@ -1,19 +1,25 @@
 """The iommufd test mock's dma-buf (drivers/iommu/iommufd/selftest.c: struct
 iommufd_test_dma_buf, iommufd_test_dmabuf_ops, iommufd_test_dma_buf_iommufd_map,
-IOMMU_TEST_OP_DMABUF_GET and IOMMU_TEST_OP_DMABUF_REVOKE; 6.19).
+IOMMU_TEST_OP_DMABUF_GET and IOMMU_TEST_OP_DMABUF_REVOKE; 6.19, unchanged in 7.3 but for
+DMABUF_GET's return value).
 
 What it models: a buffer of ``length`` bytes (rounded up to a page; 0 or more than 512
-pages EINVAL) backed by one physically contiguous kzalloc'd run, exported with a static ops
-table that accepts every attachment and refuses map_dma_buf (EOPNOTSUPP: iommufd reads the
-physical range through :func:`iommufd_test_dma_buf_iommufd_map`, its private link, which
-says ENODEV while revoked). DMABUF_GET returns the new fd (``open_flags`` are the file's
-flags and O_CLOEXEC). Both ops exist with profile ``iommufd_map_dmabuf`` (6.19) only:
-EOPNOTSUPP before, as the switch's default. DMABUF_REVOKE on a buffer the mock did not
-export is EOPNOTSUPP (a non-dma-buf fd EINVAL, a closed one EBADF); otherwise, under the
-resv lock, it sets ``revoked`` and tells the importers: revoke runs the exporter's revoke contract
-(dma_buf/core.py ``revoke``: invalidate, and in 7.1 wait for fences and unmaps); un-revoke
-calls move_notify too before 7.1 (the 6.19 selftest.c does it both ways; iommufd ignores
-it for pages it already revoked), nothing in 7.1 (dma_buf_mark_valid).
+pages EINVAL) backed by one physically contiguous kzalloc'd run, exported (exp_name
+"iommufd", the module's KBUILD_MODNAME) with a static ops table that accepts every attachment
+and refuses map_dma_buf (EOPNOTSUPP: iommufd reads the physical range through
+:func:`iommufd_test_dma_buf_iommufd_map`, its private link, which says ENODEV while revoked).
+DMABUF_GET installs the new fd (``open_flags`` are the file's flags and O_CLOEXEC) and
+returns it — before 7.3; 7.3 (dba4254e216d, which fixed the leak of the buffer when
+dma_buf_fd fails) returns 0 instead, the fd staying installed: profile
+``iommufd_test_dmabuf_get_returns_fd``. Both ops exist with profile ``iommufd_map_dmabuf``
+(6.19) only: EOPNOTSUPP before, as the switch's default. DMABUF_REVOKE on a buffer the mock
+did not export is EOPNOTSUPP (a non-dma-buf fd EINVAL, a closed one EBADF); otherwise, under
+the resv lock, it sets ``revoked`` to the argument and tells the importers both ways
+(dma_buf_move_notify in 6.19, dma_buf_invalidate_mappings since the 7.1 revoke series; the
+mock never waits for fences or unmaps, unlike vfio-pci's revoke). Un-revoking therefore
+also revokes iommufd's pages of a buffer that was never revoked (iopt_revoke_notify does
+not look at the exporter's flag); for pages already revoked it is a no-op. (An early version
+of the revoke series made un-revoke call a dma_buf_mark_valid() instead; that did not land.)
 
 Invariants: the memory is allocated once at GET and freed once by the release op (when
 the last reference — fd or attachment — goes). Units: bytes.
@@ -84,7 +90,7 @@ def _release(buf: DmaBuf) -> None:
 IOMMUFD_TEST_DMABUF_OPS = DmaBufOps(attach=_attach, detach=_detach, map_dma_buf=_map,
                                     unmap_dma_buf=_unmap, release=_release,
                                     memory_model=REVOCABLE, can_unrevoke=True,
-                                    exp_name="iommufd-test")
+                                    exp_name="iommufd")
 
 
 def iommufd_test_dma_buf_iommufd_map(attach: DmaBufAttachment) -> phys_vec:
@@ -111,7 +117,8 @@ def _need_dmabuf(ucmd: Ucmd) -> None:
 
 @test_op(I.IOMMU_TEST_OP_DMABUF_GET)
 def iommufd_test_dmabuf_get(ucmd: Ucmd) -> int:
-    """IOMMU_TEST_OP_DMABUF_GET: a new mock dma-buf; returns its fd."""
+    """IOMMU_TEST_OP_DMABUF_GET: a new mock dma-buf in a new fd; returns the fd (0 in
+    7.3)."""
     kernel = ucmd.ictx.kernel
     _need_dmabuf(ucmd)
     open_flags = ucmd.cmd.dmabuf_get.open_flags
@@ -134,15 +141,17 @@ def iommufd_test_dmabuf_get(ucmd: Ucmd) -> int:
         priv.free()
         raise
     try:
-        return core.dma_buf_fd(ucmd.proc, buf, open_flags)
+        fd = core.dma_buf_fd(ucmd.proc, buf, open_flags)
     except OSError:
         core.dma_buf_put(buf)
         raise
+    return fd if kernel.profile.iommufd_test_dmabuf_get_returns_fd else 0
 
 
 @test_op(I.IOMMU_TEST_OP_DMABUF_REVOKE)
 def iommufd_test_dmabuf_revoke(ucmd: Ucmd) -> int:
-    """IOMMU_TEST_OP_DMABUF_REVOKE: revoke (``revoked`` non-zero) or un-revoke."""
+    """IOMMU_TEST_OP_DMABUF_REVOKE: set ``revoked`` (non-zero revokes, zero un-revokes) and
+    invalidate every importer's mappings, either way, under the resv lock."""
     _need_dmabuf(ucmd)
     args = ucmd.cmd.dmabuf_revoke
     buf = core.dma_buf_get(ucmd.proc, args.dmabuf_fd)
@@ -151,16 +160,12 @@ def iommufd_test_dmabuf_revoke(ucmd: Ucmd) -> int:
             raise kerr(errno.EOPNOTSUPP, f"IOMMU_TEST_OP_DMABUF_REVOKE: {buf.name} is a "
                        f"{buf.exp_name} dma-buf, not the mock's")
         priv: IommufdTestDmaBuf = buf.priv
-        if args.revoked:
-            core.revoke(buf, lambda: priv.revoked.set(True))
-        else:
-            buf.resv.lock_ctx()
-            try:
-                priv.revoked.set(False)
-                if not ucmd.ictx.kernel.profile.dma_buf_attach_revocable:
-                    core.dma_buf_move_notify(buf)  # 6.19: move_notify both ways
-            finally:
-                buf.resv.unlock()
+        buf.resv.lock_ctx()
+        try:
+            priv.revoked.set(bool(args.revoked))
+            core.dma_buf_invalidate_mappings(buf)  # dma_buf_move_notify before 7.1
+        finally:
+            buf.resv.unlock()
     finally:
         core.dma_buf_put(buf)
     return 0

@@ -6,15 +6,18 @@ What it models:
   kernel's order: (1) the driver has no ``get_dmabuf_phys`` op EOPNOTSUPP; (2)
   vfio_check_feature — SET asked EINVAL, PROBE returns 0, neither GET nor SET EINVAL, argsz
   below the fixed struct EINVAL; (3) nr_ranges 0 or flags != 0 EINVAL; (4) region_index >=
-  VFIO_PCI_ROM_REGION_INDEX ENODEV; (5) validate_dmabuf_input: a range of length 0 or not
-  page aligned EINVAL, the total overflowing size_t or reaching DMA_IOVA_USE_SWIOTLB (bit 63)
-  EINVAL; then the allocations (fault points); (6) get_dmabuf_phys: the BAR has no p2pdma
-  provider EINVAL (the kernel checks this *before* the ranges against the BAR: KERNEL.md §2
-  lists it after — both EINVAL; only a BAR without a provider and an overflowing range tell
-  them apart, and the source wins), offset + length overflow EOVERFLOW, past the BAR EINVAL;
-  (7) vfio_device_try_get_registration fails ENODEV; then dma_buf_export, the buffer joins
-  ``vdev.dmabufs`` under memory_lock (write) + resv with ``revoked = !memory enabled``, and
-  dma_buf_fd installs it. Success returns the fd; the buffer's size is the sum of the ranges.
+  VFIO_PCI_ROM_REGION_INDEX ENODEV, and (profile ``vfio_pci_dma_buf_barmap_check``: 7.1, and
+  7.0.y) a BAR vfio holds no iomap of — an unimplemented one — ENODEV; (5)
+  validate_dmabuf_input: a range of length 0 or not page aligned EINVAL, the total
+  overflowing size_t or reaching DMA_IOVA_USE_SWIOTLB (bit 63) EINVAL; then the allocations
+  (fault points); (6) get_dmabuf_phys: the BAR has no p2pdma provider EINVAL (the kernel
+  checks this *before* the ranges against the BAR: KERNEL.md §2 lists it after — both
+  EINVAL; only a BAR without a provider and an overflowing range tell them apart, and the
+  source wins; with the barmap check an unimplemented BAR never gets here), offset + length
+  overflow EOVERFLOW, past the BAR EINVAL; (7) vfio_device_try_get_registration fails ENODEV;
+  then dma_buf_export, the buffer joins ``vdev.dmabufs`` under memory_lock (write) + resv
+  with ``revoked = !memory enabled``, and dma_buf_fd installs it. Success returns the fd;
+  the buffer's size is the sum of the ranges.
 - the exporter ops (:data:`VFIO_PCI_DMABUF_OPS`; :data:`VFIO_PCI_DMABUF_OPS_PIN_REFUSED`
   when the profile has ``revocable_pin_refused``, 6.19-rc6 .. 7.0): attach refuses an
   importer without peer2peer EOPNOTSUPP, a revoked buffer ENODEV and (profile
@@ -340,6 +343,14 @@ def validate_dmabuf_input(ranges: list[tuple[int, int]]) -> int:
     return length
 
 
+def _barmap_ok(vdev: Any, index: int) -> bool:
+    """!IS_ERR(vfio_pci_core_get_iomap(vdev, index)) (7.3; 7.1's
+    vfio_pci_core_setup_barmap() == 0): vfio requested and iomapped the BAR — it fails for a
+    BAR of length 0 (unimplemented: pci_iomap returns NULL). The model's BARs never conflict
+    with another claimant, so an implemented BAR always succeeds."""
+    return vdev.pdev.func.bars.get(index) is not None
+
+
 def _fault(vdev: Any, what: str) -> None:
     if vdev.kernel.sched.fault("kzalloc"):
         raise kerr(errno.ENOMEM, f"VFIO_DEVICE_FEATURE_DMA_BUF: {what} failed (injected)")
@@ -364,6 +375,9 @@ def vfio_pci_core_feature_dma_buf(vdev: Any, flags: int, arg: UserArg, argsz: in
     index = int(get.region_index)
     if index >= V.VFIO_PCI_ROM_REGION_INDEX:
         raise kerr(errno.ENODEV, f"VFIO_DEVICE_FEATURE_DMA_BUF: region {index} is not a BAR")
+    if vdev.kernel.profile.vfio_pci_dma_buf_barmap_check and not _barmap_ok(vdev, index):
+        raise kerr(errno.ENODEV, f"VFIO_DEVICE_FEATURE_DMA_BUF: BAR{index} of {vdev.name} "
+                   "has no resources claimed (vfio_pci_core_get_iomap)")
     nr = int(get.nr_ranges)
     _fault(vdev, "memdup_array_user")
     raw = arg.read(nr * _RANGE_SIZE, data_offset + _FIXED_SIZE)  # EFAULT past the buffer

@@ -16,9 +16,11 @@ behind the function's hw IOMMU with the generic paging driver). Its ops:
   an unimplemented BAR size 0 and no flags; ROM: size 0, no flags, when the device has no
   ROM; CONFIG READ|WRITE with cfg_size; VGA EINVAL without VGA; an index past the regions
   EINVAL; the MSIX_MAPPABLE capability on the MSI-X BAR — the model's devices have none, so
-  no region carries a capability chain), GET_IRQ_INFO (index past 5 EINVAL, ERR only for
-  PCIe; EVENTFD, INTx MASKABLE|AUTOMASKED with count 1 when INTERRUPT_PIN is set, MSI's count
-  from its QMASK, NORESIZE but for MSI-X), RESET (no reset method EINVAL; else zap +
+  no region carries a capability chain), GET_IRQ_INFO (index past 5 EINVAL; ERR only for
+  PCIe before 7.3 — profile ``vfio_pci_err_irq_pcie_only`` — then for every device, count 1;
+  EVENTFD, INTx MASKABLE|AUTOMASKED with count 1 when INTERRUPT_PIN is set, MSI's count from
+  its QMASK, NORESIZE but for MSI-X with ``has_dyn_msix`` — never here: that needs an MSI-X
+  capability), RESET (no reset method EINVAL; else zap +
   memory_lock (write), D0, revoke, pci_try_reset_function, un-revoke when memory is
   enabled), GET_PCI_HOT_RESET_INFO and PCI_HOT_RESET (pci_hot_reset.py), anything else
   ENOTTY.
@@ -50,7 +52,8 @@ Which lock protects which field:
 - ``config``, ``pci_saved_cmd``, ``pm_save_cmd``: made at open and freed at close under
   ``dev_set.lock``; between them only fops of the file that opened the device (and PM
   changes under memory_lock) touch them;
-- ``pdev``, ``iommu_dev``, ``reset_works``, ``pci_ops``: set at probe, immutable.
+- ``pdev``, ``iommu_dev``, ``reset_works``, ``has_dyn_msix``, ``pci_ops``: set at probe,
+  immutable (the kernel sets ``has_dyn_msix`` at each open, from the same capability).
 Leaves out: interrupts (SET_IRQS is ENOTTY: no INTx/MSI delivery is modelled), ioeventfd,
 region extensions (num_regions beyond 9), the VGA and ROM contents, the MSI-X table hole,
 runtime PM beyond the low-power flag (no automatic suspend to D3hot), huge-page faults.
@@ -131,6 +134,9 @@ class VfioPciCoreDevice(VfioDevice):
         self.memory_lock = RwSem(kernel.sched, f"vfio.{pdev.name}.memory_lock", "memory_lock")
         self.dmabufs: list[Any] = TrackedList(label=f"vfio.{pdev.name}.dmabufs")
         self.reset_works = pdev.has_reset_method
+        # vfio_pci_core_enable: pci_msix_can_alloc_dyn() when the function has an MSI-X
+        # capability, else false — the model's devices have no MSI-X capability.
+        self.has_dyn_msix = False
         self._pm_runtime_engaged = False
         self.config: VfioPciConfig | None = None
         self.pci_saved_cmd = 0  # vdev->pci_saved_state (COMMAND), saved at open
@@ -305,8 +311,9 @@ class VfioPciCoreDevice(VfioDevice):
         if index == V.VFIO_PCI_MSI_IRQ_INDEX and pdev.msi_cap:
             flags = pdev.cfg_read(pdev.msi_cap + R.PCI_MSI_FLAGS, 2)
             return 1 << ((flags & 0xE) >> 1)
-        if index == V.VFIO_PCI_ERR_IRQ_INDEX:
-            return 1 if pdev.exp_cap else 0
+        if index == V.VFIO_PCI_ERR_IRQ_INDEX:  # before 7.3: PCIe only
+            pcie_only = self.kernel.profile.vfio_pci_err_irq_pcie_only
+            return 1 if pdev.exp_cap or not pcie_only else 0
         return 1 if index == V.VFIO_PCI_REQ_IRQ_INDEX else 0
 
     def _get_irq_info(self, arg: UserArg) -> int:
@@ -314,13 +321,15 @@ class VfioPciCoreDevice(VfioDevice):
         if info.argsz < _IRQ_MIN or info.index >= V.VFIO_PCI_NUM_IRQS:
             raise kerr(errno.EINVAL, f"VFIO_DEVICE_GET_IRQ_INFO: argsz {info.argsz}, index "
                        f"{info.index}")
-        if info.index == V.VFIO_PCI_ERR_IRQ_INDEX and not self.pdev.exp_cap:
-            raise kerr(errno.EINVAL, "VFIO_DEVICE_GET_IRQ_INFO: ERR needs a PCIe device")
+        if info.index == V.VFIO_PCI_ERR_IRQ_INDEX and not self.pdev.exp_cap \
+                and self.kernel.profile.vfio_pci_err_irq_pcie_only:
+            raise kerr(errno.EINVAL, "VFIO_DEVICE_GET_IRQ_INFO: ERR needs a PCIe device "
+                       "(before 7.3)")
         info.flags = V.VFIO_IRQ_INFO_EVENTFD
         info.count = self.irq_count(info.index)
         if info.index == V.VFIO_PCI_INTX_IRQ_INDEX:
             info.flags |= V.VFIO_IRQ_INFO_MASKABLE | V.VFIO_IRQ_INFO_AUTOMASKED
-        elif info.index != V.VFIO_PCI_MSIX_IRQ_INDEX:  # has_dyn_msix on x86 with IR
+        elif info.index != V.VFIO_PCI_MSIX_IRQ_INDEX or not self.has_dyn_msix:
             info.flags |= V.VFIO_IRQ_INFO_NORESIZE
         arg.copy_to_user(info)
         return 0
