@@ -1,7 +1,7 @@
 """Fixtures shared by every test folder that runs on both hosts.
 
 ``host`` is parametrised "sim" (passthru.SimHost with profile linux-6.18, like this machine's
-kernel) and "linux" (LinuxHost, the running kernel). A test marked ``node(path, ...)`` (or
+kernel, or $PASSTHRU_SIM_PROFILE) and "linux" (LinuxHost, the running kernel). A test marked ``node(path, ...)`` (or
 ``needs_kvm``, short for ``node("/dev/kvm")``) skips its linux variant when a node is absent
 or not accessible, naming the node; tests that need no node (memfd) always run on both.
 """
@@ -40,7 +40,9 @@ def host(request: pytest.FixtureRequest) -> Iterator[Any]:
     if request.param == "sim":
         from passthru import SimHost
 
-        yield SimHost(profile="linux-6.18")  # this machine runs 6.18
+        # This machine runs 6.18; the real-kernel lanes run the sim halves again with the
+        # profile of their kernel (tests/lanes: PASSTHRU_SIM_PROFILE=linux-7.3).
+        yield SimHost(profile=os.environ.get("PASSTHRU_SIM_PROFILE", "linux-6.18"))
         return
     for path in _needed_nodes(request.node):
         if not os.path.exists(path):

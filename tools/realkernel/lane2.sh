@@ -27,6 +27,9 @@
 # (the message names the package), 91 guest did not boot in time, 92 guest failed
 # before/while running pytest, 93 run timeout.
 set -euo pipefail
+# The whole script is one function, read before it runs: editing the file during a run
+# (bash reads scripts as it goes) cannot change what the run does.
+main() {
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -138,3 +141,5 @@ rc=0
 run_guest lane2 "$kernel" "$moddir" "$@" || rc=$?
 log "total $((SECONDS - t0)) s; rc=$rc"
 exit "$rc"
+}
+main "$@"

@@ -15,6 +15,9 @@
 # LANE3_SUITE (default trixie-backports), LANE3_JOBS (default nproc + 1).
 # Exit status 90 when a package or the build fails (the message names it).
 set -euo pipefail
+# The whole script is one function, read before it runs: editing the file during a run
+# (bash reads scripts as it goes) cannot change what the run does.
+main() {
 
 here=$(cd "$(dirname "$0")" && pwd)
 suite=${LANE3_SUITE:-trixie-backports}
@@ -101,3 +104,5 @@ printf '%s %s from %s %s, sha256 %s; fragment sha256 %s\n' "$src_pkg" "$version"
 touch "$out/.complete"
 log "built in $((SECONDS - t0)) s: $out/bzImage"
 printf '%s\n' "$out/bzImage"
+}
+main "$@"

@@ -14,6 +14,9 @@
 # LANE_SMP, LANE_LOG, LANE_JUNIT (guest.sh).
 # Exit status: as lane2.sh's.
 set -euo pipefail
+# The whole script is one function, read before it runs: editing the file during a run
+# (bash reads scripts as it goes) cannot change what the run does.
+main() {
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -35,3 +38,5 @@ rc=0
 run_guest lane3 "$kernel" "" "$@" || rc=$?
 log "total $((SECONDS - t0)) s; rc=$rc"
 exit "$rc"
+}
+main "$@"

@@ -153,6 +153,10 @@ LINUX_6_18 = Profile(
 LINUX_6_19 = replace(LINUX_6_18, name="linux-6.19", iommufd_map_dmabuf=True,
                      vfio_pci_dma_buf=True, vfio_type1_overflow_checks=True)
 LINUX_7_1 = Profile(name="linux-7.1")
+# 7.3, the kernel of the real-kernel lanes (tools/realkernel/): what changed since 7.1 that
+# the lanes' conformance tests see.
+LINUX_7_3 = replace(LINUX_7_1, name="linux-7.3", iommufd_test_dmabuf_get_returns_fd=False,
+                    vfio_pci_err_irq_pcie_only=False)
 RFC_TDX_CONNECT = replace(
     LINUX_7_1,
     name="rfc-tdx-connect",
@@ -171,8 +175,8 @@ RFC_DMABUF_MAPPING_TYPES = replace(LINUX_7_1, name="rfc-dmabuf-mapping-types",
 
 PROFILES: dict[str, Profile] = {
     p.name: p
-    for p in (LINUX_6_18, LINUX_6_19, LINUX_7_1, RFC_TDX_CONNECT, RFC_SEV_TIO, RFC_CCA,
-              RFC_DMABUF_MAPPING_TYPES)
+    for p in (LINUX_6_18, LINUX_6_19, LINUX_7_1, LINUX_7_3, RFC_TDX_CONNECT, RFC_SEV_TIO,
+              RFC_CCA, RFC_DMABUF_MAPPING_TYPES)
 }
 DEFAULT_PROFILE = "linux-7.1"
 DESIGNS = ("vfio", "iommufd", "vmm")
