@@ -5,6 +5,7 @@ cannot boot fails every file with the script's message."""
 from __future__ import annotations
 
 import stat
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from .test_lanes import LaneRun, judge, run_lane
@@ -66,3 +67,18 @@ def test_a_lane_that_cannot_boot_fails_loudly(tmp_path: Path) -> None:
     _, bad = judge(run, "tests/conformance/test_a.py")
     assert len(bad) == 1
     assert "rc=90" in bad[0] and "qemu-system-x86" in bad[0]
+
+
+def test_a_sim_half_failing_with_the_lane_profile_fails_the_file(tmp_path: Path) -> None:
+    run = _fake_run(tmp_path, "lane3")
+    sim = ET.fromstring(
+        '<testcase classname="tests.conformance.test_a" name="test_ok[sim]">'
+        '<failure message="assert 16 == 12">boom</failure></testcase>'
+    )
+    run.sim_cases = {"tests/conformance/test_a.py": [sim]}
+    summary, bad = judge(run, "tests/conformance/test_a.py")
+    assert "sim (linux-7.3): 1 cases" in summary
+    assert any("test_ok[sim]" in b and "linux-7.3" in b and "assert 16 == 12" in b for b in bad)
+    run.sim_cases = {"tests/conformance/test_a.py": []}
+    _, bad = judge(run, "tests/conformance/test_a.py")
+    assert any("no sim case of tests/conformance/test_a.py" in b for b in bad)

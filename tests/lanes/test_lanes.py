@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +44,12 @@ EXPECTED_SKIPS: dict[str, dict[str, str]] = {
         "/dev/dma_heap/reserved absent": "no CMA heap in a q35 guest",
     },
 }
+# The TCG guest has no KVM (lane 1, this machine's own kernel, runs the KVM cases).
+for _skips in EXPECTED_SKIPS.values():
+    _skips["/dev/kvm absent"] = "no KVM in the TCG guest (lane 1 runs those)"
+# Both lanes run 7.3: the sim halves of the same files run again with the 7.3 profile, so
+# each file's cases hold on SimHost(linux-7.3) and on the real 7.3 alike.
+LANE_PROFILE = {"lane2": "linux-7.3", "lane3": "linux-7.3"}
 
 
 def _lane_files(lane: str) -> list[str]:
@@ -58,6 +65,31 @@ class LaneRun:
     output: str
     cases: dict[str, list[ET.Element]] = field(default_factory=dict)  # file -> testcases
     error: str = ""
+    sim_cases: dict[str, list[ET.Element]] = field(default_factory=dict)  # the sim halves
+
+
+def _read_junit(junit: Path) -> dict[str, list[ET.Element]]:
+    cases: dict[str, list[ET.Element]] = {}
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        path = case.get("classname", "").replace(".", "/") + ".py"
+        cases.setdefault(path, []).append(case)
+    return cases
+
+
+def run_sim_halves(lane: str, tmp: Path) -> dict[str, list[ET.Element]]:
+    """The sim halves of the lane's files, on this machine, with the lane kernel's profile."""
+    junit = tmp / f"{lane}-sim.xml"
+    env = dict(os.environ, PASSTHRU_SIM_PROFILE=LANE_PROFILE[lane])
+    subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "sim",
+         f"--junitxml={junit}", *_lane_files(lane)],
+        cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, timeout=20 * 60, check=False,
+    )
+    cases = _read_junit(junit) if junit.exists() else {}
+    for path in _lane_files(lane):  # a file with no sim case at all is reported, not ignored
+        cases.setdefault(path, [])
+    return cases
 
 
 def run_lane(lane: str, tmp: Path, script: Path | None = None) -> LaneRun:
@@ -87,11 +119,7 @@ def run_lane(lane: str, tmp: Path, script: Path | None = None) -> LaneRun:
         tail = "\n".join(output.splitlines()[-30:])
         run.error = f"{script.name} could not run the lane (rc={rc}):\n{tail}"
     else:
-        root = ET.parse(junit).getroot()
-        for case in root.iter("testcase"):
-            module = case.get("classname", "")
-            path = module.replace(".", "/") + ".py"
-            run.cases.setdefault(path, []).append(case)
+        run.cases = _read_junit(junit)
     return run
 
 
@@ -102,7 +130,9 @@ _RUNS: dict[str, LaneRun] = {}
 def lane_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], LaneRun]:
     def get(lane: str) -> LaneRun:
         if lane not in _RUNS:
-            _RUNS[lane] = run_lane(lane, tmp_path_factory.mktemp(lane))
+            tmp = tmp_path_factory.mktemp(lane)
+            _RUNS[lane] = run_lane(lane, tmp)
+            _RUNS[lane].sim_cases = run_sim_halves(lane, tmp)
         return _RUNS[lane]
 
     return get
@@ -143,6 +173,17 @@ def judge(run: LaneRun, path: str) -> tuple[str, list[str]]:
             if not any(r in reason for r in EXPECTED_SKIPS[run.lane]):
                 bad.append(f"UNEXPECTED SKIP {path}::{name} in {run.lane}: {reason}")
     summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+    sim = run.sim_cases.get(path)
+    if sim is not None:  # None: the sim halves were not run (the runner's own unit tests)
+        profile = LANE_PROFILE[run.lane]
+        if not sim:
+            bad.append(f"no sim case of {path} ran with profile {profile}")
+        for case in sim:
+            kind, text = _outcome(case)
+            if kind in ("failure", "error"):
+                bad.append(f"{kind.upper()} {path}::{case.get('name')} (SimHost, profile "
+                           f"{profile}, the lane kernel's)\n{text.strip()}")
+        summary += f"; sim ({profile}): {len(sim)} cases"
     return summary, bad
 
 
