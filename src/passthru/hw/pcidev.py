@@ -58,21 +58,27 @@ D1/D2/D3cold, ATS/PRI, DOE/IDE/TDISP behaviour, bus resets, and the P2P whitelis
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import kerr
 from ..extents import ByteStore
-from ..sim import track
+from ..sim import kinds, track
 from ..sim.scheduler import Scheduler
 from ..sim.track import Cell
 from .iommu import Iommu
 from .pci import Bar, PciFunction
 from .physmem import PhysMem
+from .tdi import Tdi, ranges_from_bars
+from .tdisp import function_id_of
 
 if TYPE_CHECKING:
     from .devices.fabric import PciFabric
 
 # include/uapi/linux/pci_regs.h — the type-0 header
+# A host access to a locked TDI's private MMIO (the device refuses it: physical truth).
+TDI_PRIVATE_MMIO = kinds.register("tdi-private-mmio", "hw")
+
 PCI_VENDOR_ID = 0x00
 PCI_DEVICE_ID = 0x02
 PCI_COMMAND = 0x04
@@ -200,6 +206,13 @@ class PciDevice(track.Tracked):
         with track.untracked():
             self.cfg.write(0, self._defaults)
         self.fabric = fabric
+        # The TDISP responder (hw/tdi.py): its DOE mailbox is not a security-relevant
+        # register (TDISP messages arrive through it), so writes there keep the TDI locked.
+        self.tdi: Tdi | None = None
+        if tdisp:
+            exempt = [(self.doe_cap, self.doe_cap + PCI_DOE_CAP_SIZEOF)] if self.doe_cap else []
+            self.tdi = Tdi(sched, name, function_id_of(func.bdf), ranges_from_bars(func.bars),
+                           config_exempt=exempt)
         self.windows = [BarWindow(self, i) for i in sorted(func.bars)]
         for w in self.windows:
             bar = func.bars[w.bar]
@@ -400,6 +413,8 @@ class PciDevice(track.Tracked):
                 self.cfg.write(reg, ((self._cfg(reg, 4) & amask) | flags).to_bytes(4, "little"))
         if old_cmd is not None and old_cmd != self.command:
             self.sched.emit("pci", "command", dev=self.name, old=old_cmd, new=self.command)
+        if self.tdi is not None:
+            self._tdi_config_write(off, size, old_cmd, touches)
         if old_pm is not None:
             self._pm_write(old_pm)
         devctl_reg = self.exp_cap + PCI_EXP_DEVCTL
@@ -409,6 +424,21 @@ class PciDevice(track.Tracked):
                 self.cfg.write(devctl_reg,
                                (devctl & ~PCI_EXP_DEVCTL_BCR_FLR).to_bytes(2, "little"))
                 self._do_flr()
+
+    def _tdi_config_write(self, off: int, size: int, old_cmd: int | None,
+                          touches: Callable[[int, int], bool]) -> None:
+        """Tell the TDI what a config write touched: COMMAND (MSE/BME cleared), a BAR, the
+        IDE capability, anything else (the TDI exempts COMMAND, STATUS and DOE itself)."""
+        tdi = self.tdi
+        assert tdi is not None
+        if old_cmd is not None:
+            tdi.on_command_write(old_cmd, self.command)
+        for slot in self._bar_mask:
+            if touches(PCI_BASE_ADDRESS_0 + 4 * slot, 4):
+                tdi.on_bar_write(slot)
+        if self.ide_cap and touches(self.ide_cap, PCI_IDE_CAP_SIZEOF):
+            tdi.on_ide_change()
+        tdi.on_config_write(off, size)
 
     def _pm_write(self, old_bits: int) -> None:
         """PMCSR written: an unsupported state (D1, D2) leaves the state as it was."""
@@ -425,6 +455,8 @@ class PciDevice(track.Tracked):
         if new_bits == 0 and not self.no_soft_reset:
             self._reset_registers()
             self._reset_state()
+            if self.tdi is not None:
+                self.tdi.on_flr()
             self.sched.emit("pci", "reset", dev=self.name, how="pm")
 
     def _reset_registers(self) -> None:
@@ -448,6 +480,8 @@ class PciDevice(track.Tracked):
         self._in_flr.set(True)
         self._reset_registers()
         self._reset_state()
+        if self.tdi is not None:
+            self.tdi.on_flr()
         self.sched.point(f"{self.name}.flr", "w")
         self._in_flr.set(False)
         self.sched.emit("pci", "flr-done", dev=self.name)
@@ -477,6 +511,8 @@ class PciDevice(track.Tracked):
         self.sched.emit("pci", "bus-reset", dev=self.name)
         self._reset_registers()
         self._reset_state()
+        if self.tdi is not None:
+            self.tdi.on_flr()
 
     def _reset_state(self) -> None:
         """The device-specific state a reset clears (models override)."""
@@ -507,16 +543,40 @@ class PciDevice(track.Tracked):
     def mmio_read_bytes(self, bar: int, off: int, n: int, who: str = "cpu") -> bytes:
         self._bar_size(bar, off, n)
         self.sched.point(f"mmio:{self.name}", "r")
-        if self._abort(bar, off, n, False, who):
+        if self._abort(bar, off, n, False, who) or self._tdi_refuses(bar, off, n, False, who):
             return b"\xff" * n
         return self._read_bar(bar, off, n)
 
     def mmio_write_bytes(self, bar: int, off: int, data: bytes, who: str = "cpu") -> None:
         self._bar_size(bar, off, len(data))
         self.sched.point(f"mmio:{self.name}", "w")
-        if self._abort(bar, off, len(data), True, who):
+        if (self._abort(bar, off, len(data), True, who)
+                or self._tdi_refuses(bar, off, len(data), True, who)):
             return
         self._write_bar(bar, off, data)
+
+    def _tdi_refuses(self, bar: int, off: int, n: int, write: bool, who: str) -> bool:
+        """TDISP: the device refuses a host access to its TDI's private MMIO while the TDI
+        is locked, running or failed (a ``tdi-private-mmio`` violation: physical truth, like
+        a host access to a cVM's private page), and a TEE access (``who`` starting "tee")
+        unless the TDI runs (logged: the guest sees the refusal, nothing leaked)."""
+        tdi = self.tdi
+        if tdi is None:
+            return False
+        addr = self.func.bars[bar].base + off
+        if who.startswith("tee"):
+            if tdi.tee_may_access(addr, n):
+                return False
+            self.sched.emit("pci", "tee-refused", dev=self.name, bar=bar, off=off, size=n,
+                            write=write, who=who, state=tdi.tdi_state.name)
+            return True
+        if tdi.host_may_access_private_mmio(addr, n):
+            return False
+        verb = "writes" if write else "reads"
+        self.sched.violation(TDI_PRIVATE_MMIO, f"{who} {verb} private MMIO of {self.name} "
+                             f"BAR{bar} [{off:#x}, +{n:#x}) while its TDI is "
+                             f"{tdi.tdi_state.name}")
+        return True
 
     @staticmethod
     def _chunks(off: int, n: int) -> list[tuple[int, int]]:
