@@ -1,9 +1,10 @@
 """Fixtures shared by every test folder that runs on both hosts.
 
 ``host`` is parametrised "sim" (passthru.SimHost with profile linux-6.18, like this machine's
-kernel, or $PASSTHRU_SIM_PROFILE) and "linux" (LinuxHost, the running kernel). A test marked ``node(path, ...)`` (or
-``needs_kvm``, short for ``node("/dev/kvm")``) skips its linux variant when a node is absent
-or not accessible, naming the node; tests that need no node (memfd) always run on both.
+kernel, or $PASSTHRU_SIM_PROFILE) and "linux" (LinuxHost, the running kernel). A test marked
+``node(path, ...)`` (or ``needs_kvm``, short for ``node("/dev/kvm")``) skips its linux variant
+when a node is absent or not accessible, naming the node; tests that need no node (memfd)
+always run on both.
 """
 
 from __future__ import annotations

@@ -70,3 +70,37 @@ def test_pinned_memory_outlives_its_owner_until_unpinned():
     p.unpin(s, s + 0x1000)
     assert p.allocated_bytes() == 0
     assert list(p.free) == [(0, 1 << 20, True)]
+
+
+def test_allow_globs_admit_a_prefix():
+    p = mem()
+    ((s, _),) = p.alloc(0x1000, Owner("gmem", "tdx:private:td1", allow=("vcpu:td1.*",)))
+    p.write(s, b"x", "vcpu:td1.0")
+    p.write(s, b"y", "vcpu:td1.17")
+    assert p.sched.violations == []
+    p.write(s, b"z", "vcpu:td10")  # not a vCPU of td1
+    assert "vcpu:td10 writes" in p.sched.violations[0].message
+    assert p.read(s, 1, "vcpu:td1.3") == b"y"
+
+
+def test_claimed_mmio_refuses_others_even_without_a_device():
+    p = mem()
+    bar = 1 << 30  # the MMIO window, no handler registered: plain contents
+    p.claim_mmio(bar, bar + 0x1000, Owner("tdi:x", "fw:mmio", allow=("vcpu:vm1.*",)))
+    p.write(bar, b"ok", "vcpu:vm1.0")
+    assert p.sched.violations == []
+    p.read(bar, 2, "cpu:qemu")
+    assert "cpu:qemu reads MMIO [0x40000000, 0x40000002) owned by tdi:x (fw:mmio)" in \
+        p.sched.violations[0].message
+    p.release_mmio(bar, bar + 0x1000)
+    assert p.read(bar, 2, "cpu:qemu") == b"ok" and len(p.sched.violations) == 1
+
+
+def test_freeing_memory_the_firmware_holds_is_a_violation_and_leaks_only_that_part():
+    p = mem()
+    ((s, e),) = p.alloc(0x3000, Owner("gmem"))
+    p.set_owner(s + 0x1000, s + 0x2000, Owner("gmem", "fw:private", allow=("vcpu:vm1.*",)))
+    p.release(s, e)
+    assert "while the secure firmware holds it (fw:private)" in p.sched.violations[0].message
+    assert list(p.owners) == [(s + 0x1000, s + 0x2000, Owner("gmem", "fw:private",
+                                                             ("vcpu:vm1.*",)))]

@@ -18,8 +18,21 @@ MMIO routing: a device's BAR is not memory. A device model registers each BAR's 
 :meth:`PhysMem.register_mmio` (hw/pcidev.py does it for every BAR); a read, write, zero or
 copy that touches a registered range sends that part to the handler (the device's
 mmio_read/mmio_write, where master abort is decided) and the rest down the usual path.
-:meth:`check` needs no change for them: a registered range lies inside an ``mmio`` region,
-which physical truth accepts from any accessor.
+A registered range lies inside an ``mmio`` region, which physical truth accepts from any
+accessor — unless the secure firmware claimed it (below).
+
+Secure firmware (hw/secure/: the TDX module, the PSP's RMP, the CCA RMM) is physical truth
+too, through the same owners: it marks the host's range it takes over with a restrictive
+state (anything but ``allocated``/``orphan``, e.g. ``tdx:private:td1``) whose ``allow`` holds
+only the cVM's accessors, and puts the host's ``allocated`` state back when it gives the range
+back. An ``allow`` entry ending in ``*`` matches every accessor with that prefix
+(``vcpu:td1.*``: every vCPU of td1). MMIO has no owners (a BAR is not allocated), so the
+firmware *claims* the private MMIO it maps (:meth:`claim_mmio`, :meth:`release_mmio`: the
+``mmio_claims`` map, same :class:`Owner` values): an access to a claimed MMIO range that its
+claim does not allow is a ``physical`` violation and does not reach the device (a read returns
+all ones, as an unsupported request does). The host freeing (:meth:`release`) a RAM range in
+a restrictive state — memory the firmware still holds — is a ``physical`` violation too; that
+part is not freed (kept, as the kernel's snp_leak_pages does on purpose).
 
 Invariants: ``owners`` and ``free`` are disjoint, inside RAM, and together cover it except
 ranges taken out of the pool for a carve-out (:meth:`reserve`: CMA, firmware), which are in
@@ -30,9 +43,9 @@ per page.
 
 Events (the ``phys`` subsystem of the log, docs/design.md contract 4): every change of a range's
 owner or state — ``alloc``, ``release``, ``free-orphan`` (the last unpin of an orphan),
-``reserve``, ``disown``, ``set-owner`` — is one event per call or extent, never per page, with
-``start``, ``end`` and the range's state ``before`` and ``after`` (:meth:`state_text`, looked
-up only when the log is on).
+``reserve``, ``disown``, ``set-owner``, ``claim-mmio``, ``release-mmio`` — is one event per
+call or extent, never per page, with ``start``, ``end`` and the range's state ``before`` and
+``after`` (:meth:`state_text`, :meth:`mmio_text`, looked up only when the log is on).
 
 Units: physical addresses and sizes in bytes; allocation in page multiples (the callers
 round); ``pins`` counts references per byte range.
@@ -41,6 +54,8 @@ Locking and tracking (sim/track.py), one line per field:
 - ``owners``: zone->lock and the folios' refcounts, implicit in the model — ``atomic``.
 - ``free``: zone->lock — ``atomic``; kept coalesced.
 - ``pins``: page reference counts (atomic_t) — ``atomic``.
+- ``mmio_claims``: written by the secure firmware (its own serialisation) — ``atomic``;
+  ``_claims`` counts its extents (a fast path for MMIO accesses, kept with it).
 - ``regions``: written at boot (the machine's RAM and MMIO windows), read-only after.
 - ``data``: memory contents are not kernel state: a vCPU, a device or a user CPU writes them
   through its own page tables, and the kernel's clear_page/copy touch pages nobody else may
@@ -49,9 +64,9 @@ Locking and tracking (sim/track.py), one line per field:
 - ``sched``, ``machine``: set at boot.
 - ``_mmio`` (the MMIO handler registry, sorted ``(start, end, handler)``): written while the
   machine's devices are built (boot), read-only afterwards — like ``regions``, untracked.
-The check (:meth:`check`) is the oracle, not kernel code: it records the owner ranges it
-looks at (so the explorer orders an access against the free of its memory) with no
-happens-before and no race check.
+The check (:meth:`check`) is the oracle, not kernel code: it records the owner (and MMIO
+claim) ranges it looks at (so the explorer orders an access against the free of its memory)
+with no happens-before and no race check.
 
 Leaves out: NUMA, zones, caches, ECC, memory encryption keys; a zero of a registered MMIO
 range is a write of zero bytes (materialised: meant for register BARs and small ranges).
@@ -122,6 +137,15 @@ class MmioHandler(Protocol):
 MmioPiece = tuple[int, int, "MmioHandler | None"]
 
 
+OPEN_STATES = ("allocated", "orphan")  # states any accessor may touch
+ALL_ONES = 0xFF  # what a refused MMIO read returns (an unsupported request)
+
+
+def allows(allow: tuple[str, ...], who: str) -> bool:
+    """Does ``allow`` admit accessor ``who``? An entry ending in ``*`` is a prefix."""
+    return who in allow or any(a[-1:] == "*" and who.startswith(a[:-1]) for a in allow)
+
+
 def _label(o: Owner) -> str:
     """An owner and its state for the event log: ``gmem1@vm1/allocated``."""
     return f"{o.owner}/{o.state}"
@@ -145,6 +169,9 @@ class PhysMem:
         # orphan (the folio's last reference is the pin) and is freed on the last unpin.
         self.pins = RangeCounter(label="physmem.pins", atomic=True)
         self._mmio: list[tuple[int, int, MmioHandler]] = []  # sorted by start, disjoint
+        # MMIO the secure firmware holds (private MMIO of a TDI mapped into a cVM).
+        self.mmio_claims: RangeMap[Owner] = RangeMap(label="physmem.mmio_claims", atomic=True)
+        self._claims = 0
 
     # ----- MMIO handlers (device BARs) ---------------------------------------------------
     def register_mmio(self, start: int, end: int, handler: MmioHandler) -> None:
@@ -166,6 +193,31 @@ class PhysMem:
     def unregister_mmio(self, start: int, end: int) -> None:
         """Forget the handler registered for exactly ``[start, end)`` (hot-unplug)."""
         self._mmio = [t for t in self._mmio if (t[0], t[1]) != (start, end)]
+
+    def claim_mmio(self, start: int, end: int, owner: Owner) -> None:
+        """The secure firmware takes ``[start, end)`` (inside the MMIO windows): accesses
+        its ``owner.allow`` does not admit are refused (see the module docstring)."""
+        before = self.mmio_text(start, end) if self.sched.log.enabled else ""
+        self.mmio_claims.set(start, end, owner)
+        self._claims = len(self.mmio_claims)
+        self.sched.emit("phys", "claim-mmio", start=start, end=end, before=before,
+                        after=_label(owner))
+
+    def release_mmio(self, start: int, end: int) -> None:
+        """The secure firmware gives ``[start, end)`` back to the host."""
+        before = self.mmio_text(start, end) if self.sched.log.enabled else ""
+        self.mmio_claims.remove(start, end)
+        self._claims = len(self.mmio_claims)
+        self.sched.emit("phys", "release-mmio", start=start, end=end, before=before,
+                        after="host")
+
+    def mmio_text(self, start: int, end: int) -> str:
+        """Who holds the MMIO of ``[start, end)``, for the event log (nothing recorded)."""
+        with track.untracked():
+            parts = [_label(o) for _, _, o in self.mmio_claims.overlapping(start, end)]
+            if self.mmio_claims.gaps(start, end):
+                parts.append("host")
+        return ",".join(dict.fromkeys(parts))
 
     def mmio_lookup(self, addr: int) -> tuple[int, int, MmioHandler] | None:
         """The registered ``(start, end, handler)`` holding ``addr``, if any."""
@@ -224,9 +276,24 @@ class PhysMem:
         return got
 
     def release(self, start: int, end: int) -> None:
-        """The owner gives ``[start, end)`` back; pinned parts linger as orphans."""
+        """The owner gives ``[start, end)`` back; pinned parts linger as orphans, parts the
+        secure firmware holds are a violation and stay (see the module docstring)."""
         logged = self.sched.log.enabled
         before = self.state_text(start, end) if logged else ""
+        held = [(s, e, h) for s, e, h in self.owners.overlapping(start, end)
+                if h.state not in OPEN_STATES]
+        for s, e, h in held:
+            self.sched.violation(PHYSICAL, f"the host frees [{s:#x}, {e:#x}) of {h.owner} "
+                                 f"while the secure firmware holds it ({h.state}): leaked")
+        if held:  # the held parts stay owned; free the rest piece by piece
+            pos = start
+            for s, e, _ in held:
+                if pos < s:
+                    self.release(pos, s)
+                pos = e
+            if pos < end:
+                self.release(pos, end)
+            return
         pinned = [(s, e) for s, e, _ in self.pins.overlapping(start, end)]
         for s, e in pinned:
             o = self.owners.lookup(s)
@@ -302,6 +369,7 @@ class PhysMem:
         if tr is None:
             return self._check(start, n, who, write)
         _observe(self.owners, start, end)  # regions: written at boot only, never conflicts
+        _observe(self.mmio_claims, start, end)
         tr.deactivate()
         try:
             return self._check(start, n, who, write)
@@ -312,7 +380,7 @@ class PhysMem:
         end = start + n
         # Fast path: one RAM region and one allocated owner extent cover the whole access.
         hit = self.owners.get(start)
-        if hit is not None and hit[1] >= end and hit[2].state in ("allocated", "orphan"):
+        if hit is not None and hit[1] >= end and hit[2].state in OPEN_STATES:
             reg = self.regions.get(start)
             if reg is not None and reg[1] >= end and reg[2] == "ram":
                 return True
@@ -321,21 +389,37 @@ class PhysMem:
         end = start + n
         for s, e, kind in self.regions.overlapping(start, end):
             if kind != "ram":
+                if self._claims:
+                    ok = self._refuse(self.mmio_claims, s, e, who, verb, "MMIO") and ok
                 continue
             for gs, ge in self.owners.gaps(s, e):
                 self.sched.violation(PHYSICAL, f"{who} {verb}s freed memory [{gs:#x}, {ge:#x})")
                 ok = False
-            for os_, oe, o in self.owners.overlapping(s, e):
-                if o.state not in ("allocated", "orphan") and who not in o.allow:
-                    self.sched.violation(
-                        PHYSICAL,
-                        f"{who} {verb}s [{os_:#x}, {oe:#x}) owned by {o.owner} ({o.state})",
-                    )
-                    ok = False
+            ok = self._refuse(self.owners, s, e, who, verb, "") and ok
         for gs, ge in self.regions.gaps(start, end):
             self.sched.violation(PHYSICAL, f"{who} {verb}s unbacked [{gs:#x}, {ge:#x})")
             ok = False
         return ok
+
+    def _refuse(self, m: RangeMap[Owner], s: int, e: int, who: str, verb: str,
+                what: str) -> bool:
+        """Report every piece of ``[s, e)`` in ``m`` whose owner does not allow ``who``."""
+        ok = True
+        for os_, oe, o in m.overlapping(s, e):
+            if o.state not in OPEN_STATES and not allows(o.allow, who):
+                self.sched.violation(
+                    PHYSICAL,
+                    f"{who} {verb}s {what}{' ' if what else ''}[{os_:#x}, {oe:#x}) owned by "
+                    f"{o.owner} ({o.state})")
+                ok = False
+        return ok
+
+    def _mmio_ok(self, start: int, n: int, who: str, write: bool) -> bool:
+        """May ``who`` reach the device behind ``[start, start + n)`` (a registered MMIO
+        range)? Only a firmware claim can refuse it."""
+        if not self._claims and track.active() is None:
+            return True
+        return self.check(start, n, who, write)
 
     def read(self, start: int, n: int, who: str) -> bytes:
         """``who`` loads ``n`` bytes at ``start`` (zeros where the check fails; a registered
@@ -343,8 +427,10 @@ class PhysMem:
         if self._mmio:
             pieces = self._mmio_pieces(start, n)
             if pieces is not None:
-                return b"".join(h.read(s, e - s, who) if h is not None
-                                else self._read(s, e - s, who) for s, e, h in pieces)
+                return b"".join(
+                    (h.read(s, e - s, who) if self._mmio_ok(s, e - s, who, False)
+                     else bytes([ALL_ONES]) * (e - s)) if h is not None
+                    else self._read(s, e - s, who) for s, e, h in pieces)
         return self._read(start, n, who)
 
     def _read(self, start: int, n: int, who: str) -> bytes:
@@ -361,7 +447,8 @@ class PhysMem:
                 for s, e, h in pieces:
                     part = data[s - start:e - start]
                     if h is not None:
-                        h.write(s, part, who)
+                        if self._mmio_ok(s, e - s, who, True):
+                            h.write(s, part, who)
                     else:
                         self._write(s, part, who)
                 return
@@ -378,7 +465,8 @@ class PhysMem:
             if pieces is not None:
                 for s, e, h in pieces:
                     if h is not None:
-                        h.write(s, bytes(e - s), who)
+                        if self._mmio_ok(s, e - s, who, True):
+                            h.write(s, bytes(e - s), who)
                     elif self.check(s, e - s, who, write=True):
                         self.data.zero(s, e)
                 return
