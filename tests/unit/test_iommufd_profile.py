@@ -45,18 +45,32 @@ def test_without_iommufd_test_the_mock_is_enotty() -> None:
 @pytest.mark.parametrize("profile,ok", [("linux-6.18", False), ("linux-6.19", True),
                                         ("linux-7.1", True)])
 def test_map_file_of_a_dmabuf_arrives_in_6_19(profile: str, ok: bool) -> None:
+    """With a (mock) domain attached the map pins at once. Before 6.19 a dma-buf is just a
+    file to IOAS_MAP_FILE (pages.c iopt_alloc_file_pages takes any file): it maps while
+    nothing pins, and the pin (memfd_pin_folios: not shmem) is EINVAL."""
     h = SimHost(profile)
     fd, ioas = _ioas(h)
     dfd = dmabuf_fd(h, revocable_dmabuf(h, PAGE))
-    m = I.iommu_ioas_map_file(size=ctypes.sizeof(I.iommu_ioas_map_file), flags=RW,
-                              ioas_id=ioas, fd=dfd, start=0, length=PAGE)
-    if ok:
+
+    def map_file() -> I.iommu_ioas_map_file:
+        m = I.iommu_ioas_map_file(size=ctypes.sizeof(I.iommu_ioas_map_file), flags=RW,
+                                  ioas_id=ioas, fd=dfd, start=0, length=PAGE)
         h.ioctl(fd, I.IOMMU_IOAS_MAP_FILE, m)
-        assert m.iova
+        return m
+
+    if not ok:  # no domain yet: nothing is pinned, the map is taken
+        u = I.iommu_ioas_unmap(size=ctypes.sizeof(I.iommu_ioas_unmap), ioas_id=ioas,
+                               iova=map_file().iova, length=PAGE)
+        h.ioctl(fd, I.IOMMU_IOAS_UNMAP, u)
+    cmd = I.iommu_test_cmd(size=ctypes.sizeof(I.iommu_test_cmd),
+                           op=I.IOMMU_TEST_OP_MOCK_DOMAIN, id=ioas)
+    h.ioctl(fd, I.IOMMU_TEST_CMD, cmd)
+    if ok:
+        assert map_file().iova
     else:
         with pytest.raises(OSError) as e:
-            h.ioctl(fd, I.IOMMU_IOAS_MAP_FILE, m)
-        assert e.value.errno == errno.EINVAL  # a dma-buf is not a memfd before 6.19
+            map_file()
+        assert e.value.errno == errno.EINVAL  # the pin: a dma-buf is not a memfd
 
 
 @pytest.mark.parametrize("thp,first", [(True, 1 << 21), (False, PAGE)])

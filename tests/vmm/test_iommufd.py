@@ -82,8 +82,14 @@ def test_ioas_map_file(host, assert_released):
         ioas = ictx.alloc_ioas()
         iova = ioas.map_file(mfd, PAGE, 2 * PAGE)
         assert ioas.map_file(mfd.fd, 0, PAGE, iova=0x400000) == 0x400000
-        # past the end of the file
-        assert errno_of(ioas.map_file, mfd, 3 * PAGE, 2 * PAGE) == errno.EINVAL
+        assert errno_of(ioas.map_file, mfd, PAGE, 0) == errno.EINVAL  # length 0
+        # start + length - 1 wraps (io_pagetable.c iopt_map_file_pages: check_add_overflow)
+        assert errno_of(ioas.map_file, mfd, U64_MAX - PAGE + 1, 2 * PAGE) == errno.EOVERFLOW
+        # Past the end of the file: IOAS_MAP_FILE does not look at the file's size, and with
+        # no domain attached nothing is pinned, so it maps (the pin is what fails, EINVAL:
+        # test_mock_map_file_past_the_end_fails_at_the_pin)
+        past = ioas.map_file(mfd, 3 * PAGE, 2 * PAGE)
+        assert ioas.unmap(past, 2 * PAGE) == 2 * PAGE
         assert ioas.unmap(iova, 2 * PAGE) == 2 * PAGE
         assert ioas.unmap_all() == PAGE
     assert_released(host)
@@ -229,6 +235,33 @@ def test_mock_domain_replace(mock):
     # the automatic HWPT of the first attach is gone with the replace
     assert errno_of(md.replace, first) == errno.ENOENT
     assert md.replace(ioas) == md.hwpt_id
+
+
+def test_mock_map_file_past_the_end_fails_at_the_pin(mock, host):
+    """A memfd range past the end of the file maps (nothing pinned); each later pin of it —
+    a domain's fill, an access's pin or read — goes to memfd_pin_folios, which refuses a range
+    reaching i_size (EINVAL) and takes one inside the file; a grown file pins."""
+    mfd = Memfd(host, "ram", size=4 * PAGE)
+    view = mfd.mmap()
+    view.write(3 * PAGE, b"last page")
+    ioas = mock.alloc_ioas()
+    # file page 3, and one page past the end
+    assert ioas.map_file(mfd, 3 * PAGE, 2 * PAGE, iova=START) == START
+    assert errno_of(mock.mock_domain, ioas) == errno.EINVAL  # the fill pins both pages
+    access = mock.create_access(ioas, I.MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES)
+    pages = access.pin(START, PAGE, view.addr + 3 * PAGE)  # inside the file: pinned
+    assert errno_of(access.pin, START, 2 * PAGE, 0) == errno.EINVAL
+    assert access.rw(START, 9) == b"last page"
+    assert errno_of(access.rw, START + PAGE, 8) == errno.EINVAL
+    access.unpin(pages)
+    mfd.truncate(5 * PAGE)  # i_size is read at each pin: the range fits now
+    md = mock.mock_domain(ioas)
+    grown = mfd.mmap()
+    md.check_map(START, 2 * PAGE, grown.addr + 3 * PAGE)
+    md.close()
+    access.close()
+    assert ioas.unmap_all() == 2 * PAGE
+    mfd.close()
 
 
 def test_mock_access_pin_and_rw(mock, host):

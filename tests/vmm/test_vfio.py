@@ -5,7 +5,12 @@ through a memslot (the legacy route, and the dma-buf route on an rfc-* profile),
 teardown that leaves nothing.
 
 The linux variant needs the edu bound to vfio-pci as /dev/vfio/devices/vfio0 (the real-kernel
-lane's QEMU guest) and /dev/iommu; it skips naming the node otherwise.
+lane's QEMU guest) and /dev/iommu; it skips naming the node otherwise. The tests that make a VM
+(assign_device) are marked needs_kvm: the lane's TCG guest has no /dev/kvm, so they skip there;
+the edu's DMA through the IOMMU is also tested without a VM (a memfd mapped in the IOAS).
+
+QEMU's edu computes a factorial in a thread and runs DMA on a timer: the tests wait for the
+status bit / the RUN bit as a driver does (tests/conformance/_vfio.py's helpers).
 """
 
 from __future__ import annotations
@@ -15,11 +20,15 @@ from typing import Any
 
 import pytest
 
+# tests/ is on sys.path (its conftest.py, rootdir-relative): the conformance helpers are shared
+from conformance._vfio import edu_dma, edu_factorial
+
 from passthru.uapi import vfio as V
 from passthru.vmm import (
     GuestMemory,
     Iommufd,
     Kvm,
+    Memfd,
     Vcpu,
     VfioDevice,
     Vm,
@@ -39,16 +48,6 @@ DMA_BUF = 0x40000  # the edu's 4 KiB DMA buffer, as DMA commands address it
 
 def is_sim(host: Any) -> bool:
     return hasattr(host, "leaks")
-
-
-def edu_dma(dev: VfioDevice, src: int, dst: int, n: int, to_ram: bool) -> None:
-    """Program the edu's DMA engine through BAR0: source, destination, count, command
-    (RUN, and direction buffer -> RAM when ``to_ram``)."""
-    bar = dev.region(0)
-    bar.write_int(0x80, 8, src)
-    bar.write_int(0x88, 8, dst)
-    bar.write_int(0x90, 8, n)
-    bar.write_int(0x98, 8, 0x1 | (0x2 if to_ram else 0))
 
 
 def test_bind_attach_detach(host, assert_released):
@@ -100,8 +99,8 @@ def test_config_ids_and_bar_registers(host, assert_released):
         assert bar.read_int(0x00, 4) == EDU_ID
         bar.write_int(0x04, 4, 0x12345678)
         assert bar.read_int(0x04, 4) == ~0x12345678 & 0xFFFFFFFF  # liveness: bitwise NOT
-        bar.write_int(0x08, 4, 5)
-        assert bar.read_int(0x08, 4) == 120  # factorial
+        assert edu_factorial(bar, 5) == 120  # polls status bit 0x01 (computing) first
+        assert edu_factorial(bar, 12) == 479001600
         with bar.mmap(PAGE) as m:  # the same registers through an mmap of the BAR
             assert int.from_bytes(m.read(0, 4), "little") == EDU_ID
             m.write(4, (0xA5A5A5A5).to_bytes(4, "little"))
@@ -110,18 +109,64 @@ def test_config_ids_and_bar_registers(host, assert_released):
 
 
 def test_edu_dma_round_trip_through_the_iommu(host, assert_released):
+    """No VM: a memfd mapped into the IOAS at RAM_GPA, the edu attached to it, bus mastering
+    on. RAM -> the edu's buffer -> RAM again through the IOMMU; with BME off the edu's DMA is
+    dropped (nothing lands)."""
+    with Memfd(host, "ram", size=4 * PAGE) as ram, Iommufd(host) as ifd, \
+            VfioDevice(host, VFIO0) as dev:
+        view = ram.mmap()
+        dev.bind(ifd)
+        ioas = ifd.alloc_ioas()
+        dev.attach(ioas)
+        assert ioas.map(view.addr, 4 * PAGE, iova=RAM_GPA) == RAM_GPA
+        assert dev.set_command(memory=True, master=True) & 0x6 == 0x6
+        bar = dev.region(0)
+        data = bytes(range(256)) * 2
+        view.write(0, data)
+        edu_dma(bar, RAM_GPA, DMA_BUF, len(data), to_ram=False)  # RAM -> device buffer
+        edu_dma(bar, DMA_BUF, RAM_GPA + 2 * PAGE, len(data), to_ram=True)  # and back
+        assert view.read(2 * PAGE, len(data)) == data
+        assert ram.pread(len(data), 2 * PAGE) == data  # the memfd's own pages
+        dev.set_command(master=False)  # bus mastering off: the DMA is dropped
+        edu_dma(bar, DMA_BUF, RAM_GPA + 3 * PAGE, 16, to_ram=True)
+        assert view.read(3 * PAGE, 16) == bytes(16)
+    assert_released(host)
+
+
+def test_attach_to_an_ioas_with_a_file_range_past_its_end_is_einval(host, assert_released):
+    """IOAS_MAP_FILE takes a memfd range past the file's end while nothing needs its pages;
+    attaching the device fills its domain, and the pin (memfd_pin_folios) is EINVAL."""
+    with Memfd(host, "ram", size=2 * PAGE) as ram, Iommufd(host) as ifd, \
+            VfioDevice(host, VFIO0) as dev:
+        dev.bind(ifd)
+        ioas = ifd.alloc_ioas()
+        assert ioas.map_file(ram, PAGE, 2 * PAGE, iova=RAM_GPA) == RAM_GPA
+        with pytest.raises(OSError) as e:
+            dev.attach(ioas)
+        assert e.value.errno == errno.EINVAL
+        assert dev.hwpt_id is None
+        ram.truncate(3 * PAGE)  # the range fits now: the pin checks i_size each time
+        assert dev.attach(ioas)
+        dev.detach()
+        assert ioas.unmap_all() == 2 * PAGE
+    assert_released(host)
+
+
+@pytest.mark.needs_kvm
+def test_assign_device_maps_guest_ram_for_the_edus_dma(host, assert_released):
     with Iommufd(host) as ifd, Kvm(host) as kvm, VfioDevice(host, VFIO0) as dev:
         vm = kvm.create_vm()
         mem = vm.guest_memory([(RAM_GPA, 4 * PAGE)])
         ioas = ifd.alloc_ioas()
         assign_device(vm, dev, ioas, guest_memory=mem)  # IOVA == GPA, BME on
+        bar = dev.region(0)
         data = bytes(range(256)) * 2
         mem.write(RAM_GPA, data)
-        edu_dma(dev, RAM_GPA, DMA_BUF, len(data), to_ram=False)  # RAM -> device buffer
-        edu_dma(dev, DMA_BUF, RAM_GPA + 2 * PAGE, len(data), to_ram=True)  # and back
+        edu_dma(bar, RAM_GPA, DMA_BUF, len(data), to_ram=False)  # RAM -> device buffer
+        edu_dma(bar, DMA_BUF, RAM_GPA + 2 * PAGE, len(data), to_ram=True)  # and back
         assert mem.read(RAM_GPA + 2 * PAGE, len(data)) == data
         dev.set_command(master=False)  # bus mastering off: the DMA is dropped
-        edu_dma(dev, DMA_BUF, RAM_GPA + 3 * PAGE, 16, to_ram=True)
+        edu_dma(bar, DMA_BUF, RAM_GPA + 3 * PAGE, 16, to_ram=True)
         assert mem.read(RAM_GPA + 3 * PAGE, 16) == bytes(16)
     assert_released(host)
 

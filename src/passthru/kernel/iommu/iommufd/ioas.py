@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from ....errors import kerr
 from ....uapi import iommufd as I
 from ...fs.uaccess import UserArg
-from ...mm.memfd import MemfdFile
+from ...mm.mm import PAGE
 from .dmabuf import iopt_alloc_dmabuf_pages, is_dma_buf_file
 from .io_pagetable import IoPagetable, PagesSlice
 from .main import IommufdCtx, IommufdObject, Ucmd, ioctl_op
@@ -215,17 +215,23 @@ def iommufd_ioas_map_file(ucmd: Ucmd) -> int:
 
 def iopt_alloc_file_pages(ucmd: Ucmd, f: File, start: int, length: int,
                           writable: bool) -> IoptPages:
-    """iopt_map_file_pages' source: a dma-buf (when the profile has it) or a memfd; the
-    range must lie inside the file (EINVAL), length non-zero."""
+    """iopt_map_file_pages (io_pagetable.c) up to the pages: length 0 EINVAL, ``start +
+    length - 1`` wrapping EOVERFLOW, then a dma-buf (when the profile has it; dmabuf.py
+    checks its size) or any other file (pages.c iopt_alloc_file_pages: length past
+    SIZE_MAX - PAGE_SIZE EINVAL, else a reference to the file). Neither the file's type nor
+    its size is checked here: a memfd range past the end of the file, or a file that is no
+    memfd, maps while nothing needs the pages; the pin (memfd_pin_folios, when a domain is
+    attached or filled, or an access pins or reads) is what fails, EINVAL (pages.py)."""
     kernel = ucmd.ictx.kernel
+    if length == 0:
+        raise kerr(errno.EINVAL, "IOMMU_IOAS_MAP_FILE: length 0")
+    if start + length - 1 > ULONG_MAX:
+        raise kerr(errno.EOVERFLOW, f"IOMMU_IOAS_MAP_FILE: {start:#x} + {length:#x} - 1 "
+                   "overflows")
     if is_dma_buf_file(f) and kernel.profile.iommufd_map_dmabuf:
         return iopt_alloc_dmabuf_pages(ucmd, f, start, length, writable)
-    if not isinstance(f, MemfdFile):
-        raise kerr(errno.EINVAL, f"IOMMU_IOAS_MAP_FILE: {f.name} is a {f.kind}, not a memfd "
-                   "(shmem) file")
-    if length == 0 or start + length > f.i_size or start + length < start:
-        raise kerr(errno.EINVAL, f"IOMMU_IOAS_MAP_FILE: [{start:#x}, +{length:#x}) is empty "
-                   f"or past the end of {f.name} ({f.i_size:#x} bytes)")
+    if length > ULONG_MAX - PAGE:
+        raise kerr(errno.EINVAL, f"iopt_alloc_pages: length {length:#x} is too large")
     if kernel.sched.fault("kzalloc"):
         raise kerr(errno.ENOMEM, "iopt_alloc_file_pages: kzalloc failed (injected)")
     return IoptPages(kernel, "file", length, writable, file=f, start=start,

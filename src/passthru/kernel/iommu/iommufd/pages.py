@@ -12,7 +12,9 @@ Holding: ``holders`` counts, per byte range of the pages (page granular), who ne
 one per area filled into the IOAS's domains (``Area.filled``) and one per in-kernel access
 pin. A range is pinned — and charged — on its 0 → 1 transition and unpinned and uncharged on
 1 → 0, all as extents. With no domain and no access nothing is pinned: a map is lazy, and a bad
-user VA shows only when a domain is attached (EFAULT) — as the kernel does.
+user VA shows only when a domain is attached (EFAULT) — as the kernel does; so does a file
+range past the file's end or a file that is not a memfd (EINVAL from memfd_pin_folios, checked
+against i_size at each pin: a range that fits after the file grew pins).
 
 Accounting (``account_mode``): ACCOUNT_USER charges the mapping process's user
 (``user->locked_vm``), ACCOUNT_MM its mm (``mm->locked_vm``), each against RLIMIT_MEMLOCK
@@ -172,8 +174,17 @@ class IoptPages(track.Tracked):
             except OSError as err:
                 raise kerr(err.errno or errno.EFAULT, f"{what}: {err.strerror}") from None
         else:
-            assert isinstance(self.file, MemfdFile)
-            pin = memfd_pin_folios(self.file, self.base + s, self.base + e - 1)
+            # pfn_reader_user_pin -> pin_memfd_pages -> memfd_pin_folios (mm/gup.c): a file
+            # that is not shmem, or a range reaching i_size, is EINVAL here — at the pin, not
+            # at IOAS_MAP_FILE, which takes any file and any range (ioas.py).
+            assert self.file is not None
+            if not isinstance(self.file, MemfdFile):
+                raise kerr(errno.EINVAL, f"{what}: memfd_pin_folios: {self.file.name} is a "
+                           f"{self.file.kind}, not a shmem or hugetlbfs file")
+            try:
+                pin = memfd_pin_folios(self.file, self.base + s, self.base + e - 1)
+            except OSError as err:
+                raise kerr(err.errno or errno.EINVAL, f"{what}: {err.strerror}") from None
         off = s
         for ps, pe in pin.detach():
             self.phys.set(off, off + (pe - ps), ps)
