@@ -25,7 +25,7 @@ cache=${LANE3_CACHE:-$HOME/.cache/passthru/lane3}
 fragment=$here/kernel-fragment.config
 src_pkg=linux-source-7.3
 # What the lanes' tests need; olddefconfig dropping any of these is an error, not a warning.
-required=(IOMMUFD IOMMUFD_TEST VFIO VFIO_DEVICE_CDEV VFIO_CONTAINER VFIO_PCI PCI_P2PDMA
+required=(IOMMUFD IOMMUFD_TEST VFIO VFIO_DEVICE_CDEV VFIO_CONTAINER VFIO_PCI PCI_P2PDMA FAILSLAB
     VFIO_PCI_DMABUF UDMABUF DMABUF_HEAPS_SYSTEM NET_9P_VIRTIO 9P_FS VIRTIO_PCI INTEL_IOMMU
     PCI_TSM MEMFD_CREATE TMPFS DEVTMPFS SERIAL_8250_CONSOLE)
 
