@@ -36,6 +36,18 @@ from .kapi_iommufd import map_ram as map_ram
 from .kapi_iommufd import mock_domain as mock_domain
 from .kapi_iommufd import phys_dma_write as phys_dma_write
 
+# PCI TSM (kapi_tsm.py): connect/bind/unbind a TDISP device to a cVM, private MMIO, guest_req.
+from .kapi_tsm import cvm_type as cvm_type
+from .kapi_tsm import platform_tsm_of as platform_tsm_of
+from .kapi_tsm import tsm_bind as tsm_bind
+from .kapi_tsm import tsm_connect as tsm_connect
+from .kapi_tsm import tsm_disconnect as tsm_disconnect
+from .kapi_tsm import tsm_guest_accept as tsm_guest_accept
+from .kapi_tsm import tsm_guest_req as tsm_guest_req
+from .kapi_tsm import tsm_map_private_mmio as tsm_map_private_mmio
+from .kapi_tsm import tsm_of as tsm_of
+from .kapi_tsm import tsm_unbind as tsm_unbind
+
 # VFIO (kapi_vfio.py): binding functions to vfio-pci, a P2P NIC, BAR exports, BAR reachability.
 from .kapi_vfio import PCI_COMMAND_MASTER as PCI_COMMAND_MASTER
 from .kapi_vfio import PCI_COMMAND_MEMORY as PCI_COMMAND_MEMORY
@@ -101,6 +113,8 @@ __all__ = [
     "export_bar", "hotplug_nic", "iommu_reaches_disabled_bar",
     "mmap_bar", "nic_of", "pci_dev", "set_command", "sptes_reach_disabled_bar",
     "vfio_device_of", "vfio_open", "vfio_pci_bind",
+    "cvm_type", "platform_tsm_of", "tsm_bind", "tsm_connect", "tsm_disconnect",
+    "tsm_guest_accept", "tsm_guest_req", "tsm_map_private_mmio", "tsm_of", "tsm_unbind",
     "DMA_BUF_MOVE_PINNED", "DMA_BUF_MOVE_SKIPS_FENCE_WAIT", "KVM_MEMSLOT_DELETE_SKIPS_SRCU_SYNC",
     "KVM_NO_MMU_INVALIDATE_RETRY", "MEMORY_MODELS", "MOVABLE", "PATCHABLE", "PINNED",
     "REVOCABLE", "Attachment", "Cell",

@@ -23,11 +23,12 @@ registration, each made by the subsystem's own module when it is imported:
 
 Linking: :data:`BUILTIN` lists the kernel's packages in the order the kernel links them (the
 top-level Makefile puts arch/x86, which builds KVM, before kernel/, mm/ and fs/, and those
-before drivers/). :func:`link` imports every module of those packages (sub-packages too),
-sorted by name within a package (a simplification of each Makefile's obj-y order); importing
-a module is what runs its registrations, so a subsystem is built in by living in one of these
-packages. A module outside them that registers (a scenario's own driver) is like a loaded
-module: it joins every kernel booted after it was imported, after the built-in ones.
+before drivers/; drivers/Makefile links pci/ before iommu/ and vfio/). :func:`link` imports
+every module of those packages (sub-packages too), sorted by name within a package (a
+simplification of each Makefile's obj-y order); importing a module is what runs its
+registrations, so a subsystem is built in by living in one of these packages. A module outside
+them that registers (a scenario's own driver) is like a loaded module: it joins every kernel
+booted after it was imported, after the built-in ones.
 
 Order: by level (initcalls only), then the registering module's link position (package
 position in BUILTIN, then module name; modules outside come last, by name), then the order
@@ -69,7 +70,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 LEVELS = ("pure", "core", "postcore", "arch", "subsys", "fs", "rootfs", "device", "late")
 
 # Link order of the packages under passthru.kernel (see the module docstring).
-BUILTIN = ("kvm", "cgroup", "mm", "fs", "char", "dma", "iommu", "vfio", "dma_buf")
+BUILTIN = ("kvm", "cgroup", "mm", "fs", "char", "dma", "pci", "iommu", "vfio", "dma_buf")
 _PREFIX = __name__.rsplit(".", 1)[0] + "."  # "passthru.kernel."
 
 KINDS = ("initcall", "static", "invariant", "teardown")

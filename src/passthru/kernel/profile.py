@@ -113,6 +113,10 @@ class Profile:
     # the fd but the ioctl returns 0 (the caller finds it as the lowest free fd)
     iommufd_test_dmabuf_get_returns_fd: bool = True
     thp: bool = True  # CONFIG_TRANSPARENT_HUGEPAGE: automatic IOVAs aligned up to 2 MiB
+    # Confidential computing platform (kernel/pci/tsm/platform.py PLATFORMS): which secure
+    # firmware the machine has (hw/secure/) and which platform TSM driver registers with the
+    # PCI TSM core: "tdx" (TDX module, TDX Connect), "sev" (PSP, SEV-TIO), "cca" (RMM).
+    coco_platform: str | None = None
     design: str = "vfio"
     bugs: frozenset[str] = field(default=frozenset())
 
@@ -162,14 +166,16 @@ RFC_TDX_CONNECT = replace(
     name="rfc-tdx-connect",
     kvm_vm_types=LINUX_7_1.kvm_vm_types | 1 << K.KVM_X86_TDX_VM,
     kvm_dmabuf_memslot=True,
+    coco_platform="tdx",
 )
 RFC_SEV_TIO = replace(
     LINUX_7_1,
     name="rfc-sev-tio",
     kvm_vm_types=LINUX_7_1.kvm_vm_types | 1 << K.KVM_X86_SNP_VM,
     kvm_dmabuf_memslot=True,
+    coco_platform="sev",
 )
-RFC_CCA = replace(LINUX_7_1, name="rfc-cca", kvm_dmabuf_memslot=True)
+RFC_CCA = replace(LINUX_7_1, name="rfc-cca", kvm_dmabuf_memslot=True, coco_platform="cca")
 RFC_DMABUF_MAPPING_TYPES = replace(LINUX_7_1, name="rfc-dmabuf-mapping-types",
                                    dma_buf_mapping_types=True)
 
