@@ -235,6 +235,14 @@ def test_tdisp_errors_come_back_as_invalid_message():
     assert status(tdx.tdi_start, BDF) == "TDX_DEVIF_TDISP_INVALID_MESSAGE"
 
 
+def test_start_without_a_held_nonce_is_invalid_state_and_reaches_no_device():
+    w = World()
+    tdx, _, _ = bound(w, run=True)  # START used LOCK's nonce
+    before = tdx.tdi_state(BDF)
+    assert status(tdx.tdi_start, BDF) == "TDX_DEVIF_INVALID_STATE"
+    assert tdx.tdi_state(BDF) == before == TdiState.RUN
+
+
 def test_mmio_map_refusals():
     w = World()
     tdx, _ = td_with_memory(w)

@@ -444,8 +444,14 @@ class TdxModule(Firmware):
         return rsp.nonce
 
     def tdi_start(self, bdf: str) -> None:
-        """START_INTERFACE with the nonce LOCK returned: RUN (the TD asked for it)."""
-        self._tdisp_ok(bdf, tdisp.StartInterface, self._devif("devif.request", bdf).nonce)
+        """START_INTERFACE with the nonce LOCK returned: RUN (the TD asked for it). Without a
+        nonce (START again, or LOCK's nonce gone with an FLR and a STOP) the module has
+        nothing to send: TDX_DEVIF_INVALID_STATE (chosen), nothing reaches the device."""
+        d = self._devif("devif.request", bdf)
+        if not d.nonce:
+            self._fail("devif.request", "TDX_DEVIF_INVALID_STATE",
+                       f"START of {bdf}: no LOCK_INTERFACE nonce held ({d.tdisp_sts.name})")
+        self._tdisp_ok(bdf, tdisp.StartInterface, d.nonce)
 
     def tdi_stop(self, bdf: str) -> None:
         """Step 1 of unbind: STOP_INTERFACE (from any state, ERROR included)."""
