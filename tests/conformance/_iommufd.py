@@ -444,8 +444,9 @@ class Iommufd:
     def teardown(self) -> None:
         """The selftest's teardown_iommufd: close, reopen, and check that no page of
         ``buffer`` is still pinned (MD_CHECK_REFS refs 0; only where the mock exists)."""
+        mock = self.has_mock()  # probed (once per host) while the fd is still open
         self.host.close(self.fd)
-        if not self.has_mock():
+        if not mock:
             return
         fd = self.host.open(NODE, L.O_RDWR)
         try:

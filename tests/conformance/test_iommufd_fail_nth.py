@@ -86,7 +86,8 @@ def _disarm(host: Any, fd: int) -> None:
 
 
 def sweep(host: Any, setup: Callable[[], Any], call: Callable[[Any], None],
-          check_failed: Callable[[Any], None], teardown: Callable[[Any], None]) -> list[int]:
+          check_failed: Callable[[Any], None], teardown: Callable[[Any], None],
+          injected: frozenset[int] = frozenset(INJECTED)) -> list[int]:
     """The errnos of the calls an injection failed, N = 1 ... until the call passes its
     fault points untouched (then it must have succeeded)."""
     nth = host.open(FAIL_NTH, os.O_RDWR)
@@ -104,7 +105,7 @@ def sweep(host: Any, setup: Callable[[], Any], call: Callable[[Any], None],
             _disarm(host, nth)
             if err is not None:
                 assert left == 0, f"N={n}: {err!r} without an injected failure"
-                assert err.errno in INJECTED, f"N={n}: {err!r}"
+                assert err.errno in injected, f"N={n}: {err!r}"
                 errs.append(err.errno)
                 check_failed(ctx)
                 call(ctx)  # the same call, without injection, succeeds
@@ -161,6 +162,8 @@ def test_fail_nth_mock_domain_attach_over_a_mapped_ioas(injection: Any) -> None:
         assert c.ioas_unmap(ioas, IOVA, LENGTH) == LENGTH  # the area survived the failure
         c.ioas_map(ioas, c.buffer, LENGTH, IOVA)
 
+    # The mock device's creation (selftest.c mock_dev_create: device_add after a failed
+    # kobject_add) turns some injected failures into EINVAL (seen on 7.3.4).
     errs = sweep(host, setup, lambda s: s[0].mock_domain(s[1]), still_mapped_once,
-                 lambda s: s[0].teardown())
+                 lambda s: s[0].teardown(), frozenset(INJECTED | {errno.EINVAL}))
     assert errno.ENOMEM in errs
