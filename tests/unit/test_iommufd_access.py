@@ -39,6 +39,9 @@ class Ctx:
 
     def __init__(self, h: SimHost, mapped: bool = True, flags: int = RW) -> None:
         self.h = h
+        # Without CAP_IPC_LOCK, so the pages are ACCOUNT_USER and the pins show in the
+        # user's locked_vm (iopt_alloc_pages makes a CAP_IPC_LOCK process's ACCOUNT_NONE).
+        h.proc.caps = h.proc.caps - {"CAP_IPC_LOCK"}
         self.fd = h.open("/dev/iommu", L.O_RDWR)
         cmd = I.iommu_ioas_alloc(size=ctypes.sizeof(I.iommu_ioas_alloc))
         h.ioctl(self.fd, I.IOMMU_IOAS_ALLOC, cmd)

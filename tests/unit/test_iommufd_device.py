@@ -157,6 +157,7 @@ def test_alignment_and_aperture_after_mock_attach() -> None:
 
 def test_pins_follow_first_and_last_domain_and_check_map() -> None:
     env = Env()
+    env.h.proc.caps = env.h.proc.caps - {"CAP_IPC_LOCK"}  # ACCOUNT_USER: charges show
     ioas = env.ioas()
     va = env.buf(4 * PAGE)
     env.map(ioas, va, 4 * PAGE, START)
@@ -262,4 +263,179 @@ def test_close_with_devices_attached_leaves_nothing() -> None:
     env.h.close(env.fd)
     assert env.pins(va, 2 * PAGE) == [0]
     env.h.exit()
+    assert env.h.leaks() == []
+
+
+# ----- pinned-page accounting of file (memfd) pages and IOAS_CHANGE_PROCESS ---------------------
+# Model tests: the accounting is only visible to a process without CAP_IPC_LOCK (a
+# CAP_IPC_LOCK one's pages are ACCOUNT_NONE), and the real-kernel lanes run as root, so a
+# LinuxHost half is not possible; the behaviour is read from 7.3's pages.c iopt_alloc_pages,
+# io_pagetable.c iopt_map_common and ioas.c iommufd_ioas_change_process.
+MEMLOCK_PAGES = 8
+
+
+def _unprivileged(h: SimHost, uid: int, memlock_pages: int = MEMLOCK_PAGES) -> None:
+    """Drop CAP_IPC_LOCK, set the uid and RLIMIT_MEMLOCK (before the process maps)."""
+    h.proc.caps = h.proc.caps - {"CAP_IPC_LOCK"}
+    h.proc.uid = uid
+    h.proc.rlimit_memlock = memlock_pages * PAGE
+
+
+def _map_memfd(env: Env, ioas: int, npages: int, iova: int) -> None:
+    mfd = env.h.memfd_create("pinned", 0)
+    env.h.ftruncate(mfd, npages * PAGE)
+    c = I.iommu_ioas_map_file(size=ctypes.sizeof(I.iommu_ioas_map_file), ioas_id=ioas,
+                              fd=mfd, start=0, length=npages * PAGE, iova=iova,
+                              flags=RW | I.IOMMU_IOAS_MAP_FIXED_IOVA)
+    try:
+        env.ioctl(I.IOMMU_IOAS_MAP_FILE, c)
+    finally:
+        env.h.close(mfd)
+
+
+def _rlimit_mode_mm(env: Env) -> None:
+    env.ioctl(I.IOMMU_OPTION, I.iommu_option(size=ctypes.sizeof(I.iommu_option),
+                                             option_id=I.IOMMU_OPTION_RLIMIT_MODE,
+                                             op=I.IOMMU_OPTION_OP_SET, val64=1))
+
+
+def _charged(h: SimHost, mode: str) -> int:
+    """Pages charged to ``h``'s user (ACCOUNT_USER) or mm (ACCOUNT_MM)."""
+    user, mm = mlock.charged(h.kernel, h.proc)
+    return user if mode == "user" else mm
+
+
+def _pinned_pages(h: SimHost) -> int:
+    return h.kernel.live.get("iopt_pinned_bytes", 0) // PAGE
+
+
+def _change_process(h: SimHost, fd: int) -> None:
+    h.ioctl(fd, I.IOMMU_IOAS_CHANGE_PROCESS, I.iommu_ioas_change_process(
+        size=ctypes.sizeof(I.iommu_ioas_change_process)))
+
+
+@pytest.mark.parametrize("mode", ["user", "mm"])
+def test_memfd_pins_are_charged_and_limited_by_rlimit_memlock(mode: str) -> None:
+    """IOAS_MAP_FILE of a memfd is charged like IOAS_MAP of user memory (iopt_alloc_pages is
+    common to both): at the domain attach that pins it, to the user's locked_vm (or the mm's
+    with IOMMU_OPTION_RLIMIT_MODE 1); past RLIMIT_MEMLOCK ENOMEM, nothing charged or
+    pinned."""
+    env = Env()
+    _unprivileged(env.h, 1000)
+    if mode == "mm":
+        _rlimit_mode_mm(env)
+    ioas = env.ioas()
+    _map_memfd(env, ioas, 4, START)
+    assert _charged(env.h, mode) == 0 and _pinned_pages(env.h) == 0  # lazy: no domain
+    s1, _, _ = env.mock_domain(ioas)
+    assert _charged(env.h, mode) == 4 and _pinned_pages(env.h) == 4
+    assert mlock.charged(env.h.kernel, env.h.proc)[mode == "user"] == 0  # not the other
+    # 4 + 5 > 8: the map fills the new area into the domain, and fails.
+    assert _errno(_map_memfd, env, ioas, 5, START + 0x100000) == errno.ENOMEM
+    assert _charged(env.h, mode) == 4 and _pinned_pages(env.h) == 4
+    env.destroy(s1)
+    assert _charged(env.h, mode) == 0 and _pinned_pages(env.h) == 0
+    # A 9-page map is fine without a domain; the attach that pins it is ENOMEM.
+    ioas2 = env.ioas()
+    _map_memfd(env, ioas2, MEMLOCK_PAGES + 1, START)
+    assert _errno(env.mock_domain, ioas2) == errno.ENOMEM
+    assert _charged(env.h, mode) == 0 and _pinned_pages(env.h) == 0
+    env.h.exit()
+    assert env.h.leaks() == []
+
+
+def test_memfd_pins_of_a_cap_ipc_lock_process_are_not_charged() -> None:
+    """iopt_alloc_pages: a process with CAP_IPC_LOCK makes ACCOUNT_NONE pages — no ledger,
+    no limit (even in RLIMIT_MODE mm: only ACCOUNT_USER is turned into ACCOUNT_MM)."""
+    env = Env()
+    env.h.proc.rlimit_memlock = MEMLOCK_PAGES * PAGE
+    _rlimit_mode_mm(env)
+    ioas = env.ioas()
+    _map_memfd(env, ioas, 2 * MEMLOCK_PAGES, START)
+    env.mock_domain(ioas)
+    assert _pinned_pages(env.h) == 2 * MEMLOCK_PAGES
+    assert dict(mlock.locked_vm(env.h.kernel)) == {}
+    env.h.exit()
+    assert env.h.leaks() == []
+
+
+@pytest.mark.parametrize("mode", ["user", "mm"])
+def test_change_process_moves_the_charge(mode: str) -> None:
+    """IOAS_CHANGE_PROCESS from another process (the iommufd passed to it): the new process
+    is charged, the old one uncharged, and later unpins uncharge the new one."""
+    env = Env()
+    _unprivileged(env.h, 1000)
+    if mode == "mm":
+        _rlimit_mode_mm(env)
+    ioas = env.ioas()
+    _map_memfd(env, ioas, 4, START)
+    env.mock_domain(ioas)
+    # IOAS_COPY shares the pages object: its pins are counted and moved once.
+    ioas2 = env.ioas()
+    env.ioctl(I.IOMMU_IOAS_COPY, I.iommu_ioas_copy(
+        size=ctypes.sizeof(I.iommu_ioas_copy), dst_ioas_id=ioas2, src_ioas_id=ioas,
+        length=4 * PAGE, src_iova=START, dst_iova=START,
+        flags=RW | I.IOMMU_IOAS_MAP_FIXED_IOVA))
+    assert _charged(env.h, mode) == 4
+    new = env.h.process("new")
+    _unprivileged(new, 1001)
+    nfd = new.proc.fd_install(env.h.proc.fget(env.fd))
+    _change_process(new, nfd)
+    assert _charged(env.h, mode) == 0 and _charged(new, mode) == 4
+    assert _pinned_pages(env.h) == 4  # the pins stay
+    _map_memfd(env, ioas, 1, START + 0x100000)  # a later map is the mapper's again
+    assert _charged(env.h, mode) == 1 and _charged(new, mode) == 4
+    env.h.exit()  # the old process goes; the iommufd lives on in the new one
+    assert _charged(new, mode) == 4
+    new.exit()  # the last unpin uncharges the new process
+    assert env.h.leaks() == []
+
+
+@pytest.mark.parametrize("mode", ["user", "mm"])
+def test_change_process_enomem_leaves_both_as_they_were(mode: str) -> None:
+    """charge_current charges the new process before the old one is uncharged: past the new
+    one's RLIMIT_MEMLOCK it is ENOMEM and nothing moves. With ACCOUNT_USER and the same uid,
+    the user's locked_vm holds both charges for a moment: 4 + 4 pages against a 6-page limit
+    fail although only 4 would stay."""
+    env = Env()
+    _unprivileged(env.h, 1000)
+    if mode == "mm":
+        _rlimit_mode_mm(env)
+    ioas = env.ioas()
+    _map_memfd(env, ioas, 4, START)
+    env.mock_domain(ioas)
+    small = env.h.process("small")
+    _unprivileged(small, 1001, memlock_pages=3)
+    sfd = small.proc.fd_install(env.h.proc.fget(env.fd))
+    assert _errno(_change_process, small, sfd) == errno.ENOMEM
+    assert _charged(env.h, mode) == 4 and _charged(small, mode) == 0
+    sibling = env.h.process("sibling")  # same uid, its own mm
+    _unprivileged(sibling, 1000, memlock_pages=6)
+    bfd = sibling.proc.fd_install(env.h.proc.fget(env.fd))
+    if mode == "user":
+        assert _errno(_change_process, sibling, bfd) == errno.ENOMEM
+        assert _charged(env.h, mode) == 4
+    else:  # separate mms: 4 <= 6
+        _change_process(sibling, bfd)
+        assert _charged(env.h, mode) == 0 and _charged(sibling, mode) == 4
+    for h in (env.h, small, sibling):
+        h.exit()
+    assert env.h.leaks() == []
+
+
+def test_change_process_of_a_user_va_map_is_einval_and_moves_nothing() -> None:
+    env = Env()
+    _unprivileged(env.h, 1000)
+    ioas = env.ioas()
+    _map_memfd(env, ioas, 2, START)
+    va = env.buf(2 * PAGE)
+    env.map(ioas, va, 2 * PAGE, START + 0x100000)
+    env.mock_domain(ioas)
+    new = env.h.process("new")
+    _unprivileged(new, 1001)
+    nfd = new.proc.fd_install(env.h.proc.fget(env.fd))
+    assert _errno(_change_process, new, nfd) == errno.EINVAL
+    assert _charged(env.h, "user") == 4 and _charged(new, "user") == 0
+    env.h.exit()
+    new.exit()
     assert env.h.leaks() == []

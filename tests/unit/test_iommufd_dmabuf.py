@@ -122,6 +122,22 @@ def test_dmabuf_simple(profile: str) -> None:
     c.finish()
 
 
+def test_dmabuf_pins_nothing_and_charges_nothing_without_cap_ipc_lock() -> None:
+    """iopt_alloc_dmabuf_pages forces ACCOUNT_NONE ("dmabuf does not use pinned page
+    accounting"): a process without CAP_IPC_LOCK and a 1-page RLIMIT_MEMLOCK maps and fills
+    4 pages of a dma-buf, charging nothing; IOAS_CHANGE_PROCESS refuses a dma-buf area
+    (EINVAL: only IOPT_ADDRESS_FILE). A model test: the lanes run as root."""
+    c = Ctx()
+    c.h.proc.caps = c.h.proc.caps - {"CAP_IPC_LOCK"}
+    c.h.proc.uid, c.h.proc.rlimit_memlock = 1000, PAGE
+    c.map_file(0, SIZE)
+    c.add_domain()
+    assert dict(mlock.locked_vm(c.h.kernel)) == {}
+    err(errno.EINVAL, c.h.ioctl, c.fd, I.IOMMU_IOAS_CHANGE_PROCESS,
+        I.iommu_ioas_change_process(size=ctypes.sizeof(I.iommu_ioas_change_process)))
+    c.finish()
+
+
 @pytest.mark.parametrize("mock_domains", [0, 1])
 def test_dmabuf_revoke(mock_domains: int) -> None:
     c = Ctx()

@@ -10,14 +10,20 @@ Invariants: an IOAS owns its io_pagetable; destroying it unmaps everything (pins
 charges returned) and removes the test mock's reserved ranges. Units: bytes.
 Locking: see io_pagetable.py; ``ioas_creation_lock`` (read) around finalize of a new IOAS,
 as iommufd_ioas_alloc_ioctl takes it.
-Leaves out: IOAS_CHANGE_PROCESS's move of pinned-page charges to the new mm (the model's
-file pages are not charged, and user-VA pages make it EINVAL, so there is nothing to move).
+IOAS_CHANGE_PROCESS (iommufd_ioas_change_process) moves every pages object of the context
+— file pages only: a user-VA or dma-buf area makes it EINVAL, a half-made area EBUSY — to the
+calling process, and with it the pinned-page charges: the new process is charged first
+(charge_current: per account mode, ENOMEM past its RLIMIT_MEMLOCK undoing the modes already
+charged and leaving everything as it was), then each pages object is uncharged from its old
+process and takes the new one as its source (change_mm).
+Leaves out: iommufd_take_all_iova_rwsem's xa_store failure (ENOMEM), ``mm->pinned_vm``.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
 from ....errors import kerr
@@ -26,11 +32,12 @@ from ...fs.uaccess import UserArg
 from ...mm.mm import PAGE
 from .dmabuf import iopt_alloc_dmabuf_pages, is_dma_buf_file
 from .io_pagetable import IoPagetable, PagesSlice
-from .main import IommufdCtx, IommufdObject, Ucmd, ioctl_op
-from .pages import ULONG_MAX, IoptPages, iopt_alloc_user_pages
+from .main import ACCOUNT_MM, ACCOUNT_NONE, ACCOUNT_USER, IommufdCtx, IommufdObject, Ucmd, ioctl_op
+from .pages import ULONG_MAX, IoptPages, iopt_alloc_user_pages, iopt_pages_update_pinned
 
 if TYPE_CHECKING:
     from ...fs.file import File
+    from ...fs.process import Process
 
 MAP_FLAGS = I.IOMMU_IOAS_MAP_FIXED_IOVA | I.IOMMU_IOAS_MAP_WRITEABLE | I.IOMMU_IOAS_MAP_READABLE
 RW = I.IOMMU_IOAS_MAP_WRITEABLE | I.IOMMU_IOAS_MAP_READABLE
@@ -235,7 +242,7 @@ def iopt_alloc_file_pages(ucmd: Ucmd, f: File, start: int, length: int,
     if kernel.sched.fault("kzalloc"):
         raise kerr(errno.ENOMEM, "iopt_alloc_file_pages: kzalloc failed (injected)")
     return IoptPages(kernel, "file", length, writable, file=f, start=start,
-                     proc=ucmd.proc)
+                     proc=ucmd.proc, ictx_account_mode=ucmd.ictx.account_mode)
 
 
 @ioctl_op(I.IOMMU_IOAS_COPY, I.iommu_ioas_copy, "src_iova")
@@ -319,22 +326,80 @@ def iommufd_ioas_unmap(ucmd: Ucmd) -> int:
     return 0
 
 
+def need_charge_update(pages: IoptPages, current: Process) -> bool:
+    """need_charge_update: does moving ``pages`` to ``current`` move a charge? ACCOUNT_MM
+    when the mm differs, ACCOUNT_USER when the user or the mm does (the kernel also counts
+    ``mm->pinned_vm``), ACCOUNT_NONE never."""
+    if pages.account_mode == ACCOUNT_NONE:
+        return False
+    assert pages.proc is not None
+    if pages.account_mode == ACCOUNT_MM:
+        return pages.proc.mm is not current.mm
+    return pages.proc.uid != current.uid or pages.proc.mm is not current.mm
+
+
+def charge_current(current: Process, npinned: dict[int, int]) -> None:
+    """charge_current: charge ``npinned[mode]`` pages to ``current`` for each account mode in
+    order; a failure (ENOMEM) uncharges the modes already charged, in reverse, and raises."""
+    modes = (ACCOUNT_NONE, ACCOUNT_USER, ACCOUNT_MM)
+    for i, mode in enumerate(modes):
+        if not npinned[mode]:
+            continue
+        try:
+            iopt_pages_update_pinned(current, mode, npinned[mode], True,
+                                     "IOMMU_IOAS_CHANGE_PROCESS")
+        except OSError:
+            for undo in reversed(modes[:i]):
+                if npinned[undo]:
+                    iopt_pages_update_pinned(current, undo, npinned[undo], False,
+                                             "IOMMU_IOAS_CHANGE_PROCESS")
+            raise
+
+
 @ioctl_op(I.IOMMU_IOAS_CHANGE_PROCESS, I.iommu_ioas_change_process, "__reserved")
 def iommufd_ioas_change_process(ucmd: Ucmd) -> int:
-    """IOMMU_IOAS_CHANGE_PROCESS: every IOAS of the context must map only files (EINVAL for
-    a user-VA mapping); the model charges file pages to nobody, so nothing moves."""
+    """IOMMU_IOAS_CHANGE_PROCESS: see the module docstring. Under ioas_creation_lock and
+    every IOAS's iova_rwsem for write, taken in ID order (iommufd_take_all_iova_rwsem)."""
     cmd = ucmd.cmd
     if getattr(cmd, "__reserved"):
         raise kerr(errno.EOPNOTSUPP, "IOMMU_IOAS_CHANGE_PROCESS: __reserved is not zero")
-    ictx = ucmd.ictx
-    with ictx.ioas_creation_lock.write():
-        for obj in list(ictx.objects.values()):
-            if isinstance(obj, Ioas):
-                for ext in obj.iopt.areas:
-                    p = ext.value.pages
-                    if p is not None and p.kind == "user":
-                        raise kerr(errno.EINVAL, f"IOMMU_IOAS_CHANGE_PROCESS: {ext.value!r} "
-                                   "of a user address (only file mappings can change process)")
+    ictx, current = ucmd.ictx, ucmd.proc
+    with ictx.ioas_creation_lock.write(), ExitStack() as locks:
+        ioas_list: list[Ioas] = []
+        for _oid, obj in sorted(ictx.objects.items()):
+            if not isinstance(obj, Ioas) or obj.users.get() == 0:
+                continue  # refcount_inc_not_zero failed: being destroyed
+            obj.get()
+            locks.callback(obj.put)
+            locks.enter_context(obj.iopt.iova_rwsem.write())
+            ioas_list.append(obj)
+        areas = [ext.value for ioas in ioas_list for ext in ioas.iopt.areas]
+        for area in areas:
+            if area.pages is None:
+                raise kerr(errno.EBUSY, f"IOMMU_IOAS_CHANGE_PROCESS: {area!r} is being "
+                           "mapped or unmapped")
+            if area.pages.kind != "file":
+                raise kerr(errno.EINVAL, f"IOMMU_IOAS_CHANGE_PROCESS: {area!r} maps "
+                           f"{area.pages.kind} pages (only file mappings can change process)")
+        # Each pages object counted once, however many areas (IOAS_COPY) share it: the
+        # kernel zeroes last_npinned as it counts.
+        all_npinned = {ACCOUNT_NONE: 0, ACCOUNT_USER: 0, ACCOUNT_MM: 0}
+        moved: list[IoptPages] = []
+        for area in areas:
+            pages = area.pages
+            assert pages is not None
+            if pages not in moved:
+                moved.append(pages)
+                if need_charge_update(pages, current):
+                    all_npinned[pages.account_mode] += pages.npinned
+        charge_current(current, all_npinned)
+        for pages in moved:
+            # Uncharge the old process, then change_mm: the new one is the source now.
+            if need_charge_update(pages, current):
+                assert pages.proc is not None
+                iopt_pages_update_pinned(pages.proc, pages.account_mode, pages.npinned,
+                                         False, "IOMMU_IOAS_CHANGE_PROCESS")
+            pages.proc = current
     return 0
 
 

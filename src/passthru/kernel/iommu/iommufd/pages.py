@@ -16,19 +16,28 @@ user VA shows only when a domain is attached (EFAULT) — as the kernel does; so
 range past the file's end or a file that is not a memfd (EINVAL from memfd_pin_folios, checked
 against i_size at each pin: a range that fits after the file grew pins).
 
-Accounting (``account_mode``): ACCOUNT_USER charges the mapping process's user
-(``user->locked_vm``), ACCOUNT_MM its mm (``mm->locked_vm``), each against RLIMIT_MEMLOCK
-unless CAP_IPC_LOCK (kernel/mm/mlock.py); file and dma-buf pages are not charged (KERNEL.md §3).
+Accounting (``account_mode``), decided once when the pages are made, as iopt_alloc_pages and
+iopt_map_common (io_pagetable.c) decide it for user-VA and file (memfd) pages alike:
+ACCOUNT_NONE when the mapping process has CAP_IPC_LOCK, else ACCOUNT_USER — which the map
+turns into ACCOUNT_MM when the context's IOMMU_OPTION_RLIMIT_MODE is MM. ACCOUNT_USER charges
+the source process's user (``user->locked_vm``, incr_user_locked_vm), ACCOUNT_MM its mm
+(``mm->locked_vm``, __account_locked_vm), each against the source process's RLIMIT_MEMLOCK
+with no further capability check (kernel/mm/mlock.py). dma-buf pages are always ACCOUNT_NONE
+(iopt_alloc_dmabuf_pages: "dmabuf does not use pinned page accounting"). The source process
+(``proc``: the kernel's source_mm, source_task and source_user) is the mapping one until
+IOAS_CHANGE_PROCESS moves a file pages object, and its charge, to another (ioas.py).
 
 Invariants: ``phys`` covers exactly the ranges where ``holders`` > 0, and every byte in it has
 a page pin in hw; ``npinned`` equals the pinned pages charged. Units: offsets are bytes from
 the first page of the source (``base``); ``npinned`` in pages.
 Locking (sim/track.py): ``holders``, ``phys`` and ``npinned`` change under ``mutex``
 (pages->mutex, asserted), ``refs`` is a kref (``atomic``). The source fields are set at
-creation and never change.
+creation; only ``proc`` changes after, by IOAS_CHANGE_PROCESS with every IOAS's iova_rwsem
+held for write (as the kernel guards pages->source_*).
 Leaves out: the batch/xarray storage split (pfns are kept here, not read back from a storage
 domain), huge-page contiguity, FOLL_LONGTERM migration, IOMMU_OPTION_RLIMIT_MODE changes of
-an existing pages object, IOAS_CHANGE_PROCESS.
+an existing pages object, ``mm->pinned_vm`` (counted by the kernel in every mode, never
+limited).
 """
 
 from __future__ import annotations
@@ -63,7 +72,7 @@ class IoptPages(track.Tracked):
 
     def __init__(self, kernel: Kernel, kind: str, length: int, writable: bool, *,
                  proc: Process | None = None, uptr: int = 0, file: File | None = None,
-                 start: int = 0, account_mode: int = ACCOUNT_USER) -> None:
+                 start: int = 0, ictx_account_mode: int = ACCOUNT_USER) -> None:
         self.kernel = kernel
         self.kind = kind
         n = kernel.next_id("iopt_pages")
@@ -78,7 +87,12 @@ class IoptPages(track.Tracked):
         self.length = length
         first = (uptr if kind == "user" else start) - self.base
         self.npages = page_up(first + length) // PAGE
-        self.account_mode = ACCOUNT_NONE if kind != "user" else account_mode
+        if kind == "dmabuf":
+            # iopt_alloc_dmabuf_pages: "dmabuf does not use pinned page accounting".
+            self.account_mode = ACCOUNT_NONE
+        else:
+            assert proc is not None
+            self.account_mode = iopt_pages_account_mode(proc, ictx_account_mode)
         # dma-buf pages get their own lock class, as iopt_alloc_dmabuf_pages'
         # lockdep_set_class(&pages->mutex, &pages_dmabuf_mutex_key): their mutex nests under
         # the buffer's resv, which nests under vfio's memory_lock, which a BAR fault takes
@@ -201,13 +215,33 @@ class IoptPages(track.Tracked):
         if not npages or self.account_mode == ACCOUNT_NONE:
             return
         assert self.proc is not None
-        if self.account_mode == ACCOUNT_USER:
-            if npages > 0:
-                mlock.incr_user_locked_vm(self.proc, npages, what)
-            else:
-                mlock.decr_user_locked_vm(self.proc, -npages)
-        elif self.account_mode == ACCOUNT_MM:
-            mlock.account_locked_vm(self.proc, abs(npages), npages > 0, what)
+        iopt_pages_update_pinned(self.proc, self.account_mode, abs(npages), npages > 0, what)
+
+
+def iopt_pages_account_mode(proc: Process, ictx_account_mode: int) -> int:
+    """The account mode of new user-VA or file pages mapped by ``proc``: iopt_alloc_pages'
+    ``capable(CAP_IPC_LOCK) ? ACCOUNT_NONE : ACCOUNT_USER``, then iopt_map_common's upgrade
+    of ACCOUNT_USER to ACCOUNT_MM when the context's mode is MM (IOMMU_OPTION_RLIMIT_MODE)."""
+    mode = ACCOUNT_NONE if proc.capable("CAP_IPC_LOCK") else ACCOUNT_USER
+    if ictx_account_mode == ACCOUNT_MM and mode == ACCOUNT_USER:
+        mode = ACCOUNT_MM
+    return mode
+
+
+def iopt_pages_update_pinned(proc: Process, account_mode: int, npages: int, inc: bool,
+                             what: str) -> None:
+    """iopt_pages_update_pinned: charge (``inc``) or uncharge ``npages`` to ``proc`` in
+    ``account_mode`` — ACCOUNT_USER its user's locked_vm (incr_user_locked_vm /
+    decr_user_locked_vm), ACCOUNT_MM its mm's (update_mm_locked_vm: __account_locked_vm with
+    bypass_rlim false), ACCOUNT_NONE nothing. A charge past RLIMIT_MEMLOCK is ENOMEM and
+    leaves the ledger as it was; no capability is checked here (iopt_alloc_pages did)."""
+    if account_mode == ACCOUNT_USER:
+        if inc:
+            mlock.incr_user_locked_vm(proc, npages, what)
+        else:
+            mlock.decr_user_locked_vm(proc, npages)
+    elif account_mode == ACCOUNT_MM:
+        mlock.account_locked_vm(proc, npages, inc, what, bypass_rlim=False)
 
 
 def iopt_alloc_user_pages(proc: Process, uptr: int, length: int, writable: bool,
@@ -221,4 +255,4 @@ def iopt_alloc_user_pages(proc: Process, uptr: int, length: int, writable: bool,
     if proc.kernel.sched.fault("kzalloc"):
         raise kerr(errno.ENOMEM, "iopt_alloc_pages: kzalloc failed (injected)")
     return IoptPages(proc.kernel, "user", length, writable, proc=proc, uptr=uptr,
-                     account_mode=account_mode)
+                     ictx_account_mode=account_mode)
