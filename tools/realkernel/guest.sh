@@ -6,9 +6,9 @@
 #   load-order (empty for a kernel with everything built in).
 # The guest's busybox /init loads the modules, binds the edu (1234:11e8) to vfio-pci through
 # driver_override, mounts this machine's / read-only over 9p, chroots into it and runs
-#     python -B -m pytest -p no:cacheprovider -k linux ARGS... --junitxml=/tmp/junit.xml
+#     python -B -m pytest -p no:cacheprovider -k linux ARGS... --junitxml=/dev/shm/junit.xml
 # from the project's venv, with every write (pytest's basetemp, TMPDIR, HOME, hypothesis) on a
-# tmpfs. pytest's output streams back over the serial console and is echoed here; the JUnit
+# tmpfs at /dev/shm; the host's /tmp is visible as it is (read-only), checkouts there too. pytest's output streams back over the serial console and is echoed here; the JUnit
 # XML comes back base64-encoded after it and is written to $LANE_JUNIT when that is set.
 # Returns pytest's status; 91 when the guest does not boot in time, 92 when it fails
 # before or while running pytest, 93 on the run timeout.
@@ -158,26 +158,26 @@ mount -t proc proc /mnt/proc
 mount -t sysfs sysfs /mnt/sys
 mount -t devtmpfs devtmpfs /mnt/dev
 [ -d /sys/kernel/debug ] && mount -t debugfs debugfs /mnt/sys/kernel/debug 2>/dev/null
-# The host's /tmp stays reachable (read-only) at /tmp/host, for ad-hoc probe files.
-mkdir -p /hosttmp && mount --bind /mnt/tmp /hosttmp
-mount -t tmpfs -o size=512m tmpfs /mnt/tmp || fail "no tmpfs on /mnt/tmp"
-mkdir -p /mnt/tmp/host && mount --move /hosttmp /mnt/tmp/host
-mkdir -p /mnt/dev/shm && mount -t tmpfs tmpfs /mnt/dev/shm
+# Every write goes to a tmpfs on /dev/shm; the host's /tmp stays visible (read-only) as it
+# is, since the checkout itself may live there (a CI clone in /tmp).
+mkdir -p /mnt/dev/shm && mount -t tmpfs -o size=768m tmpfs /mnt/dev/shm ||
+    fail "no tmpfs on /dev/shm"
 repo=$(cat /repo)
 set --
 while IFS= read -r a; do set -- "$@" "$a"; done </pytest-args
 echo "LANE-PYTEST-BEGIN"
-chroot /mnt /usr/bin/env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/tmp TMPDIR=/tmp \
-    PYTHONDONTWRITEBYTECODE=1 HYPOTHESIS_STORAGE_DIRECTORY=/tmp/hypothesis LANG=C.UTF-8 \
+chroot /mnt /usr/bin/env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/dev/shm TMPDIR=/dev/shm \
+    PYTHONDONTWRITEBYTECODE=1 HYPOTHESIS_STORAGE_DIRECTORY=/dev/shm/hypothesis LANG=C.UTF-8 \
     PASSTHRU_LANE="$(cat /lane)" \
     /bin/sh -c 'cd "$0" && exec .venv/bin/python -B -m pytest -p no:cacheprovider \
-        --basetemp=/tmp/pytest --color=no -rA -v --junitxml=/tmp/junit.xml -k linux "$@"' \
+        --basetemp=/dev/shm/pytest --color=no -rA -v --junitxml=/dev/shm/junit.xml \
+        -k linux "$@"' \
     "$repo" "$@"
 rc=$?
 echo "LANE-PYTEST-END"
-if [ -f /mnt/tmp/junit.xml ]; then
+if [ -f /mnt/dev/shm/junit.xml ]; then
     echo "LANE-JUNIT-BEGIN"
-    base64 /mnt/tmp/junit.xml
+    base64 /mnt/dev/shm/junit.xml
     echo "LANE-JUNIT-END"
 fi
 echo "LANE-END rc=$rc"

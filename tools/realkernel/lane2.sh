@@ -10,8 +10,8 @@
 # Usage: tools/realkernel/lane2.sh [PYTEST ARGS / TEST PATHS...]
 #   default: the conformance files listed in tools/realkernel/lane2.tests.
 #   Arguments are passed to pytest verbatim (after "-k linux"; a later -k overrides it).
-#   Paths are relative to the repo; the host's /tmp is visible read-only at /tmp/host in the
-#   guest (its own /tmp is a tmpfs), so an ad-hoc probe /tmp/p.py runs as /tmp/host/p.py.
+#   Paths are relative to the repo; the host's / (and so /tmp) is visible read-only in the
+#   guest, so an ad-hoc probe /tmp/p.py runs as /tmp/p.py.
 #
 # Setup (first run; idempotent): apt-get installs qemu-system-x86 and busybox-static if
 # missing; the kernel (linux-binary-<abi>) and modules (linux-modules-<abi>) of the version
