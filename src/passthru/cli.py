@@ -122,7 +122,7 @@ def list_cmd(paths: tuple[str, ...]) -> None:
     t.columns[0].overflow = "fold"
     t.columns[2].overflow = "fold"
     for sc in _load(paths):
-        t.add_row(escape(sc.name), sc.expect, ", ".join(sc.profiles), escape(sc.doc))
+        t.add_row(escape(sc.name), sc.expect_text(), ", ".join(sc.profiles), escape(sc.doc))
     console.print(t)
 
 
@@ -250,7 +250,7 @@ def check_cmd(paths: tuple[str, ...], profile: str | None, design: str | None,
                                       on_progress=watch, **kw))
     for (sc, prof, des), v in zip(tasks, results, strict=True):
         if isinstance(v, ScenarioError):
-            t.row(escape(sc.name + (f" [{des}]" if des else "")), prof, sc.expect,
+            t.row(escape(sc.name + (f" [{des}]" if des else "")), prof, sc.expected(des),
                   f"[red]error[/red]: {escape(str(v))}", "-", "-", "-", "[red]ERROR[/red]")
             bad += 1
             continue
@@ -260,7 +260,7 @@ def check_cmd(paths: tuple[str, ...], profile: str | None, design: str | None,
         bad += out_come == UNEXPECTED
         unproven += out_come == UNPROVEN
         label = sc.name + (f" [{des}]" if des else "")
-        t.row(escape(label), prof, sc.expect, escape(v.bound_text()), str(v.schedules),
+        t.row(escape(label), prof, sc.expected(des), escape(v.bound_text()), str(v.schedules),
               str(v.steps), f"{v.elapsed:.2f}s", mark)
         if v.found:
             findings.append(f"{label} @ {prof}: {v.violations[0].text()}")
@@ -406,7 +406,7 @@ def compare_cmd(paths: tuple[str, ...], profiles: tuple[str, ...], only: str | N
                                  UNPROVEN: f"[yellow]{word}?[/yellow]"}.get(out_come, word)
     t = Table("scenario", "expect", *cols)
     for sc in scenarios:
-        t.add_row(sc.name, sc.expect, *(cells.get((sc.name, c), "-") for c in cols))
+        t.add_row(sc.name, sc.expect_text(), *(cells.get((sc.name, c), "-") for c in cols))
     console.print(t)
     console.print(escape(_compare_legend(strategy)))
     notes = ["'!' marks a verdict the scenario does not expect"] if bad else []

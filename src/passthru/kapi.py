@@ -35,17 +35,24 @@ from .kapi_iommufd import iommufd_of as iommufd_of
 from .kapi_iommufd import map_ram as map_ram
 from .kapi_iommufd import mock_domain as mock_domain
 from .kapi_iommufd import phys_dma_write as phys_dma_write
+from .kapi_tsm import TDI_ERROR_WHILE_ASSIGNED as TDI_ERROR_WHILE_ASSIGNED
 
 # PCI TSM (kapi_tsm.py): connect/bind/unbind a TDISP device to a cVM, private MMIO, guest_req.
 from .kapi_tsm import cvm_type as cvm_type
 from .kapi_tsm import platform_tsm_of as platform_tsm_of
+from .kapi_tsm import tdis_not_in_error as tdis_not_in_error
+from .kapi_tsm import tsm_assign as tsm_assign
 from .kapi_tsm import tsm_bind as tsm_bind
 from .kapi_tsm import tsm_connect as tsm_connect
+from .kapi_tsm import tsm_design as tsm_design
 from .kapi_tsm import tsm_disconnect as tsm_disconnect
 from .kapi_tsm import tsm_guest_accept as tsm_guest_accept
 from .kapi_tsm import tsm_guest_req as tsm_guest_req
 from .kapi_tsm import tsm_map_private_mmio as tsm_map_private_mmio
 from .kapi_tsm import tsm_of as tsm_of
+from .kapi_tsm import tsm_owner_bind as tsm_owner_bind
+from .kapi_tsm import tsm_owner_unbind as tsm_owner_unbind
+from .kapi_tsm import tsm_release as tsm_release
 from .kapi_tsm import tsm_unbind as tsm_unbind
 
 # VFIO (kapi_vfio.py): binding functions to vfio-pci, a P2P NIC, BAR exports, BAR reachability.
@@ -115,6 +122,8 @@ __all__ = [
     "vfio_device_of", "vfio_open", "vfio_pci_bind",
     "cvm_type", "platform_tsm_of", "tsm_bind", "tsm_connect", "tsm_disconnect",
     "tsm_guest_accept", "tsm_guest_req", "tsm_map_private_mmio", "tsm_of", "tsm_unbind",
+    "TDI_ERROR_WHILE_ASSIGNED", "tdis_not_in_error", "tsm_assign", "tsm_design",
+    "tsm_owner_bind", "tsm_owner_unbind", "tsm_release",
     "DMA_BUF_MOVE_PINNED", "DMA_BUF_MOVE_SKIPS_FENCE_WAIT", "KVM_MEMSLOT_DELETE_SKIPS_SRCU_SYNC",
     "KVM_NO_MMU_INVALIDATE_RETRY", "MEMORY_MODELS", "MOVABLE", "PATCHABLE", "PINNED",
     "REVOCABLE", "Attachment", "Cell",

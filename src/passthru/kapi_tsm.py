@@ -15,7 +15,13 @@ design's in-kernel caller would —
   the cVM's secure stage-2 at a guest address;
 - :func:`tsm_guest_req` / :func:`tsm_guest_accept` — a guest request (a TDISP message) and the
   guest's accept (STATE_CHANGE START_INTERFACE);
-- :func:`tsm_of` / :func:`platform_tsm_of` — the core and the driver, for inspection.
+- :func:`tsm_of` / :func:`platform_tsm_of` — the core and the driver, for inspection;
+- the coordination designs (kernel/pci/tsm/designs.py): :func:`tsm_design` (the profile's
+  row), :func:`tsm_owner_bind` / :func:`tsm_owner_unbind` (an owner's bind — VFIO's, the
+  iommufd vDEVICE's or the VMM's — ENOTTY for a component the design gives none),
+  :func:`tsm_assign` (connect, bind through the design's owner, map the private MMIO, the
+  guest's accept) and :func:`tsm_release` (the owner's unbind);
+  :func:`tdis_not_in_error` is the ``tdi-error-while-assigned`` invariant.
 
 Locking: each call takes what the kernel's entry takes (pci_tsm_rwsem, the PF0 lock); callable
 from any task. Leaves out: sysfs as files, the guest's own TDISP requester.
@@ -30,6 +36,11 @@ from .errors import kerr
 from .hw import tdisp
 from .kernel.kvm.kvm_main import KvmVmFile
 from .kernel.pci.tsm.core import PCI_TSM_REQ_STATE_CHANGE, PciTsmCore, pci_tsm
+from .kernel.pci.tsm.designs import Design, design_of
+from .kernel.pci.tsm.designs import tsm_owner_bind as _owner_bind
+from .kernel.pci.tsm.designs import tsm_owner_unbind as _owner_unbind
+from .kernel.pci.tsm.invariants import TDI_ERROR_WHILE_ASSIGNED as TDI_ERROR_WHILE_ASSIGNED
+from .kernel.pci.tsm.invariants import tdis_not_in_error as tdis_not_in_error
 from .kernel.pci.tsm.platform import MmioMap, PlatformTsm, platform_tsm
 from .kernel.vfio.pci.vfio_pci import pci_devices
 
@@ -106,3 +117,40 @@ def tsm_guest_accept(host: SimHost, dev: str) -> tdisp.Message:
     d = _dev(host, dev)
     fid = d.tdi.function_id if d.tdi is not None else 0
     return tsm_guest_req(host, dev, PCI_TSM_REQ_STATE_CHANGE, tdisp.StartInterface(fid))
+
+
+# ----- the coordination designs (kernel/pci/tsm/designs.py) ---------------------------------
+def tsm_design(host: SimHost) -> Design:
+    """The profile's coordination design: who binds, who is told before an FLR."""
+    return design_of(host.kernel)
+
+
+def tsm_owner_bind(host: SimHost, owner: str, dev: str, vm_fd: int, tdi_id: int,
+                   handle: int | None = None) -> int:
+    """``owner``'s TSM bind of ``dev`` to the VM behind ``vm_fd`` (ENOTTY if the design
+    gives ``owner`` none)."""
+    return _owner_bind(host.kernel, owner, _dev(host, dev), _kvm(host, vm_fd), tdi_id, handle)
+
+
+def tsm_owner_unbind(host: SimHost, owner: str, dev: str) -> None:
+    _owner_unbind(host.kernel, owner, _dev(host, dev))
+
+
+def tsm_assign(host: SimHost, dev: str, vm_fd: int, tdi_id: int, gpa: int,
+               accept: bool = True) -> list[MmioMap]:
+    """Assign ``dev`` to the cVM behind ``vm_fd`` as the design wants it: connect (when not
+    yet), bind through the design's owner, map the private MMIO at ``gpa`` and (``accept``)
+    the guest's accept (RUN). The maps."""
+    d = _dev(host, dev)
+    if tsm_of(host).connected(d) is None:
+        tsm_connect(host, dev)
+    tsm_owner_bind(host, tsm_design(host).bind_owner, dev, vm_fd, tdi_id)
+    maps = tsm_map_private_mmio(host, dev, gpa)
+    if accept:
+        tsm_guest_accept(host, dev)
+    return maps
+
+
+def tsm_release(host: SimHost, dev: str) -> None:
+    """The design's owner unbinds ``dev``'s TDI (what it bound; nothing otherwise)."""
+    tsm_owner_unbind(host, tsm_design(host).bind_owner, dev)

@@ -248,7 +248,7 @@ class Verdict:
 
     @property
     def ok(self) -> bool:
-        return self.found == (self.scenario.expect == "violation")
+        return self.found == (self.scenario.expected(self.design) == "violation")
 
     def schedule_json(self) -> dict[str, Any]:
         """The counterexample as a schedule file (:mod:`passthru.check.schedfile`)."""

@@ -7,24 +7,29 @@
         s.spawn("punch", host.fallocate, ...)
 
 ``expect`` is "safe" (no violation in any explored schedule) or "violation" (a known bug:
-the checker must find it). ``bugs`` seeds named defects into the profile for the buggy
-variant of a demo. ``designs`` lists coordination designs (docs/design.md contract 3) to run
-under; scenarios that do not care leave it empty. Nothing here assumes a subsystem.
+the checker must find it), or a mapping design -> one of those when the verdict differs by
+coordination design (``designs`` then defaults to its keys and must name the same designs;
+``Scenario.expect`` is the common verdict, or "mixed"; :meth:`Scenario.expected` answers per
+design — a run with no design runs the profile's default, DEFAULT_DESIGN). ``bugs`` seeds
+named defects into the profile for the buggy variant of a demo. ``designs`` lists
+coordination designs (docs/design.md contract 3) to run under; scenarios that do not care
+leave it empty. Nothing here assumes a subsystem.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..host.sim import SimHost
-from ..kernel.profile import DESIGNS, PROFILES, Profile
+from ..kernel.profile import DEFAULT_DESIGN, DESIGNS, PROFILES, Profile
 from ..sim import kinds
 from ..sim.scheduler import Scheduler, Task
 from ..sim.track import Cell
 
 REGISTRY: dict[str, Scenario] = {}
+MIXED = "mixed"  # Scenario.expect when the designs expect different verdicts
 
 
 @dataclass(frozen=True)
@@ -38,21 +43,47 @@ class Scenario:
     teardown: bool = True
     doc: str = ""
     module: str = ""
+    expect_by_design: tuple[tuple[str, str], ...] = ()
 
     def variants(self) -> list[tuple[str, str | None]]:
         return [(p, d) for p in self.profiles for d in (self.designs or (None,))]
+
+    def expected(self, design: str | None) -> str:
+        """The verdict expected under ``design`` (None: the profile's default design)."""
+        if not self.expect_by_design:
+            return self.expect
+        by = dict(self.expect_by_design)
+        return by[design if design is not None else DEFAULT_DESIGN]
+
+    def expect_text(self) -> str:
+        """``expect``, or each design's expectation when they differ."""
+        if self.expect != MIXED:
+            return self.expect
+        return ", ".join(f"{d}: {e}" for d, e in self.expect_by_design)
 
 
 def scenario(
     profiles: list[str] | tuple[str, ...] = ("linux-7.1",),
     designs: list[str] | tuple[str, ...] = (),
-    expect: str = "safe",
+    expect: str | Mapping[str, str] = "safe",
     bugs: list[str] | tuple[str, ...] = (),
     teardown: bool = True,
     name: str | None = None,
 ) -> Callable[[Callable[[Sandbox], Any]], Callable[[Sandbox], Any]]:
-    if expect not in ("safe", "violation"):
-        raise ValueError(f"expect must be 'safe' or 'violation', not {expect!r}")
+    by_design: tuple[tuple[str, str], ...] = ()
+    if isinstance(expect, Mapping):
+        by_design = tuple(expect.items())
+        designs = tuple(designs) or tuple(expect)
+        if set(expect) != set(designs):
+            raise ValueError(f"expect names designs {sorted(expect)}, designs= "
+                             f"{sorted(designs)}: they must be the same")
+        verdicts = {e for _, e in by_design}
+        common = verdicts.pop() if len(verdicts) == 1 else MIXED
+    else:
+        common = expect
+    for e in [common] if not by_design else [e for _, e in by_design]:
+        if e not in ("safe", "violation"):
+            raise ValueError(f"expect must be 'safe' or 'violation', not {e!r}")
     for p in profiles:
         if p not in PROFILES:
             raise ValueError(f"unknown profile {p!r} in profiles= (known: "
@@ -67,11 +98,12 @@ def scenario(
             fn=fn,
             profiles=tuple(profiles),
             designs=tuple(designs),
-            expect=expect,
+            expect=common,
             bugs=tuple(bugs),
             teardown=teardown,
             doc=first_sentence(fn.__doc__ or ""),
             module=fn.__module__,
+            expect_by_design=by_design,
         )
         fn.__passthru_scenario__ = sc  # type: ignore[attr-defined]
         REGISTRY[sc.name] = sc

@@ -117,7 +117,7 @@ class Profile:
     # firmware the machine has (hw/secure/) and which platform TSM driver registers with the
     # PCI TSM core: "tdx" (TDX module, TDX Connect), "sev" (PSP, SEV-TIO), "cca" (RMM).
     coco_platform: str | None = None
-    design: str = "vfio"
+    design: str = "vfio"  # DEFAULT_DESIGN; a row of kernel/pci/tsm/designs.py COORDINATION
     bugs: frozenset[str] = field(default=frozenset())
 
     def __post_init__(self) -> None:
@@ -186,6 +186,7 @@ PROFILES: dict[str, Profile] = {
 }
 DEFAULT_PROFILE = "linux-7.1"
 DESIGNS = ("vfio", "iommufd", "vmm")
+DEFAULT_DESIGN = Profile.design  # what a run with no design names (the dataclass default)
 
 
 def get_profile(name: str) -> Profile:

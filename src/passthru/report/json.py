@@ -119,7 +119,7 @@ def verdicts_json(verdicts: list[Verdict], options: dict[str, Any] | None = None
             "doc": v.scenario.doc,
             "profile": v.profile,
             "design": v.design,
-            "expect": v.scenario.expect,
+            "expect": v.scenario.expected(v.design),
             "verdict": verdict_word(v),
             "bound_text": v.bound_text(),
             "outcome": outcome(v),

@@ -66,7 +66,7 @@ def _subtitle(v: Verdict) -> str:
     parts = [
         f"profile {v.profile}",
         f"design {v.design}" if v.design else "",
-        f"expect {v.scenario.expect}",
+        f"expect {v.scenario.expected(v.design)}",
         f"{v.schedules} schedule{'s' if v.schedules != 1 else ''} {how} in {v.elapsed:.2f}s",
         f"strategy {v.strategy}{bound}" + (f", seed {v.seed}" if v.strategy in ("random", "pct")
                                            else ""),
@@ -147,7 +147,7 @@ def index_html(verdicts: list[Verdict], stems: list[str | None],
                     f'<div class="finding">{first}</div>')
         w(f'<tr class="{row}">'
           f'<td class="wrap">{_e(v.scenario.name)}{doc}</td><td>{_e(v.profile)}</td>'
-          f"<td>{_e(v.design or '')}</td><td>{_e(v.scenario.expect)}</td>"
+          f"<td>{_e(v.design or '')}</td><td>{_e(v.scenario.expected(v.design))}</td>"
           f'<td class="wrap">{_e(v.bound_text())}</td><td class="num">{v.schedules}</td>'
           f'<td class="num">{v.steps}</td><td class="num">{v.elapsed:.2f}s</td>'
           f'<td>{mark}</td><td class="wrap">{link}</td></tr>')

@@ -1,5 +1,5 @@
 """The built-in scenario library: importing it registers every scenario."""
 
-from . import demos, dma_buf, iommufd, kvm, vfio
+from . import demos, dma_buf, iommufd, kvm, tsm, vfio
 
-__all__ = ["demos", "dma_buf", "iommufd", "kvm", "vfio"]
+__all__ = ["demos", "dma_buf", "iommufd", "kvm", "tsm", "vfio"]

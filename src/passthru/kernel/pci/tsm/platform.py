@@ -33,7 +33,8 @@ leaving the firmware calls to its subclass:
   RFCs' request formats are per platform).
 - Firmware errors map to errnos as the RFC drivers do: the firmware's busy status
   (TDX_OPERAND_BUSY) EBUSY, every other refusal EIO; the message names the call and status.
-- ``unbind`` never fails: a firmware refusal during it is logged (``tsm``/``unbind-error``) and
+- ``unbind`` never fails: a busy firmware is retried (:meth:`PlatformTsm.call_retrying`, up
+  to BUSY_RETRIES tries); a firmware refusal during it is logged (``tsm``/``unbind-error``) and
   the rest of the teardown is skipped — what is left stays held by the firmware, a leak the
   teardown checks see (the RFC drivers WARN and leak the same way).
 
@@ -72,6 +73,7 @@ if TYPE_CHECKING:
     from ...kvm.kvm_main import Kvm
 
 PAGE = 4096
+BUSY_RETRIES = 3  # tries of a busy firmware call on a teardown path (call_retrying)
 INFO_REQUESTS = (tdisp.GetVersion, tdisp.GetCapabilities, tdisp.GetDeviceInterfaceState,
                  tdisp.GetDeviceInterfaceReport)
 
@@ -189,6 +191,20 @@ class PlatformTsm(PciTsmOps):
             return fn(*args)
         except FirmwareError as e:
             raise kerr(self.fw_errno(e), f"{self.name}: {e}") from e
+
+    def call_retrying(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """A firmware call on a teardown path: retried while the firmware answers busy, at
+        most :data:`BUSY_RETRIES` tries (KVM's loop on TDX_OPERAND_BUSY; invented bound),
+        then like :meth:`call`. Unbind must not give up on mere contention."""
+        for attempt in range(1, BUSY_RETRIES + 1):
+            try:
+                return self.call(fn, *args)
+            except OSError as e:
+                if e.errno != errno.EBUSY or attempt == BUSY_RETRIES:
+                    raise
+                self.sched.emit("tsm", "busy-retry", call=getattr(fn, "__name__", "?"),
+                                attempt=attempt)
+        raise AssertionError("unreachable")
 
     def alloc_page(self, what: str, n: int = 1) -> list[tuple[int, int]]:
         return self.phys.alloc(n * PAGE, Owner(f"{self.name}:{what}"))
@@ -323,10 +339,10 @@ class PlatformTsm(PciTsmOps):
         return pdev.tdi
 
     def step(self, pdev: PciDevice, name: str, fn: Callable[..., Any], *args: Any) -> bool:
-        """One step of an unbind: the firmware call, logged; False (and an
-        ``unbind-error`` event) when the firmware refused it."""
+        """One step of an unbind: the firmware call (retried while busy), logged; False (and
+        an ``unbind-error`` event) when the firmware refused it."""
         try:
-            self.call(fn, *args)
+            self.call_retrying(fn, *args)
         except OSError as e:
             self.sched.emit("tsm", "unbind-error", dev=pdev.name, step=name, error=str(e))
             return False

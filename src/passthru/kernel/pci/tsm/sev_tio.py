@@ -68,7 +68,7 @@ class SevTioTsm(PlatformTsm):
         return kvm.vm_id
 
     def _cvm_destroy(self, handle: Any) -> None:
-        self.call(self.sev.snp_decommission, handle)
+        self.call_retrying(self.sev.snp_decommission, handle)
 
     def _bind(self, pdev: PciDevice, tdi: Tdi, handle: Any, tdi_id: int) -> Any:
         bdf, asid = pdev.func.bdf, int(handle)

@@ -24,8 +24,9 @@ tdx_sept_*_private_spte for the MMIO), calling the TDX module model (hw/secure/t
 
 Locking: see platform.py (bind/unbind/guest_req under pci_tsm_rwsem and the PF0 lock).
 Leaves out: TDH.SPDM.*/TDH.IDE.* (connect), TDH.MMIOMT.*, the TD's vCPUs issuing the accept
-(the driver does it on the guest's behalf), KVM's retry loop on TDX_OPERAND_BUSY, the
-report's verification by the guest (fetched and kept, not checked).
+(the driver does it on the guest's behalf), KVM's retry loop on TDX_OPERAND_BUSY outside
+unbind (bind answers EBUSY; unbind's SEAMCALLs are retried a few times: platform.py
+call_retrying), the report's verification by the guest (fetched and kept, not checked).
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class TdxConnectTsm(PlatformTsm):
         return kvm.name
 
     def _cvm_destroy(self, handle: Any) -> None:
-        self.call(self.tdx.td_destroy, handle)
+        self.call_retrying(self.tdx.td_destroy, handle)
 
     def _bind(self, pdev: PciDevice, tdi: Tdi, handle: Any, tdi_id: int) -> Any:
         bdf, td, fw = pdev.func.bdf, str(handle), self.tdx
@@ -113,9 +114,9 @@ class TdxConnectTsm(PlatformTsm):
         if self.kvm_mmio_unmap is not None:
             self.kvm_mmio_unmap(td, m.gpa, m.size)
             return
-        self.call(self.tdx.mmio_block, td, m.gpa, m.size)
-        self.call(self.tdx.mem_track, td)
-        self.call(self.tdx.mmio_unmap, td, m.gpa, m.size)
+        self.call_retrying(self.tdx.mmio_block, td, m.gpa, m.size)
+        self.call_retrying(self.tdx.mem_track, td)
+        self.call_retrying(self.tdx.mmio_unmap, td, m.gpa, m.size)
 
     def _unmap_partial(self, tdi: PciTdi, done: list[MmioMap]) -> None:
         # TDH.MMIO.UNMAP needs an unlocked TDI: a half-mapped TDI stays blocked in the S-EPT
@@ -156,7 +157,7 @@ class TdxConnectTsm(PlatformTsm):
                 and self.step(pdev, "dmar-remove", fw.dmar_remove, t.bdf)):
             return False
         try:
-            pages = self.call(fw.devif_remove, t.bdf)
+            pages = self.call_retrying(fw.devif_remove, t.bdf)
         except OSError as e:
             self.sched.emit("tsm", "unbind-error", dev=pdev.name, step="devif-remove",
                             error=str(e))

@@ -56,6 +56,7 @@ from ....errors import kerr
 from ....extents import ByteStore
 from ....hw import pcidev as R
 from ....sim import track
+from ...pci.tsm.designs import FLR
 
 if TYPE_CHECKING:
     from .vfio_pci_core import VfioPciCoreDevice
@@ -289,10 +290,15 @@ class VfioPciConfig(track.Tracked):
             return
         new_mem = bool(val & R.PCI_COMMAND_MEMORY)
         if not new_mem:
-            vdev.zap_and_down_write_memory_lock()
+            vdev.memory_lock.down_write()
+            for ev in vdev.tsm_command_events(val):  # the TSM before the zap (designs.py)
+                vdev.tsm_notify(ev)
+            vdev.zap_bars()
             vdev.dma_buf_move(True)
         else:
             vdev.memory_lock.down_write()
+            for ev in vdev.tsm_command_events(val):  # a BME clear
+                vdev.tsm_notify(ev)
         try:
             self._default_write(pos, n, val)
             mask = R.PCI_COMMAND_MEMORY | R.PCI_COMMAND_IO
@@ -320,7 +326,7 @@ class VfioPciConfig(track.Tracked):
         if ctrl & R.PCI_EXP_DEVCTL_BCR_FLR:
             self._vwrite(ctrl_reg, 2, ctrl & ~R.PCI_EXP_DEVCTL_BCR_FLR)
             if vdev.pdev.cfg_read(cap + R.PCI_EXP_DEVCAP, 4) & R.PCI_EXP_DEVCAP_FLR:
-                vdev.zap_and_down_write_memory_lock()
+                vdev.zap_and_down_write_memory_lock(FLR)
                 try:
                     vdev.dma_buf_move(True)
                     vdev.pci_try_reset_function()

@@ -38,6 +38,13 @@ behind the function's hw IOMMU with the generic paging driver). Its ops:
   VMA of the device's inode; ``memory_lock`` held for write, asserted) wherever the kernel
   zaps: COMMAND.MEMORY cleared, D3hot, FLR through DEVCTL, RESET, hot reset, low-power entry
   — each followed by the dma-buf revoke (pci/dmabuf.py's vfio_pci_dma_buf_move).
+- the TSM notifier (:meth:`tsm_notify`, kernel/pci/tsm/designs.py; proposed, not merged):
+  on a machine with a platform TSM, VFIO_DEVICE_RESET and a virtual BCR_FLR ("flr"), a
+  COMMAND write clearing MEMORY or MASTER on the hardware ("mse-clear", "bme-clear"), a
+  PMCSR write to D3hot ("d3hot") and close ("close") first tell the profile's coordination
+  design, under ``memory_lock`` held for write (asserted) and before the zap, so the TDI's
+  owner can unbind it before the device sees the event. Not hooked: hot reset, low-power
+  entry.
 
 Invariants: no BAR PTE of the device exists while vfio sees memory disabled (every
 transition to disabled zaps under memory_lock held for write; a fault inserts only under the
@@ -75,6 +82,15 @@ from ...dma.p2pdma import pcim_p2pdma_init
 from ...iommu.iommufd.driver import Device, IommuDriver
 from ...lockdep_assert import lockdep_assert_held, lockdep_assert_held_write
 from ...mm.mm import VM_DONTDUMP, VM_DONTEXPAND, VM_IO, VM_PFNMAP, VM_SHARED, page_up
+from ...pci.tsm.designs import (
+    BME_CLEAR,
+    CLOSE,
+    D3HOT,
+    FLR,
+    MSE_CLEAR,
+    notifier_active,
+    pci_tsm_notify,
+)
 from .. import iommufd as vfio_iommufd
 from ..vfio_main import VfioDevice, VfioInfoCap, vfio_check_feature
 from .dmabuf import (
@@ -157,9 +173,35 @@ class VfioPciCoreDevice(VfioDevice):
             vma.zap_file_range(0, BARS_END)
         self.kernel.sched.emit("vfio", "zap_bars", dev=self.name)
 
-    def zap_and_down_write_memory_lock(self) -> None:
+    def zap_and_down_write_memory_lock(self, *tsm_events: str) -> None:
+        """memory_lock for write, the TSM told of ``tsm_events`` (before anything else
+        touches the device: TSM unbind precedes the zap), then the BARs zapped."""
         self.memory_lock.down_write()
+        try:
+            for ev in tsm_events:
+                self.tsm_notify(ev)
+        except BaseException:
+            self.memory_lock.up_write()
+            raise
         self.zap_bars()
+
+    # ----- the TSM notifier (kernel/pci/tsm/designs.py) ------------------------------------
+    def tsm_notify(self, event: str) -> None:
+        """Tell the profile's design, before ``event`` reaches the device, so the TDI's
+        owner can unbind it first; memory_lock held for write (asserted)."""
+        if not notifier_active(self.kernel):
+            return
+        lockdep_assert_held_write(self.memory_lock, "vfio_pci_tsm_notify")
+        pci_tsm_notify(self.kernel, self.pdev, event)
+
+    def tsm_command_events(self, new: int) -> tuple[str, ...]:
+        """The notifier events of a COMMAND write of ``new``: MSE/BME set on the hardware
+        and cleared by the write (nothing read on a machine without a platform TSM)."""
+        if not notifier_active(self.kernel):
+            return ()
+        cleared = self.pdev.cfg_read(R.PCI_COMMAND, 2) & ~new
+        return tuple(ev for bit, ev in ((R.PCI_COMMAND_MEMORY, MSE_CLEAR),
+                                        (R.PCI_COMMAND_MASTER, BME_CLEAR)) if cleared & bit)
 
     def dma_buf_move(self, revoked: bool) -> None:
         vfio_pci_dma_buf_move(self, revoked)
@@ -184,7 +226,7 @@ class VfioPciCoreDevice(VfioDevice):
     def lock_and_set_power_state(self, state: str) -> None:
         """vfio_lock_and_set_power_state (a PMCSR write from userspace)."""
         if state == R.D3HOT:
-            self.zap_and_down_write_memory_lock()
+            self.zap_and_down_write_memory_lock(D3HOT)
             self.dma_buf_move(True)
         else:
             self.memory_lock.down_write()
@@ -237,6 +279,9 @@ class VfioPciCoreDevice(VfioDevice):
         restored, pci_disable_device (bus mastering off)."""
         assert self.dev_set is not None
         lockdep_assert_held(self.dev_set.lock, "vfio_pci_core_disable")
+        if notifier_active(self.kernel):  # the reset below: the TSM first
+            with self.memory_lock.write():
+                self.tsm_notify(CLOSE)
         vfio_pci_dma_buf_cleanup(self)
         with self.memory_lock.write():  # vfio_pci_runtime_pm_exit
             self.pm_runtime_engaged = False
@@ -338,7 +383,7 @@ class VfioPciCoreDevice(VfioDevice):
         """VFIO_DEVICE_RESET."""
         if not self.reset_works:
             raise kerr(errno.EINVAL, f"VFIO_DEVICE_RESET: {self.name} has no reset method")
-        self.zap_and_down_write_memory_lock()
+        self.zap_and_down_write_memory_lock(FLR)
         try:
             self.set_power_state(R.D0)
             self.dma_buf_move(True)
