@@ -79,6 +79,19 @@ class Firmware:
     def _emit(self, call: str, before: str, after: str, **kw: object) -> None:
         self.sched.emit(self.name, call, **kw, before=before, after=after)
 
+    def _tee_move(self, vm: str, dev: str, base: int, pieces: list[tuple[int, int, int]],
+                  write: bool, data: bytes | None) -> bytes:
+        """A trusted DMA's data, once translated: ``pieces`` are ``(device address, physical
+        address, length)`` runs from ``base``, accessed as ``tee-dma:<vm>/<dev>`` (so physical
+        truth judges each). A write returns b"", a read the bytes."""
+        who = tee_dma(vm, dev)
+        if write:
+            assert data is not None
+            for pos, pa, ln in pieces:
+                self.phys.write(pa, data[pos - base:pos - base + ln], who)
+            return b""
+        return b"".join(self.phys.read(pa, ln, who) for _, pa, ln in pieces)
+
 
 def cvm_accessors(vm: str) -> tuple[str, ...]:
     """Who may touch cVM ``vm``'s private memory and MMIO: its vCPUs and trusted DMA of the

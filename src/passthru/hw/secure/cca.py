@@ -74,7 +74,6 @@ from . import (
     host_range_problem,
     mmio_range_problem,
     seize,
-    tee_dma,
 )
 
 # lib/smc/include/smc-rmi.h
@@ -464,13 +463,8 @@ class Rmm(Firmware):
         realm, table, pieces = out
         track.observe(table, ipa, ipa + n)
         self.sched.emit("rmm", "dma", bdf=bdf, ipa=ipa, n=n, write=write)
-        who = tee_dma(realm, bdf)
-        if write:
-            assert data is not None and len(data) == n
-            for pos, pa, ln in pieces:
-                self.phys.write(pa, data[pos - ipa:pos - ipa + ln], who)
-            return b""
-        return b"".join(self.phys.read(pa, ln, who) for _, pa, ln in pieces)
+        assert not write or (data is not None and len(data) == n)
+        return self._tee_move(realm, bdf, ipa, pieces, write, data)
 
     def _smmu_translate(self, bdf: str, ipa: int, n: int
                         ) -> tuple[str, RangeMap[Rtte], list[tuple[int, int, int]]] | str:

@@ -88,7 +88,6 @@ from . import (
     host_range_problem,
     mmio_range_problem,
     seize,
-    tee_dma,
 )
 
 # The host's IOMMU table for a guest's private memory disagrees with the RMP.
@@ -472,13 +471,8 @@ class SevFirmware(Firmware):
             return None
         guest, pieces = out
         self.sched.emit("sev", "dma", bdf=bdf, iova=iova, n=n, write=write)
-        who = tee_dma(guest, bdf)
-        if write:
-            assert data is not None and len(data) == n
-            for pos, pa, ln in pieces:
-                self.phys.write(pa, data[pos - iova:pos - iova + ln], who)
-            return b""
-        return b"".join(self.phys.read(pa, ln, who) for _, pa, ln in pieces)
+        assert not write or (data is not None and len(data) == n)
+        return self._tee_move(guest, bdf, iova, pieces, write, data)
 
     def _tio_translate(self, bdf: str, table: IoPageTable, iova: int, n: int
                        ) -> tuple[str, list[tuple[int, int, int]]] | str:

@@ -86,7 +86,6 @@ from . import (
     host_range_problem,
     mmio_range_problem,
     seize,
-    tee_dma,
 )
 
 # include/auto_gen_2_0/tdx_error_codes_defs.h (the ones this model returns).
@@ -624,13 +623,8 @@ class TdxModule(Firmware):
             return None
         td, pieces = out
         self.sched.emit("tdx", "dma", bdf=bdf, gpa=gpa, n=n, write=write)
-        who = tee_dma(td, bdf)
-        if write:
-            assert data is not None and len(data) == n
-            for pos, pa, ln in pieces:
-                self.phys.write(pa, data[pos - gpa:pos - gpa + ln], who)
-            return b""
-        return b"".join(self.phys.read(pa, ln, who) for _, pa, ln in pieces)
+        assert not write or (data is not None and len(data) == n)
+        return self._tee_move(td, bdf, gpa, pieces, write, data)
 
     def _translate(self, bdf: str, gpa: int, n: int, seen: list[object]
                    ) -> tuple[str, list[tuple[int, int, int]]] | str:
