@@ -7,8 +7,10 @@ from __future__ import annotations
 import ctypes
 import errno
 import itertools
+import os
 from typing import Any
 
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from passthru import SimHost
@@ -17,6 +19,20 @@ from passthru.uapi import kvm as K
 from passthru.uapi import linux as L
 
 PAGE = L.PAGE_SIZE
+
+
+def fuzz_settings(default_examples: int) -> settings:
+    """Both state-machine fuzzers' settings: derandomized, no database (a CI run is
+    reproducible), ``default_examples`` examples unless PASSTHRU_FUZZ_EXAMPLES says more."""
+    return settings(
+        max_examples=int(os.environ.get("PASSTHRU_FUZZ_EXAMPLES", str(default_examples))),
+        stateful_step_count=40,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                               HealthCheck.filter_too_much],
+    )
 RESET_VECTOR_GPA = 0xFFFF0000  # CS base at reset: a slot here lets KVM_RUN execute guest code
 
 # Known model bugs, each with an xfail(strict=True) reproducer in test_model_bugs.py. While one

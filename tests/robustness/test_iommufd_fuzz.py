@@ -23,10 +23,8 @@ PASSTHRU_FUZZ_EXAMPLES raises the example count for a longer local run.
 from __future__ import annotations
 
 import ctypes
-import os
 from typing import Any
 
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     invariant,
@@ -38,6 +36,7 @@ from passthru.uapi import iommufd as I
 from passthru.uapi import linux as L
 from passthru.uapi import vfio as V
 
+from .fuzz_values import fuzz_settings
 from .iommufd_fuzz_base import FAILED, RESV, RW, SCRATCH, Args, IommufdFuzzBase, mk, sz
 from .iommufd_fuzz_values import (
     ACCESS_FLAGS,
@@ -662,16 +661,7 @@ class IommufdFuzz(IommufdFuzzBase):
         assert host.leaks() == [], host.leaks()
 
 
-EXAMPLES = int(os.environ.get("PASSTHRU_FUZZ_EXAMPLES", "300"))
-SETTINGS = settings(
-    max_examples=EXAMPLES,
-    stateful_step_count=40,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                           HealthCheck.filter_too_much],
-)
+SETTINGS = fuzz_settings(300)
 
 
 def test_iommufd_fuzz() -> None:

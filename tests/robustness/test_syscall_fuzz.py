@@ -20,11 +20,9 @@ raises the example count for a longer local run; CI uses the deterministic defau
 from __future__ import annotations
 
 import ctypes
-import os
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -78,6 +76,7 @@ from .fuzz_values import (
     assert_unchanged,
     bad_fd,
     excused,
+    fuzz_settings,
     misaligned,
     negative,
     random_struct,
@@ -489,16 +488,7 @@ class SyscallFuzz(RuleBasedStateMachine):
         assert host.leaks() == []
 
 
-EXAMPLES = int(os.environ.get("PASSTHRU_FUZZ_EXAMPLES", "200"))
-SETTINGS = settings(
-    max_examples=EXAMPLES,
-    stateful_step_count=40,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                           HealthCheck.filter_too_much],
-)
+SETTINGS = fuzz_settings(200)
 
 
 @pytest.mark.parametrize("profile", PROFILES)
