@@ -299,6 +299,16 @@ def _rlimit_mode_mm(env: Env) -> None:
                                              op=I.IOMMU_OPTION_OP_SET, val64=1))
 
 
+def _unprivileged_env(mode: str) -> tuple[Env, int]:
+    """An Env whose process has no CAP_IPC_LOCK (uid 1000), charging its user ("user") or
+    its mm ("mm", IOMMU_OPTION_RLIMIT_MODE 1), and one IOAS."""
+    env = Env()
+    _unprivileged(env.h, 1000)
+    if mode == "mm":
+        _rlimit_mode_mm(env)
+    return env, env.ioas()
+
+
 def _charged(h: SimHost, mode: str) -> int:
     """Pages charged to ``h``'s user (ACCOUNT_USER) or mm (ACCOUNT_MM)."""
     user, mm = mlock.charged(h.kernel, h.proc)
@@ -320,11 +330,7 @@ def test_memfd_pins_are_charged_and_limited_by_rlimit_memlock(mode: str) -> None
     common to both): at the domain attach that pins it, to the user's locked_vm (or the mm's
     with IOMMU_OPTION_RLIMIT_MODE 1); past RLIMIT_MEMLOCK ENOMEM, nothing charged or
     pinned."""
-    env = Env()
-    _unprivileged(env.h, 1000)
-    if mode == "mm":
-        _rlimit_mode_mm(env)
-    ioas = env.ioas()
+    env, ioas = _unprivileged_env(mode)
     _map_memfd(env, ioas, 4, START)
     assert _charged(env.h, mode) == 0 and _pinned_pages(env.h) == 0  # lazy: no domain
     s1, _, _ = env.mock_domain(ioas)
@@ -363,11 +369,7 @@ def test_memfd_pins_of_a_cap_ipc_lock_process_are_not_charged() -> None:
 def test_change_process_moves_the_charge(mode: str) -> None:
     """IOAS_CHANGE_PROCESS from another process (the iommufd passed to it): the new process
     is charged, the old one uncharged, and later unpins uncharge the new one."""
-    env = Env()
-    _unprivileged(env.h, 1000)
-    if mode == "mm":
-        _rlimit_mode_mm(env)
-    ioas = env.ioas()
+    env, ioas = _unprivileged_env(mode)
     _map_memfd(env, ioas, 4, START)
     env.mock_domain(ioas)
     # IOAS_COPY shares the pages object: its pins are counted and moved once.
@@ -397,11 +399,7 @@ def test_change_process_enomem_leaves_both_as_they_were(mode: str) -> None:
     one's RLIMIT_MEMLOCK it is ENOMEM and nothing moves. With ACCOUNT_USER and the same uid,
     the user's locked_vm holds both charges for a moment: 4 + 4 pages against a 6-page limit
     fail although only 4 would stay."""
-    env = Env()
-    _unprivileged(env.h, 1000)
-    if mode == "mm":
-        _rlimit_mode_mm(env)
-    ioas = env.ioas()
+    env, ioas = _unprivileged_env(mode)
     _map_memfd(env, ioas, 4, START)
     env.mock_domain(ioas)
     small = env.h.process("small")
